@@ -1,0 +1,112 @@
+// Errors the server returns, one class per stable numeric code (SPEC §6).
+// Every class extends CelerError, so `err instanceof CelerError && err.code === 2003` and
+// `err instanceof WrongExpectedVersionError` both work.
+
+export const ErrorCode = {
+  ReadBelowTrimmed: 1000,
+  AggregateNotFound: 1001,
+  AlreadyApplied: 2002,
+  WrongExpectedVersion: 2003,
+  NotLeader: 2011,
+  ServerBusy: 2012,
+  DuplicateInFlight: 2013,
+  SchemaValidation: 2022,
+  CrossShardWrite: 9001,
+  BadRequest: 9100,
+  ShardUnavailable: 9200,
+} as const;
+export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** Structured detail some errors carry (wire: JSON). */
+export interface ErrorDetail {
+  currentVersion?: string;
+  leader?: string;
+  lastClientSeq?: string;
+  minVersion?: string;
+  numShards?: number;
+  shards?: number[];
+  validator?: string;
+}
+
+export class CelerError extends Error {
+  override name = 'CelerError';
+  readonly code: number;
+  readonly detail: ErrorDetail;
+  constructor(code: number, message: string, detail: ErrorDetail = {}) {
+    super(message);
+    this.code = code;
+    this.detail = detail;
+  }
+}
+
+export class ReadBelowTrimmedError extends CelerError {
+  override name = 'ReadBelowTrimmedError';
+}
+export class AggregateNotFoundError extends CelerError {
+  override name = 'AggregateNotFoundError';
+}
+export class AlreadyAppliedError extends CelerError {
+  override name = 'AlreadyAppliedError';
+}
+export class WrongExpectedVersionError extends CelerError {
+  override name = 'WrongExpectedVersionError';
+  /** The aggregate's version when the guard failed (0 = it does not exist). */
+  get currentVersion(): bigint {
+    return BigInt(this.detail.currentVersion ?? '0');
+  }
+}
+export class NotLeaderError extends CelerError {
+  override name = 'NotLeaderError';
+  get leader(): string | undefined {
+    return this.detail.leader;
+  }
+}
+export class ServerBusyError extends CelerError {
+  override name = 'ServerBusyError';
+}
+export class DuplicateInFlightError extends CelerError {
+  override name = 'DuplicateInFlightError';
+}
+export class SchemaValidationError extends CelerError {
+  override name = 'SchemaValidationError';
+}
+export class CrossShardWriteError extends CelerError {
+  override name = 'CrossShardWriteError';
+}
+export class BadRequestError extends CelerError {
+  override name = 'BadRequestError';
+}
+export class ShardUnavailableError extends CelerError {
+  override name = 'ShardUnavailableError';
+}
+
+/** Client-side: the connection failed or closed before an answer came (outcome unknown for writes). */
+export class ConnectionError extends Error {
+  override name = 'ConnectionError';
+  readonly code = 'ECONNECTION';
+}
+/** Client-side: no answer within the request timeout (outcome unknown for writes). */
+export class TimeoutError extends Error {
+  override name = 'TimeoutError';
+  readonly code = 'ETIMEDOUT';
+}
+
+const classes: Record<number, new (code: number, message: string, detail?: ErrorDetail) => CelerError> = {
+  1000: ReadBelowTrimmedError,
+  1001: AggregateNotFoundError,
+  2002: AlreadyAppliedError,
+  2003: WrongExpectedVersionError,
+  2011: NotLeaderError,
+  2012: ServerBusyError,
+  2013: DuplicateInFlightError,
+  2022: SchemaValidationError,
+  9001: CrossShardWriteError,
+  9100: BadRequestError,
+  9200: ShardUnavailableError,
+};
+
+/** Builds the typed error for a code the server returned. */
+export function errorFromCode(code: number, message: string, detail: ErrorDetail = {}): CelerError {
+  const Cls = classes[code] ?? CelerError;
+  return new Cls(code, message, detail);
+}

@@ -1,0 +1,104 @@
+// Public data types of the Celer client (SPEC §1, §3, §4).
+import type { AggregateKey, KeyPart } from './key.ts';
+
+export type { AggregateKey, KeyPart };
+
+/** Optimistic-concurrency guard of one aggregate write (SPEC §3). */
+export type ExpectedVersion = 'any' | 'no_stream' | 'stream_exists' | bigint | number;
+
+export interface SchemaVersion {
+  major: number;
+  minor: number;
+}
+
+/** An event to append. `iv` present means the payload was encrypted by the client (AES-GCM). */
+export interface EventInput {
+  type: string;
+  data: Uint8Array;
+  metadata?: Uint8Array;
+  schemaVersion?: SchemaVersion;
+  iv?: Uint8Array;
+}
+
+/** An event read back: as written, plus its 1-based version inside its aggregate. */
+export interface RecordedEvent {
+  version: bigint;
+  type: string;
+  data: Uint8Array;
+  metadata?: Uint8Array;
+  schemaVersion?: SchemaVersion;
+  iv?: Uint8Array;
+}
+
+/** A commit position: gapless, strictly increasing per shard. */
+export interface Position {
+  shard: number;
+  seq: bigint;
+}
+
+/** The events of one write to one aggregate, as read back. */
+export interface Batch {
+  fromVersion: bigint;
+  toVersion: bigint;
+  position: Position;
+  clientId: bigint;
+  serverTimestampMs: number;
+  events: RecordedEvent[];
+}
+
+export interface AppendOptions {
+  expectedVersion?: ExpectedVersion;
+  clientId?: KeyPart;
+  /** Exactly-once sequence of this writer on this aggregate; absent or 0 = no deduplication. */
+  clientSeq?: bigint | number;
+}
+
+export interface AppendResult {
+  fromVersion: bigint;
+  toVersion: bigint;
+  position: Position;
+}
+
+export interface AggregateWrite {
+  key: AggregateKey;
+  events: EventInput[];
+  expectedVersion?: ExpectedVersion;
+  clientSeq?: bigint | number;
+}
+
+export interface WriteInput {
+  clientId?: KeyPart;
+  writes: AggregateWrite[];
+}
+
+export interface WriteResult {
+  /** One entry per input write, in order. Batches of one write have consecutive positions. */
+  results: AppendResult[];
+}
+
+export interface ReadOptions {
+  /** First version (inclusive, 1-based; default 1). */
+  from?: bigint | number;
+  /** Last version (inclusive; default: the end). */
+  to?: bigint | number;
+  /** Only events of these types (batches with none of them are left out). */
+  eventTypes?: string[];
+  /** Page size bound in bytes (server caps it). */
+  maxBytes?: number;
+}
+
+export interface ReadPage {
+  batches: Batch[];
+  /** Set when the page was truncated: pass it as `from` to continue. */
+  nextVersion?: bigint;
+}
+
+export interface AggregateDetails {
+  version: bigint;
+  /** Lowest readable version (1 unless trimmed). */
+  minVersion: bigint;
+  lastPosition: Position;
+  lastClientId: bigint;
+  lastServerTimestampMs: number;
+  deleted: boolean;
+}

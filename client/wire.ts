@@ -1,0 +1,687 @@
+// The native binary protocol (shared by the client and the server).
+//
+// A connection carries frames in both directions, many in flight (multiplexed by correlation id):
+//   u32 LE bodyLength | u32 LE correlationId | u8 op | body (bodyLength - 5 bytes)
+// Integers in bodies are big-endian; u128 values are 16 bytes big-endian (SPEC §1).
+// Every field of every message is known: a decoder meets an unknown op, an unknown flag bit or
+// trailing bytes and fails with WireError, which the server answers with 9100.
+import { U64_MAX, type NormalizedKey } from './key.ts';
+
+/** Protocol limits. The server enforces them; the client checks before sending. */
+export const Limits = {
+  /** Largest frame body; checked against the length prefix before any allocation. 16 MiB, as Celeriant. */
+  frameBytesMax: 16 * 1024 * 1024,
+  /** Largest event payload (data + metadata). 1 MiB keeps one write well inside a segment. */
+  eventBytesMax: 1024 * 1024,
+  /** Events in one aggregate write. */
+  eventsPerWriteMax: 10_000,
+  /** Aggregates in one multi-aggregate write. */
+  writesPerRequestMax: 1_000,
+  /** Event type name, UTF-8 bytes (SPEC §1). */
+  eventTypeBytesMax: 255,
+  /** Event types in a read filter. */
+  readTypesMax: 64,
+  /** Default and largest read page. */
+  readPageBytesDefault: 1024 * 1024,
+  readPageBytesMax: 8 * 1024 * 1024,
+} as const;
+
+export const FRAME_HEADER_BYTES = 9;
+
+export const Op = {
+  Write: 1,
+  Read: 2,
+  Details: 3,
+  Ping: 4,
+  WriteOk: 0x81,
+  ReadOk: 0x82,
+  DetailsOk: 0x83,
+  Pong: 0x84,
+  Error: 0xff,
+} as const;
+export type OpCode = (typeof Op)[keyof typeof Op];
+
+/** Expected-version mode on the wire. */
+export const Expect = { Any: 0, NoStream: 1, StreamExists: 2, Exact: 3 } as const;
+export type ExpectMode = (typeof Expect)[keyof typeof Expect];
+
+const EV_METADATA = 1;
+const EV_SCHEMA = 2;
+const EV_IV = 4;
+const EV_KNOWN = EV_METADATA | EV_SCHEMA | EV_IV;
+export const IV_BYTES = 12;
+
+/** A malformed message. The server answers 9100 with this message. */
+export class WireError extends Error {
+  override name = 'WireError';
+}
+
+const te = new TextEncoder();
+const td = new TextDecoder('utf-8', { fatal: true });
+
+// ---------------------------------------------------------------------------------------------
+// Writer / Reader
+
+export class Writer {
+  buf: Uint8Array;
+  view: DataView;
+  pos = 0;
+  constructor(capacity = 256) {
+    this.buf = new Uint8Array(capacity);
+    this.view = new DataView(this.buf.buffer);
+  }
+  ensure(n: number): void {
+    if (this.pos + n <= this.buf.length) return;
+    let cap = this.buf.length * 2;
+    while (cap < this.pos + n) cap *= 2;
+    const next = new Uint8Array(cap);
+    next.set(this.buf.subarray(0, this.pos));
+    this.buf = next;
+    this.view = new DataView(next.buffer);
+  }
+  u8(v: number): void {
+    this.ensure(1);
+    this.buf[this.pos++] = v;
+  }
+  u16(v: number): void {
+    this.ensure(2);
+    this.view.setUint16(this.pos, v);
+    this.pos += 2;
+  }
+  u32(v: number): void {
+    this.ensure(4);
+    this.view.setUint32(this.pos, v);
+    this.pos += 4;
+  }
+  u64(v: bigint): void {
+    this.ensure(8);
+    this.view.setBigUint64(this.pos, v);
+    this.pos += 8;
+  }
+  /** A non-negative safe integer as u64. */
+  u64n(v: number): void {
+    this.ensure(8);
+    this.view.setUint32(this.pos, Math.floor(v / 0x1_0000_0000));
+    this.view.setUint32(this.pos + 4, v >>> 0);
+    this.pos += 8;
+  }
+  u128(v: bigint): void {
+    this.ensure(16);
+    this.view.setBigUint64(this.pos, v >> 64n);
+    this.view.setBigUint64(this.pos + 8, v & U64_MAX);
+    this.pos += 16;
+  }
+  bytes(b: Uint8Array): void {
+    this.ensure(b.length);
+    this.buf.set(b, this.pos);
+    this.pos += b.length;
+  }
+  key(k: NormalizedKey): void {
+    this.u128(k.org);
+    this.u128(k.type);
+    this.u128(k.id);
+  }
+  /** Reserves a u32 to patch later; returns its offset. */
+  reserveU32(): number {
+    this.ensure(4);
+    const at = this.pos;
+    this.pos += 4;
+    return at;
+  }
+  patchU32(at: number, v: number): void {
+    this.view.setUint32(at, v);
+  }
+  finish(): Uint8Array {
+    return this.buf.subarray(0, this.pos);
+  }
+}
+
+export class Reader {
+  readonly buf: Uint8Array;
+  readonly view: DataView;
+  pos: number;
+  readonly end: number;
+  constructor(buf: Uint8Array, start = 0, end = buf.length) {
+    this.buf = buf;
+    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
+    this.pos = start;
+    this.end = end;
+  }
+  need(n: number, what: string): void {
+    if (this.pos + n > this.end) {
+      throw new WireError(`truncated message: ${what} needs ${n} bytes at offset ${this.pos}, ${this.end - this.pos} left`);
+    }
+  }
+  u8(what: string): number {
+    this.need(1, what);
+    return this.buf[this.pos++]!;
+  }
+  u16(what: string): number {
+    this.need(2, what);
+    const v = this.view.getUint16(this.pos);
+    this.pos += 2;
+    return v;
+  }
+  u32(what: string): number {
+    this.need(4, what);
+    const v = this.view.getUint32(this.pos);
+    this.pos += 4;
+    return v;
+  }
+  u64(what: string): bigint {
+    this.need(8, what);
+    const v = this.view.getBigUint64(this.pos);
+    this.pos += 8;
+    return v;
+  }
+  /** A u64 that must be a safe integer (lengths, timestamps). */
+  u64n(what: string): number {
+    this.need(8, what);
+    const hi = this.view.getUint32(this.pos);
+    const lo = this.view.getUint32(this.pos + 4);
+    this.pos += 8;
+    if (hi > 0x1f_ffff) throw new WireError(`${what} is too large`);
+    return hi * 0x1_0000_0000 + lo;
+  }
+  u128(what: string): bigint {
+    this.need(16, what);
+    const hi = this.view.getBigUint64(this.pos);
+    const lo = this.view.getBigUint64(this.pos + 8);
+    this.pos += 16;
+    return (hi << 64n) | lo;
+  }
+  bytes(n: number, what: string): Uint8Array {
+    this.need(n, what);
+    const b = this.buf.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return b;
+  }
+  key(what: string): NormalizedKey {
+    return { org: this.u128(`${what}.org`), type: this.u128(`${what}.type`), id: this.u128(`${what}.id`) };
+  }
+  utf8(n: number, what: string): string {
+    const b = this.bytes(n, what);
+    try {
+      return td.decode(b);
+    } catch {
+      throw new WireError(`${what} is not valid UTF-8`);
+    }
+  }
+  done(what: string): void {
+    if (this.pos !== this.end) throw new WireError(`${this.end - this.pos} unexpected trailing bytes after ${what}`);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Events
+
+/** An event as the codec sees it (normalised: absent optional fields are undefined). */
+export interface WireEvent {
+  type: string;
+  data: Uint8Array;
+  metadata?: Uint8Array | undefined;
+  schemaMajor?: number | undefined;
+  schemaMinor?: number | undefined;
+  iv?: Uint8Array | undefined;
+}
+
+export function writeEvent(w: Writer, e: WireEvent): void {
+  const type = te.encode(e.type);
+  let mask = 0;
+  if (e.metadata !== undefined) mask |= EV_METADATA;
+  if (e.schemaMajor !== undefined) mask |= EV_SCHEMA;
+  if (e.iv !== undefined) mask |= EV_IV;
+  w.u8(mask);
+  w.u8(type.length);
+  w.bytes(type);
+  w.u32(e.data.length);
+  w.bytes(e.data);
+  if (e.metadata !== undefined) {
+    w.u32(e.metadata.length);
+    w.bytes(e.metadata);
+  }
+  if (e.schemaMajor !== undefined) {
+    w.u32(e.schemaMajor);
+    w.u32(e.schemaMinor ?? 0);
+  }
+  if (e.iv !== undefined) w.bytes(e.iv);
+}
+
+/** Checks an event the caller built (client side), with the messages a person needs. */
+export function checkEvent(e: WireEvent, where: string): void {
+  if (typeof e.type !== 'string') throw new WireError(`${where}.type must be a string`);
+  const typeBytes = te.encode(e.type).length;
+  if (typeBytes < 1 || typeBytes > Limits.eventTypeBytesMax) {
+    throw new WireError(`${where}.type must be 1..${Limits.eventTypeBytesMax} UTF-8 bytes; got ${typeBytes}`);
+  }
+  if (!(e.data instanceof Uint8Array)) throw new WireError(`${where}.data must be a Uint8Array`);
+  if (e.metadata !== undefined && !(e.metadata instanceof Uint8Array)) throw new WireError(`${where}.metadata must be a Uint8Array`);
+  const size = e.data.length + (e.metadata?.length ?? 0);
+  if (size > Limits.eventBytesMax) {
+    throw new WireError(`${where} is ${size} bytes (data + metadata); the limit is ${Limits.eventBytesMax}`);
+  }
+  if (e.iv !== undefined && (!(e.iv instanceof Uint8Array) || e.iv.length !== IV_BYTES)) {
+    throw new WireError(`${where}.iv must be a Uint8Array of ${IV_BYTES} bytes (AES-GCM nonce)`);
+  }
+  if (e.schemaMajor !== undefined) {
+    for (const [n, v] of [['major', e.schemaMajor], ['minor', e.schemaMinor ?? 0]] as const) {
+      if (!Number.isInteger(v) || v < 0 || v > 0xffff_ffff) throw new WireError(`${where}.schemaVersion.${n} must be an integer 0..2^32-1`);
+    }
+  }
+}
+
+/** Reads one event, validating every field. `where` names it in messages. */
+export function readEvent(r: Reader, where: string): WireEvent {
+  const mask = r.u8(`${where} field mask`);
+  if ((mask & ~EV_KNOWN) !== 0) {
+    throw new WireError(`${where} has unknown fields (flag bits 0x${(mask & ~EV_KNOWN).toString(16)}); this server knows metadata, schemaVersion and iv`);
+  }
+  const typeLen = r.u8(`${where}.type length`);
+  if (typeLen === 0) throw new WireError(`${where}.type is empty; an event type is 1..${Limits.eventTypeBytesMax} UTF-8 bytes`);
+  const type = r.utf8(typeLen, `${where}.type`);
+  const dataLen = r.u32(`${where}.data length`);
+  if (dataLen > Limits.eventBytesMax) {
+    throw new WireError(`${where}.data is ${dataLen} bytes; the limit is ${Limits.eventBytesMax} bytes per event`);
+  }
+  const data = r.bytes(dataLen, `${where}.data`);
+  const e: WireEvent = { type, data };
+  if (mask & EV_METADATA) {
+    const metaLen = r.u32(`${where}.metadata length`);
+    if (dataLen + metaLen > Limits.eventBytesMax) {
+      throw new WireError(`${where} is ${dataLen + metaLen} bytes (data + metadata); the limit is ${Limits.eventBytesMax}`);
+    }
+    e.metadata = r.bytes(metaLen, `${where}.metadata`);
+  }
+  if (mask & EV_SCHEMA) {
+    e.schemaMajor = r.u32(`${where}.schemaVersion.major`);
+    e.schemaMinor = r.u32(`${where}.schemaVersion.minor`);
+  }
+  if (mask & EV_IV) e.iv = r.bytes(IV_BYTES, `${where}.iv`);
+  return e;
+}
+
+/** Skips over one already-validated event (trusted bytes). */
+export function skipEvent(r: Reader): void {
+  const mask = r.u8('mask');
+  r.pos += r.u8('typeLen');
+  r.pos += r.u32('dataLen');
+  if (mask & EV_METADATA) r.pos += r.u32('metaLen');
+  if (mask & EV_SCHEMA) r.pos += 8;
+  if (mask & EV_IV) r.pos += IV_BYTES;
+}
+
+/** The type of an encoded event at `at` (trusted bytes), without decoding the rest. */
+export function peekEventType(buf: Uint8Array, at: number): string {
+  const len = buf[at + 1]!;
+  return td.decode(buf.subarray(at + 2, at + 2 + len));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+export interface WireAggregateWrite {
+  key: NormalizedKey;
+  expectMode: ExpectMode;
+  /** Meaningful when expectMode is Exact. */
+  expectVersion: bigint;
+  /** 0 = no deduplication. */
+  clientSeq: bigint;
+  eventCount: number;
+  /** The encoded events, back to back (a view into the request). */
+  events: Uint8Array;
+}
+
+export interface WireWriteRequest {
+  clientId: bigint;
+  writes: WireAggregateWrite[];
+}
+
+export interface WireWriteInput {
+  clientId: bigint;
+  writes: { key: NormalizedKey; expectMode: ExpectMode; expectVersion: bigint; clientSeq: bigint; events: WireEvent[] }[];
+}
+
+export function encodeWriteRequest(req: WireWriteInput): Uint8Array {
+  const w = new Writer(64 + req.writes.length * 96);
+  w.u128(req.clientId);
+  w.u16(req.writes.length);
+  for (const a of req.writes) {
+    w.key(a.key);
+    w.u8(a.expectMode);
+    w.u64(a.expectVersion);
+    w.u64(a.clientSeq);
+    w.u32(a.events.length);
+    for (const e of a.events) writeEvent(w, e);
+  }
+  return w.finish();
+}
+
+export function decodeWriteRequest(body: Uint8Array): WireWriteRequest {
+  const r = new Reader(body);
+  const clientId = r.u128('clientId');
+  const n = r.u16('write count');
+  if (n === 0) throw new WireError('a write needs at least one aggregate write; got none');
+  if (n > Limits.writesPerRequestMax) throw new WireError(`a write may touch at most ${Limits.writesPerRequestMax} aggregates; got ${n}`);
+  const writes: WireAggregateWrite[] = [];
+  for (let i = 0; i < n; i++) {
+    const where = `writes[${i}]`;
+    const key = r.key(`${where}.key`);
+    const expectMode = r.u8(`${where}.expectedVersion mode`);
+    if (expectMode > Expect.Exact) throw new WireError(`${where}.expectedVersion mode ${expectMode} is unknown (0 any, 1 no_stream, 2 stream_exists, 3 exact)`);
+    const expectVersion = r.u64(`${where}.expectedVersion`);
+    const clientSeq = r.u64(`${where}.clientSeq`);
+    const eventCount = r.u32(`${where}.event count`);
+    if (eventCount === 0) throw new WireError(`${where} has no events; an aggregate write appends 1..${Limits.eventsPerWriteMax} events`);
+    if (eventCount > Limits.eventsPerWriteMax) throw new WireError(`${where} has ${eventCount} events; the limit is ${Limits.eventsPerWriteMax}`);
+    const start = r.pos;
+    for (let j = 0; j < eventCount; j++) readEvent(r, `${where}.events[${j}]`);
+    writes.push({ key, expectMode: expectMode as ExpectMode, expectVersion, clientSeq, eventCount, events: body.subarray(start, r.pos) });
+  }
+  r.done('the write request');
+  return { clientId, writes };
+}
+
+export interface WireReadRequest {
+  key: NormalizedKey;
+  from: bigint;
+  /** 0 = to the end. */
+  to: bigint;
+  maxBytes: number;
+  eventTypes: string[];
+}
+
+export function encodeReadRequest(req: WireReadRequest): Uint8Array {
+  const w = new Writer(96);
+  w.key(req.key);
+  w.u64(req.from);
+  w.u64(req.to);
+  w.u32(req.maxBytes);
+  w.u8(req.eventTypes.length);
+  for (const t of req.eventTypes) {
+    const b = te.encode(t);
+    w.u8(b.length);
+    w.bytes(b);
+  }
+  return w.finish();
+}
+
+export function decodeReadRequest(body: Uint8Array): WireReadRequest {
+  const r = new Reader(body);
+  const key = r.key('key');
+  let from = r.u64('from');
+  if (from === 0n) from = 1n;
+  const to = r.u64('to');
+  if (to !== 0n && to < from) throw new WireError(`read range is empty: to (${to}) is below from (${from})`);
+  let maxBytes = r.u32('maxBytes');
+  if (maxBytes === 0) maxBytes = Limits.readPageBytesDefault;
+  maxBytes = Math.min(maxBytes, Limits.readPageBytesMax);
+  const nTypes = r.u8('event type count');
+  if (nTypes > Limits.readTypesMax) throw new WireError(`a read filter may name at most ${Limits.readTypesMax} event types; got ${nTypes}`);
+  const eventTypes: string[] = [];
+  for (let i = 0; i < nTypes; i++) {
+    const len = r.u8(`eventTypes[${i}] length`);
+    if (len === 0) throw new WireError(`eventTypes[${i}] is empty`);
+    eventTypes.push(r.utf8(len, `eventTypes[${i}]`));
+  }
+  r.done('the read request');
+  return { key, from, to, maxBytes, eventTypes };
+}
+
+export function encodeKeyRequest(key: NormalizedKey): Uint8Array {
+  const w = new Writer(48);
+  w.key(key);
+  return w.finish();
+}
+
+export function decodeKeyRequest(body: Uint8Array): NormalizedKey {
+  const r = new Reader(body);
+  const key = r.key('key');
+  r.done('the request');
+  return key;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+export interface WireWriteOk {
+  shard: number;
+  /** Position of the first batch; batch i has firstSeq + i. */
+  firstSeq: bigint;
+  ranges: { fromVersion: bigint; toVersion: bigint }[];
+}
+
+export function encodeWriteOk(ok: WireWriteOk): Uint8Array {
+  const w = new Writer(16 + ok.ranges.length * 16);
+  w.u32(ok.shard);
+  w.u64(ok.firstSeq);
+  w.u16(ok.ranges.length);
+  for (const rg of ok.ranges) {
+    w.u64(rg.fromVersion);
+    w.u64(rg.toVersion);
+  }
+  return w.finish();
+}
+
+export function decodeWriteOk(body: Uint8Array): WireWriteOk {
+  const r = new Reader(body);
+  const shard = r.u32('shard');
+  const firstSeq = r.u64('firstSeq');
+  const n = r.u16('count');
+  const ranges = [];
+  for (let i = 0; i < n; i++) ranges.push({ fromVersion: r.u64('fromVersion'), toVersion: r.u64('toVersion') });
+  r.done('the write response');
+  return { shard, firstSeq, ranges };
+}
+
+/** Batch header on the read response; events follow, each prefixed by its u64 version. */
+export interface WireBatchHeader {
+  fromVersion: bigint;
+  toVersion: bigint;
+  shard: number;
+  seq: bigint;
+  clientId: bigint;
+  serverTimestampMs: number;
+  eventCount: number;
+}
+
+export function writeBatchHeader(w: Writer, b: WireBatchHeader): void {
+  w.u64(b.fromVersion);
+  w.u64(b.toVersion);
+  w.u32(b.shard);
+  w.u64(b.seq);
+  w.u128(b.clientId);
+  w.u64n(b.serverTimestampMs);
+  w.u32(b.eventCount);
+}
+
+export interface WireReadOk {
+  nextVersion: bigint;
+  batches: (WireBatchHeader & { events: (WireEvent & { version: bigint })[] })[];
+}
+
+/** The read response: u64 nextVersion (0 = complete) | u32 batch count | batches. */
+export function decodeReadOk(body: Uint8Array): WireReadOk {
+  const r = new Reader(body);
+  const nextVersion = r.u64('nextVersion');
+  const n = r.u32('batch count');
+  const batches: WireReadOk['batches'] = [];
+  for (let i = 0; i < n; i++) {
+    const h: WireBatchHeader = {
+      fromVersion: r.u64('fromVersion'),
+      toVersion: r.u64('toVersion'),
+      shard: r.u32('shard'),
+      seq: r.u64('seq'),
+      clientId: r.u128('clientId'),
+      serverTimestampMs: r.u64n('serverTimestampMs'),
+      eventCount: r.u32('eventCount'),
+    };
+    const events: (WireEvent & { version: bigint })[] = [];
+    for (let j = 0; j < h.eventCount; j++) {
+      const version = r.u64('version');
+      events.push({ ...readEvent(r, `batches[${i}].events[${j}]`), version });
+    }
+    batches.push({ ...h, events });
+  }
+  r.done('the read response');
+  return { nextVersion, batches };
+}
+
+export interface WireDetails {
+  version: bigint;
+  minVersion: bigint;
+  shard: number;
+  lastSeq: bigint;
+  lastClientId: bigint;
+  lastServerTimestampMs: number;
+  deleted: boolean;
+}
+
+export function encodeDetailsOk(d: WireDetails): Uint8Array {
+  const w = new Writer(64);
+  w.u64(d.version);
+  w.u64(d.minVersion);
+  w.u32(d.shard);
+  w.u64(d.lastSeq);
+  w.u128(d.lastClientId);
+  w.u64n(d.lastServerTimestampMs);
+  w.u8(d.deleted ? 1 : 0);
+  return w.finish();
+}
+
+export function decodeDetailsOk(body: Uint8Array): WireDetails {
+  const r = new Reader(body);
+  const d: WireDetails = {
+    version: r.u64('version'),
+    minVersion: r.u64('minVersion'),
+    shard: r.u32('shard'),
+    lastSeq: r.u64('lastSeq'),
+    lastClientId: r.u128('lastClientId'),
+    lastServerTimestampMs: r.u64n('lastServerTimestampMs'),
+    deleted: r.u8('deleted') === 1,
+  };
+  r.done('the details response');
+  return d;
+}
+
+export interface WireErrorBody {
+  code: number;
+  message: string;
+  detail: Record<string, unknown>;
+}
+
+export function encodeError(code: number, message: string, detail: Record<string, unknown> = {}): Uint8Array {
+  const w = new Writer(64 + message.length);
+  const m = te.encode(message);
+  const d = te.encode(JSON.stringify(detail));
+  w.u16(code);
+  w.u32(m.length);
+  w.bytes(m);
+  w.u32(d.length);
+  w.bytes(d);
+  return w.finish();
+}
+
+export function decodeError(body: Uint8Array): WireErrorBody {
+  const r = new Reader(body);
+  const code = r.u16('code');
+  const message = r.utf8(r.u32('message length'), 'message');
+  const detailText = r.utf8(r.u32('detail length'), 'detail');
+  let detail: Record<string, unknown> = {};
+  try {
+    detail = JSON.parse(detailText) as Record<string, unknown>;
+  } catch {
+    throw new WireError('error detail is not JSON');
+  }
+  return { code, message, detail };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames
+
+export function encodeFrame(correlationId: number, op: number, body: Uint8Array): Uint8Array {
+  const out = new Uint8Array(FRAME_HEADER_BYTES + body.length);
+  const v = new DataView(out.buffer);
+  v.setUint32(0, body.length + 5, true);
+  v.setUint32(4, correlationId, true);
+  out[8] = op;
+  out.set(body, FRAME_HEADER_BYTES);
+  return out;
+}
+
+export interface Frame {
+  correlationId: number;
+  op: number;
+  body: Uint8Array;
+}
+
+/**
+ * Splits a byte stream into frames. The length prefix is checked against `frameBytesMax`
+ * before anything is buffered for the frame, so an oversize or hostile length costs nothing.
+ */
+export class FrameDecoder {
+  private chunks: Uint8Array[] = [];
+  private buffered = 0;
+  private readonly maxBody: number;
+  constructor(maxBody: number = Limits.frameBytesMax) {
+    this.maxBody = maxBody;
+  }
+
+  /** Adds bytes; returns the complete frames. Throws WireError on a bad length prefix. */
+  push(chunk: Uint8Array): Frame[] {
+    this.chunks.push(chunk);
+    this.buffered += chunk.length;
+    const frames: Frame[] = [];
+    while (this.buffered >= 4) {
+      const head = this.peek(FRAME_HEADER_BYTES);
+      const len = head.length >= 4 ? new DataView(head.buffer, head.byteOffset, head.length).getUint32(0, true) : 0;
+      if (len < 5) throw new WireError(`frame length ${len} is below the 5-byte minimum (correlation id + op)`);
+      if (len - 5 > this.maxBody) throw new WireError(`frame body of ${len - 5} bytes exceeds the ${this.maxBody}-byte limit`);
+      if (this.buffered < 4 + len) break;
+      const whole = this.take(4 + len);
+      const v = new DataView(whole.buffer, whole.byteOffset, whole.length);
+      frames.push({ correlationId: v.getUint32(4, true), op: whole[8]!, body: whole.subarray(FRAME_HEADER_BYTES) });
+    }
+    return frames;
+  }
+
+  private peek(n: number): Uint8Array {
+    const first = this.chunks[0]!;
+    if (first.length >= n || this.chunks.length === 1) return first.subarray(0, Math.min(n, first.length));
+    return this.concat(Math.min(n, this.buffered), false);
+  }
+
+  private take(n: number): Uint8Array {
+    const first = this.chunks[0]!;
+    if (first.length >= n) {
+      const out = first.subarray(0, n);
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      this.buffered -= n;
+      return out;
+    }
+    return this.concat(n, true);
+  }
+
+  private concat(n: number, consume: boolean): Uint8Array {
+    const out = new Uint8Array(n);
+    let off = 0;
+    let i = 0;
+    while (off < n) {
+      const c = this.chunks[i]!;
+      const k = Math.min(c.length, n - off);
+      out.set(c.subarray(0, k), off);
+      off += k;
+      if (consume) {
+        if (k === c.length) {
+          this.chunks.shift();
+        } else {
+          this.chunks[0] = c.subarray(k);
+        }
+      } else {
+        i++;
+      }
+    }
+    if (consume) this.buffered -= n;
+    return out;
+  }
+}
