@@ -1,0 +1,50 @@
+// Every limit and timing of the data plane, in one place. Units last in names.
+// Each value says where it comes from.
+
+/** Segment file size. 64 MiB: big enough that rotation is rare (a W1 run of 30k writes/s of
+ * ~150 B records fills one in ~15 s), small enough that zero-filling a new one (needed for fast
+ * O_DIRECT appends, feasibility §3) takes tens of milliseconds. */
+export const SEGMENT_BYTES_DEFAULT = 64 * 1024 * 1024;
+/** Smallest segment accepted (tests use small segments to exercise rotation). */
+export const SEGMENT_BYTES_MIN = 64 * 1024;
+/** Segment header block: one 4 KiB O_DIRECT sector. */
+export const SEGMENT_HEADER_BYTES = 4096;
+
+/** Writes waiting for the next group commit, per shard; beyond it writes get 2012 (busy). */
+export const SHARD_QUEUE_WRITES_MAX = 20_000;
+/** Bytes of records in one group commit (one write + fdatasync). 8 MiB: large groups gain nothing
+ * once the fsync cost is amortised over a few hundred writes, and the buffer is allocated per group. */
+export const GROUP_COMMIT_BYTES_MAX = 8 * 1024 * 1024;
+/** After this long without writes, the segment header's committed offset is brought up to date,
+ * so a later bit flip in the last group is reported as corruption rather than taken for a torn tail. */
+export const HEADER_CATCH_UP_IDLE_MS = 50;
+
+/** Read window of the recovery/verify forward scan and of the cold reverse scan. */
+export const SCAN_CHUNK_BYTES = 1024 * 1024;
+/** Cold reverse scans in flight per shard; more wait. Caps disk pressure from a burst of cold keys. */
+export const COLD_LOADS_MAX = 64;
+/** Retries of "load the states a write needs" when the cache evicts them meanwhile (tiny caches). */
+export const STATE_LOAD_ATTEMPTS_MAX = 8;
+
+/** Memory budget default when --memory-budget-mb is absent: a quarter of RAM, at most 4 GiB. */
+export const MEMORY_BUDGET_FRACTION = 0.25;
+export const MEMORY_BUDGET_BYTES_CAP = 4 * 1024 * 1024 * 1024;
+/** Share of each shard's budget for the recent-record cache; the rest holds aggregate states.
+ * Celeriant gives ~3/4 to recent writes; reads of hot aggregates dominate event-sourcing loads. */
+export const RECENT_CACHE_SHARE = 0.7;
+/** Estimated bytes per cached aggregate state (key string, numbers, map): sizes the state LRU. */
+export const STATE_ENTRY_BYTES_ESTIMATE = 320;
+/** Bloom filter bits per segment and hash count: 2 Mbit (256 KiB) with 7 hashes keeps false
+ * positives under 1% for ~200k distinct keys per segment (Celeriant's active-segment bloom). */
+export const SEGMENT_BLOOM_BITS = 2 * 1024 * 1024;
+export const SEGMENT_BLOOM_HASHES = 7;
+
+/** Main thread → worker: requests are sent in one message per tick, at most this many. */
+export const DISPATCH_BATCH_MAX = 4096;
+/** Requests a front end may have waiting on workers; beyond it new requests get 2012. */
+export const DISPATCH_IN_FLIGHT_MAX = 100_000;
+/** Worker → main thread stats interval. */
+export const STATS_INTERVAL_MS = 1000;
+
+/** Native protocol: bytes a connection may have queued for sending before it is paused. */
+export const CONNECTION_WRITE_BUFFER_BYTES_MAX = 64 * 1024 * 1024;
