@@ -302,12 +302,19 @@ export function readEvent(r: Reader, where: string): WireEvent {
 
 /** Skips over one already-validated event (trusted bytes). */
 export function skipEvent(r: Reader): void {
+  // Note: `r.pos += r.u8()` would add to the position read before u8() advanced it.
   const mask = r.u8('mask');
-  r.pos += r.u8('typeLen');
-  r.pos += r.u32('dataLen');
-  if (mask & EV_METADATA) r.pos += r.u32('metaLen');
+  const typeLen = r.u8('typeLen');
+  r.pos += typeLen;
+  const dataLen = r.u32('dataLen');
+  r.pos += dataLen;
+  if (mask & EV_METADATA) {
+    const metaLen = r.u32('metaLen');
+    r.pos += metaLen;
+  }
   if (mask & EV_SCHEMA) r.pos += 8;
   if (mask & EV_IV) r.pos += IV_BYTES;
+  if (r.pos > r.end) throw new WireError('event runs past the end of its message');
 }
 
 /** The type of an encoded event at `at` (trusted bytes), without decoding the rest. */
@@ -343,6 +350,12 @@ export interface WireWriteInput {
 
 export function encodeWriteRequest(req: WireWriteInput): Uint8Array {
   const w = new Writer(64 + req.writes.length * 96);
+  writeWriteRequest(w, req);
+  return w.finish();
+}
+
+/** Appends a write request body to `w` (what encodeWriteRequest returns); lets a caller build a frame in one buffer. */
+export function writeWriteRequest(w: Writer, req: WireWriteInput): void {
   w.u128(req.clientId);
   w.u16(req.writes.length);
   for (const a of req.writes) {
@@ -353,7 +366,6 @@ export function encodeWriteRequest(req: WireWriteInput): Uint8Array {
     w.u32(a.events.length);
     for (const e of a.events) writeEvent(w, e);
   }
-  return w.finish();
 }
 
 export function decodeWriteRequest(body: Uint8Array): WireWriteRequest {
@@ -392,6 +404,12 @@ export interface WireReadRequest {
 
 export function encodeReadRequest(req: WireReadRequest): Uint8Array {
   const w = new Writer(96);
+  writeReadRequest(w, req);
+  return w.finish();
+}
+
+/** Appends a read request body to `w` (what encodeReadRequest returns). */
+export function writeReadRequest(w: Writer, req: WireReadRequest): void {
   w.key(req.key);
   w.u64(req.from);
   w.u64(req.to);
@@ -402,7 +420,6 @@ export function encodeReadRequest(req: WireReadRequest): Uint8Array {
     w.u8(b.length);
     w.bytes(b);
   }
-  return w.finish();
 }
 
 export function decodeReadRequest(body: Uint8Array): WireReadRequest {
@@ -586,13 +603,16 @@ export function decodeError(body: Uint8Array): WireErrorBody {
   const code = r.u16('code');
   const message = r.utf8(r.u32('message length'), 'message');
   const detailText = r.utf8(r.u32('detail length'), 'detail');
-  let detail: Record<string, unknown> = {};
+  let parsed: unknown;
   try {
-    detail = JSON.parse(detailText) as Record<string, unknown>;
+    parsed = JSON.parse(detailText);
   } catch {
     throw new WireError('error detail is not JSON');
   }
-  return { code, message, detail };
+  // `null`, a number or an array would reach callers typed as a record and break `detail.x`.
+  if (parsed === null || typeof parsed !== 'object' || Array.isArray(parsed)) throw new WireError('error detail is not a JSON object');
+  r.done('the error response');
+  return { code, message, detail: parsed as Record<string, unknown> };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -606,6 +626,32 @@ export function encodeFrame(correlationId: number, op: number, body: Uint8Array)
   out[8] = op;
   out.set(body, FRAME_HEADER_BYTES);
   return out;
+}
+
+/**
+ * A frame built in place, one buffer and no copy of the body: beginFrame on an empty Writer
+ * reserves the header, the body is written after it, endFrame fills the header in.
+ */
+export function beginFrame(w: Writer): void {
+  if (w.pos !== 0) throw new Error('beginFrame needs an empty Writer');
+  w.ensure(FRAME_HEADER_BYTES);
+  w.pos = FRAME_HEADER_BYTES;
+}
+
+export function endFrame(w: Writer, correlationId: number, op: number): Uint8Array {
+  const frame = w.finish();
+  w.view.setUint32(0, frame.length - 4, true);
+  w.view.setUint32(4, correlationId, true);
+  frame[8] = op;
+  return frame;
+}
+
+/** Re-stamps the correlation id of an encoded frame (the same request sent on another connection). */
+export function setCorrelationId(frame: Uint8Array, correlationId: number): void {
+  frame[4] = correlationId & 0xff;
+  frame[5] = (correlationId >>> 8) & 0xff;
+  frame[6] = (correlationId >>> 16) & 0xff;
+  frame[7] = (correlationId >>> 24) & 0xff;
 }
 
 export interface Frame {
