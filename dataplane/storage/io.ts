@@ -84,8 +84,12 @@ function errnoCode(err: unknown): string | undefined {
   return typeof err === 'object' && err !== null && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
 }
 
+function firstLine(s: string): string {
+  return s.split('\n', 1)[0] ?? s;
+}
+
 function describe(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
+  return firstLine(err instanceof Error ? err.message : String(err));
 }
 
 /** fsync of a directory, so a newly created file's name survives a crash. */
@@ -355,7 +359,7 @@ export async function openFileIo(opts: {
       );
       return new IoImpl(createSyncBackend(alloc), direct);
     };
-    if (!loaded.ok) return fallback(`cannot load ${NATIVE_ADDON_PATH}: ${loaded.error.message}; build it with hack/build-native.sh`);
+    if (!loaded.ok) return fallback(`cannot load ${NATIVE_ADDON_PATH}: ${firstLine(loaded.error.message)}; build it with hack/build-native.sh`);
     let backend: IoBackend;
     try {
       backend = createIoUringBackend(loaded.native);
