@@ -80,9 +80,12 @@ export class WorkerStatsBuffer {
   private cache: Record<string, { hits: number; misses: number }> = {};
   private shards = new Map<number, { shard: number; writeSeq: string; commitSeq: string }>();
   private readonly max: number;
+  private readonly random: () => number;
 
-  constructor(max: number = FSYNC_SAMPLES_MAX) {
+  /** `random` (in [0, 1)) picks which samples a full buffer keeps; tests pass their own. */
+  constructor(max: number = FSYNC_SAMPLES_MAX, random: () => number = Math.random) {
     this.max = Math.min(max, FSYNC_SAMPLES_MAX);
+    this.random = random;
   }
 
   recordFsync(seconds: number, batchSize: number): void {
@@ -92,7 +95,7 @@ export class WorkerStatsBuffer {
       this.sizes.push(batchSize);
       return;
     }
-    const j = Math.floor(Math.random() * this.seen);
+    const j = Math.floor(this.random() * this.seen);
     if (j < this.max) {
       this.seconds[j] = seconds;
       this.sizes[j] = batchSize;
