@@ -90,6 +90,15 @@ export class TimeoutError extends Error {
   override name = 'TimeoutError';
   readonly code = 'ETIMEDOUT';
 }
+/** Client-side: no connection could be opened (or the node's circuit breaker is open); the request was never sent. */
+export class ConnectFailedError extends ConnectionError {
+  override name = 'ConnectFailedError';
+}
+/** Client-side: a connection's wait queue is full (too many requests outstanding); the request was never sent. */
+export class RequestQueueFullError extends Error {
+  override name = 'RequestQueueFullError';
+  readonly code = 'EQUEUEFULL';
+}
 
 const classes: Record<number, new (code: number, message: string, detail?: ErrorDetail) => CelerError> = {
   1000: ReadBelowTrimmedError,

@@ -1,0 +1,130 @@
+// The Celer client: connect() and the operations of SPEC §3–§4 over the native protocol.
+import { parseAddress } from './connection.ts';
+import { decodeDetails, decodePong, decodeReadPage, decodeWriteResults } from './decode.ts';
+import { KEY_AT, WRITE_KEY_AT, badRequest, encodeDetails, encodePing, encodeRead, encodeWrite, toClientId, toU64 } from './encode.ts';
+import {
+  appendExactlyOnce,
+  writeExactlyOnce,
+  type AppendExactlyOnceOptions,
+  type AppendExactlyOnceResult,
+  type ExactlyOnceOptions,
+  type WriteExactlyOnceResult,
+} from './exactly-once.ts';
+import type { AggregateKey } from './key.ts';
+import { resolveOptions, type ClientOptions, type ResolvedOptions } from './options.ts';
+import { Pool } from './pool.ts';
+import type { AggregateDetails, AppendOptions, AppendResult, Batch, EventInput, ReadOptions, ReadPage, WriteInput, WriteResult } from './types.ts';
+import { WireError } from './wire.ts';
+
+/** Seed addresses per client: a cluster has two nodes; more is a configuration mistake. */
+const SEEDS_MAX = 64;
+
+export class CelerClient {
+  /** The clientId used by writes that name none (from connect options), or undefined. */
+  readonly defaultClientId: bigint | undefined;
+  private readonly pool: Pool;
+
+  /** Use connect(). */
+  private constructor(pool: Pool, options: ResolvedOptions) {
+    this.pool = pool;
+    this.defaultClientId = options.clientId === undefined ? undefined : toClientId(options.clientId, undefined);
+  }
+
+  /** Connects to the first reachable seed address ("host:port"); see ClientOptions. */
+  static async connect(address: string | readonly string[], options: ClientOptions = {}): Promise<CelerClient> {
+    const seeds = typeof address === 'string' ? [address] : [...address];
+    if (seeds.length === 0 || seeds.length > SEEDS_MAX) throw badRequest(`connect needs 1..${SEEDS_MAX} addresses; got ${seeds.length}`);
+    for (const s of seeds) {
+      if (typeof s !== 'string' || parseAddress(s) === undefined) throw badRequest(`"${String(s)}" is not a host:port address`);
+    }
+    let resolved: ResolvedOptions;
+    try {
+      resolved = resolveOptions(options);
+    } catch (err) {
+      throw badRequest((err as Error).message);
+    }
+    const pool = new Pool(seeds, resolved);
+    const client = new CelerClient(pool, resolved);
+    await pool.open();
+    return client;
+  }
+
+  /** The node requests currently go to (the leader, as far as the client knows). */
+  get leader(): string {
+    return this.pool.leaderAddress;
+  }
+
+  /** Appends events to one aggregate. Throws WrongExpectedVersionError (2003) when the guard fails. */
+  async append(key: AggregateKey, events: EventInput[], opts: AppendOptions = {}): Promise<AppendResult> {
+    if (opts === null || typeof opts !== 'object') throw badRequest('append options must be an object');
+    const clientId = toClientId(opts.clientId, this.defaultClientId);
+    const { frame, count } = encodeWrite(clientId, [{ key, events, expectedVersion: opts.expectedVersion, clientSeq: opts.clientSeq }], 'append');
+    const answer = await this.pool.send(frame, this.pool.slotOf(frame, WRITE_KEY_AT));
+    return decodeWriteResults(answer, count)[0]!;
+  }
+
+  /**
+   * Writes to several aggregates of one shard atomically: every guard passes and all events land,
+   * or nothing does (9001 when the keys span shards).
+   */
+  async write(input: WriteInput): Promise<WriteResult> {
+    if (input === null || typeof input !== 'object') throw badRequest('write input must be { clientId, writes: [...] }');
+    const clientId = toClientId(input.clientId, this.defaultClientId);
+    const { frame, count } = encodeWrite(clientId, input.writes);
+    const answer = await this.pool.send(frame, this.pool.slotOf(frame, WRITE_KEY_AT));
+    return { results: decodeWriteResults(answer, count) };
+  }
+
+  /** One page of an aggregate's batches; `nextVersion` is set when there is more. */
+  async read(key: AggregateKey, opts: ReadOptions = {}): Promise<ReadPage> {
+    const frame = encodeRead(key, opts);
+    return decodeReadPage(await this.pool.send(frame, this.pool.slotOf(frame, KEY_AT)));
+  }
+
+  /** Every batch from `opts.from` (to `opts.to`), page after page. */
+  async *readAll(key: AggregateKey, opts: ReadOptions = {}): AsyncGenerator<Batch, void, undefined> {
+    let from = opts.from === undefined ? 1n : toU64(opts.from, 'from');
+    for (;;) {
+      const page = await this.read(key, { ...opts, from });
+      yield* page.batches;
+      const next = page.nextVersion;
+      if (next === undefined) return;
+      // A page that does not move forward would loop for ever.
+      if (next <= from) throw new WireError(`the server returned nextVersion ${next} for a page that started at ${from}`);
+      if (opts.to !== undefined && next > BigInt(opts.to)) return;
+      from = next;
+    }
+  }
+
+  async details(key: AggregateKey): Promise<AggregateDetails> {
+    const frame = encodeDetails(key);
+    return decodeDetails(await this.pool.send(frame, this.pool.slotOf(frame, KEY_AT)));
+  }
+
+  /** A round trip to the leader; resolves with its duration in milliseconds. */
+  async ping(): Promise<number> {
+    const started = performance.now();
+    decodePong(await this.pool.send(encodePing(), this.pool.anySlot()));
+    return performance.now() - started;
+  }
+
+  /** append, retried until the outcome is definite; see exactly-once.ts. */
+  appendExactlyOnce(key: AggregateKey, events: EventInput[], opts: AppendExactlyOnceOptions): Promise<AppendExactlyOnceResult> {
+    return appendExactlyOnce(this, key, events, opts);
+  }
+
+  /** write, retried until the outcome is definite; every write needs a clientSeq ≥ 1. */
+  writeExactlyOnce(input: WriteInput, opts?: ExactlyOnceOptions): Promise<WriteExactlyOnceResult> {
+    return writeExactlyOnce(this, input, opts);
+  }
+
+  /** Closes every connection; requests still outstanding fail with ConnectionError. */
+  async close(): Promise<void> {
+    this.pool.close();
+  }
+}
+
+/** Connects to a Celer node or cluster: `await connect('127.0.0.1:7000')`. */
+export function connect(address: string | readonly string[], options?: ClientOptions): Promise<CelerClient> {
+  return CelerClient.connect(address, options);
+}

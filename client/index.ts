@@ -1,0 +1,19 @@
+// @celer/client: the TypeScript client of Celer. See README.md beside this file.
+export { CelerClient, connect } from './client.ts';
+export { DEFAULTS, type ClientOptions } from './options.ts';
+export {
+  EXACTLY_ONCE_DEFAULTS,
+  appendExactlyOnce,
+  backoffDelayMs,
+  writeExactlyOnce,
+  type AppendExactlyOnceOptions,
+  type AppendExactlyOnceResult,
+  type BackoffOptions,
+  type ExactlyOnceOptions,
+  type ExactlyOnceTarget,
+  type WriteExactlyOnceResult,
+} from './exactly-once.ts';
+export * from './errors.ts';
+export * from './types.ts';
+export { KeyError, formatKey, normalizeKey, parseKey, toUuid, type NormalizedKey } from './key.ts';
+export { Limits, WireError } from './wire.ts';
