@@ -98,6 +98,8 @@ export interface UpgradeStatus {
   targetRevision: string;
   /** Pods not yet running the target revision. */
   pendingPods: string[];
+  /** The last POST /admin/step-down of this rollout, so it is not repeated while in progress. */
+  stepDown?: { pod: string; at: string } | null;
 }
 
 export interface LeaseStatus {
