@@ -1,0 +1,257 @@
+// The `celer` command line: serve, write, read, details, verify, bench.
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { readFileSync } from 'node:fs';
+import { resolve } from 'node:path';
+import type { Batch, ExpectedVersion } from '@celer/client';
+import { CelerError } from '../../client/errors.ts';
+import { parseKey } from '../../client/key.ts';
+import { ConfigError, isRouting } from '../storage/meta.ts';
+
+// Commands load what they need on demand, so `celer write` does not pay for the server's imports.
+const connect = async (...a: Parameters<typeof import('@celer/client').connect>) => (await import('@celer/client')).connect(...a);
+const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+
+const USAGE = `celer ${VERSION} — a replicated, append-only event store
+
+usage:
+  celer serve --standalone --data-dir DIR [--shards N] [--routing org|type|id]
+              [--listen HOST:PORT] [--http HOST:PORT] [--grpc HOST:PORT|off]
+              [--memory-budget-mb N] [--segment-mb N] [--workers N] [--sync-io] [--unsafe-no-direct-io]
+  celer write   [--addr HOST:PORT] KEY --type TYPE (--data TEXT | --data-file FILE)
+                [--expected-version any|no_stream|stream_exists|N] [--client-id ID] [--client-seq N]
+  celer read    [--addr HOST:PORT] KEY [--from N] [--to N] [--types A,B] [--json]
+  celer details [--addr HOST:PORT] KEY
+  celer verify  --data-dir DIR
+  celer bench   [--addr HOST:PORT] [--writers N] [--duration-s S] [--warmup-s S] [--connections N]
+
+KEY is org/type/id, each part decimal or a UUID. --addr defaults to 127.0.0.1:7400.
+Run "celer COMMAND --help" for the flags of one command.`;
+
+const out = (s: string): void => void process.stdout.write(s + '\n');
+const errOut = (s: string): void => void process.stderr.write(s + '\n');
+
+class UsageError extends Error {}
+
+function parse<T extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: T, positionals = 0) {
+  try {
+    const r = parseArgs({ args, options: { ...options, help: { type: 'boolean' } }, allowPositionals: positionals > 0, strict: true });
+    if (r.positionals.length !== positionals) throw new UsageError(`expected ${positionals} argument(s), got ${r.positionals.length}`);
+    return r;
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+function int(v: string | undefined, name: string, min = 0): number | undefined {
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < min) throw new UsageError(`${name} must be an integer ≥ ${min}; got "${v}"`);
+  return n;
+}
+
+async function serve(args: string[]): Promise<number> {
+  const { values } = parse(args, {
+    standalone: { type: 'boolean' },
+    'data-dir': { type: 'string' },
+    shards: { type: 'string' },
+    routing: { type: 'string' },
+    listen: { type: 'string' },
+    http: { type: 'string' },
+    grpc: { type: 'string' },
+    'memory-budget-mb': { type: 'string' },
+    'segment-mb': { type: 'string' },
+    workers: { type: 'string' },
+    'sync-io': { type: 'boolean' },
+    'unsafe-no-direct-io': { type: 'boolean' },
+  });
+  if (!values.standalone) throw new UsageError('cluster mode (leader + follower + S3 lease) is not available in this version; start a single node with --standalone');
+  const dataDir = values['data-dir'];
+  if (!dataDir) throw new UsageError('--data-dir DIR is required');
+  if (values.routing !== undefined && !isRouting(values.routing)) throw new UsageError(`--routing must be org, type or id; got "${values.routing}"`);
+  const memMb = int(values['memory-budget-mb'], '--memory-budget-mb', 16);
+  const segMb = int(values['segment-mb'], '--segment-mb', 1);
+  const log = (m: string): void => errOut(`celer: ${m}`);
+  const { startNode } = await import('../server/node.ts');
+  const node = await startNode({
+    dataDir: resolve(dataDir),
+    shards: int(values.shards, '--shards', 1),
+    routing: values.routing as 'org' | 'type' | 'id' | undefined,
+    listen: values.listen ?? '127.0.0.1:7400',
+    http: values.http,
+    grpc: values.grpc,
+    workers: int(values.workers, '--workers', 1),
+    memoryBudgetBytes: memMb === undefined ? undefined : memMb * 1024 * 1024,
+    segmentBytes: segMb === undefined ? undefined : segMb * 1024 * 1024,
+    unsafeNoDirectIo: values['unsafe-no-direct-io'],
+    forceSyncIo: values['sync-io'] || process.env.CELER_IO === 'sync',
+    log,
+  });
+  out(`listening native ${node.listen.native}`);
+  if (node.listen.grpc) out(`listening grpc ${node.listen.grpc}`);
+  out(`listening http ${node.listen.http}`);
+  out(`ready`);
+  await new Promise<void>((res) => {
+    const stop = (sig: string): void => {
+      log(`${sig}: closing (finishing writes in flight)`);
+      res();
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  await node.close();
+  return 0;
+}
+
+function parseExpected(v: string | undefined): ExpectedVersion {
+  if (v === undefined || v === 'any') return 'any';
+  if (v === 'no_stream' || v === 'stream_exists') return v;
+  if (/^\d+$/.test(v)) return BigInt(v);
+  throw new UsageError(`--expected-version must be any, no_stream, stream_exists or a version number; got "${v}"`);
+}
+
+function keyArg(text: string) {
+  try {
+    return parseKey(text);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+const json = (v: unknown): string => JSON.stringify(v, (_k, x: unknown) => (typeof x === 'bigint' ? x.toString() : x));
+
+async function write(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, {
+    addr: { type: 'string' },
+    type: { type: 'string' },
+    data: { type: 'string' },
+    'data-file': { type: 'string' },
+    'expected-version': { type: 'string' },
+    'client-id': { type: 'string' },
+    'client-seq': { type: 'string' },
+  }, 1);
+  const key = keyArg(positionals[0]!);
+  if (!values.type) throw new UsageError('--type TYPE is required');
+  if ((values.data === undefined) === (values['data-file'] === undefined)) throw new UsageError('give exactly one of --data TEXT or --data-file FILE');
+  const data = values.data !== undefined ? new TextEncoder().encode(values.data) : new Uint8Array(readFileSync(values['data-file']!));
+  const c = await connect(values.addr ?? '127.0.0.1:7400');
+  try {
+    const r = await c.append(key, [{ type: values.type, data }], {
+      expectedVersion: parseExpected(values['expected-version']),
+      ...(values['client-id'] !== undefined ? { clientId: values['client-id'] } : {}),
+      ...(values['client-seq'] !== undefined ? { clientSeq: BigInt(values['client-seq']) } : {}),
+    });
+    out(json(r));
+  } finally {
+    await c.close();
+  }
+  return 0;
+}
+
+function showBatch(b: Batch): string {
+  const td = new TextDecoder('utf-8', { fatal: true });
+  const text = (d: Uint8Array): string => {
+    try {
+      return td.decode(d);
+    } catch {
+      return 'base64:' + Buffer.from(d).toString('base64');
+    }
+  };
+  return json({ ...b, events: b.events.map((e) => ({ ...e, data: text(e.data), ...(e.metadata ? { metadata: text(e.metadata) } : {}) })) });
+}
+
+async function read(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, { addr: { type: 'string' }, from: { type: 'string' }, to: { type: 'string' }, types: { type: 'string' }, json: { type: 'boolean' } }, 1);
+  const key = keyArg(positionals[0]!);
+  const c = await connect(values.addr ?? '127.0.0.1:7400');
+  try {
+    const from = int(values.from, '--from', 0);
+    const to = int(values.to, '--to', 0);
+    for await (const b of c.readAll(key, {
+      ...(from !== undefined ? { from } : {}),
+      ...(to !== undefined ? { to } : {}),
+      ...(values.types ? { eventTypes: values.types.split(',') } : {}),
+    })) {
+      out(showBatch(b));
+    }
+  } finally {
+    await c.close();
+  }
+  return 0;
+}
+
+async function details(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, { addr: { type: 'string' } }, 1);
+  const c = await connect(values.addr ?? '127.0.0.1:7400');
+  try {
+    out(json(await c.details(keyArg(positionals[0]!))));
+  } finally {
+    await c.close();
+  }
+  return 0;
+}
+
+async function verify(args: string[]): Promise<number> {
+  const { values } = parse(args, { 'data-dir': { type: 'string' } });
+  if (!values['data-dir']) throw new UsageError('--data-dir DIR is required');
+  const { verifyDataDir } = await import('./verify.ts');
+  const report = await verifyDataDir(resolve(values['data-dir']), out);
+  out(report.ok ? 'verify: every checksum and chain link holds' : 'verify: FAILED (see the first bad record above)');
+  return report.ok ? 0 : 1;
+}
+
+async function bench(args: string[]): Promise<number> {
+  const { values } = parse(args, { addr: { type: 'string' }, writers: { type: 'string' }, 'duration-s': { type: 'string' }, 'warmup-s': { type: 'string' }, connections: { type: 'string' } });
+  const { runBench } = await import('./bench.ts');
+  await runBench({
+    address: values.addr ?? '127.0.0.1:7400',
+    writers: int(values.writers, '--writers', 1) ?? 64,
+    durationS: int(values['duration-s'], '--duration-s', 1) ?? 10,
+    warmupS: int(values['warmup-s'], '--warmup-s', 0) ?? 2,
+    connections: int(values.connections, '--connections', 1) ?? 4,
+    out,
+  });
+  return 0;
+}
+
+const COMMANDS: Record<string, (args: string[]) => Promise<number>> = { serve, write, read, details, verify, bench };
+
+async function main(argv: string[]): Promise<number> {
+  const [cmd, ...rest] = argv;
+  if (cmd === undefined || cmd === '--help' || cmd === '-h' || cmd === 'help') {
+    out(USAGE);
+    return cmd === undefined ? 2 : 0;
+  }
+  if (cmd === '--version') {
+    out(VERSION);
+    return 0;
+  }
+  const run = COMMANDS[cmd];
+  if (run === undefined) {
+    errOut(`celer: unknown command "${cmd}"\n\n${USAGE}`);
+    return 2;
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    out(USAGE);
+    return 0;
+  }
+  try {
+    return await run(rest);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      errOut(`celer ${cmd}: ${e.message}\nRun "celer --help" for usage.`);
+      return 2;
+    }
+    if (e instanceof ConfigError) {
+      errOut(`celer ${cmd}: ${e.message}`);
+      return 1;
+    }
+    if (e instanceof CelerError) {
+      errOut(`celer ${cmd}: error ${e.code}: ${e.message}`);
+      return 1;
+    }
+    errOut(`celer ${cmd}: ${(e as Error).message}`);
+    return 1;
+  }
+}
+
+process.exitCode = await main(process.argv.slice(2));

@@ -1,0 +1,114 @@
+// The native protocol server (client/wire.ts framing) on the main thread. Many requests are in
+// flight per connection; responses go out in whatever order shards finish, matched by
+// correlation id, and all responses ready in one tick leave in one socket write.
+import { createServer, type Server, type Socket } from 'node:net';
+import { ErrorCode } from '../../client/errors.ts';
+import { encodeError, encodeFrame, FrameDecoder, Op, WireError } from '../../client/wire.ts';
+import { CONNECTION_WRITE_BUFFER_BYTES_MAX } from '../constants.ts';
+import type { Dispatcher } from './dispatch.ts';
+import { observeRequest } from './metrics.ts';
+
+export interface NativeServerHandle {
+  address: string;
+  close(): Promise<void>;
+}
+
+export function splitHostPort(address: string): { host: string; port: number } {
+  const i = address.lastIndexOf(':');
+  if (i <= 0) throw new Error(`address "${address}" must be HOST:PORT`);
+  const port = Number(address.slice(i + 1));
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`address "${address}" has an invalid port`);
+  return { host: address.slice(0, i).replace(/^\[|\]$/g, ''), port };
+}
+
+function serve(socket: Socket, dispatcher: Dispatcher, log: (m: string) => void): void {
+  socket.setNoDelay(true);
+  const decoder = new FrameDecoder();
+  let out: Uint8Array[] = [];
+  let scheduled = false;
+  let closed = false;
+  const flush = (): void => {
+    scheduled = false;
+    if (closed || out.length === 0) return;
+    const chunks = out;
+    out = [];
+    socket.write(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
+    if (socket.writableLength > CONNECTION_WRITE_BUFFER_BYTES_MAX && !socket.isPaused()) {
+      // The peer is not reading its responses: stop reading its requests until it does.
+      socket.pause();
+      socket.once('drain', () => socket.resume());
+    }
+  };
+  const send = (frame: Uint8Array): void => {
+    out.push(frame);
+    if (!scheduled) {
+      scheduled = true;
+      setImmediate(flush);
+    }
+  };
+  socket.on('data', (chunk: Buffer) => {
+    let frames;
+    try {
+      frames = decoder.push(chunk);
+    } catch (e) {
+      // The byte stream cannot be framed any more: say why, then close this connection only.
+      const msg = e instanceof WireError ? e.message : String(e);
+      log(`closing connection from ${socket.remoteAddress}:${socket.remotePort}: ${msg}`);
+      out.push(encodeFrame(0, Op.Error, encodeError(ErrorCode.BadRequest, `malformed frame: ${msg}; closing the connection`)));
+      flush();
+      closed = true;
+      socket.end();
+      return;
+    }
+    for (const f of frames) {
+      const t0 = performance.now();
+      dispatcher.dispatch(f.op, f.body).then(
+        (r) => {
+          observeRequest(f.op, r.op === Op.Error ? errorCode(r.body) : 'ok', (performance.now() - t0) / 1000);
+          if (!closed) send(encodeFrame(f.correlationId, r.op, r.body));
+        },
+        (e: Error) => {
+          log(`internal error: ${e.stack ?? e.message}`);
+          if (!closed) send(encodeFrame(f.correlationId, Op.Error, encodeError(ErrorCode.ShardUnavailable, `internal error: ${e.message}`)));
+        },
+      );
+    }
+  });
+  socket.on('error', () => {
+    closed = true;
+  });
+  socket.on('close', () => {
+    closed = true;
+  });
+}
+
+function errorCode(body: Uint8Array): number {
+  return body.length >= 2 ? (body[0]! << 8) | body[1]! : 0;
+}
+
+export async function startNativeServer(dispatcher: Dispatcher, address: string, log: (m: string) => void): Promise<NativeServerHandle> {
+  const { host, port } = splitHostPort(address);
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+    serve(s, dispatcher, log);
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host, port, backlog: 4096 }, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+  const a = server.address();
+  const bound = typeof a === 'object' && a !== null ? `${a.family === 'IPv6' ? `[${a.address}]` : a.address}:${a.port}` : address;
+  return {
+    address: bound,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}

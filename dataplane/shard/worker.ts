@@ -1,0 +1,156 @@
+// Entry point of a shard worker thread. Each worker owns the shards `shard % workers === index`,
+// opens them (crash recovery), then serves the requests the main thread routes to it.
+//
+// Messages (structured clone over the worker's port):
+//   main → worker  { t: 'req', items, buf }   one message per main-thread tick: items is a flat
+//                  array of [id, op, shard, offset, length] per request, buf one transferred
+//                  ArrayBuffer holding every request body (a view of a socket chunk would clone
+//                  the whole chunk, so bodies are packed)
+//   worker → main  { t: 'res', items, buf }   one message per worker tick: [id, op, offset, length]
+//                  { t: 'ready', shards: ShardInfo[], io: string }   once, after every shard opened
+//                  { t: 'stats', stats: WorkerStats, shards: ShardInfo[] }   every STATS_INTERVAL_MS
+//                  { t: 'log', msg }
+//   main → worker  { t: 'close' }  → worker closes its shards and replies { t: 'closed' }
+import { parentPort, workerData } from 'node:worker_threads';
+import { join } from 'node:path';
+import { ErrorCode } from '../../client/errors.ts';
+import { encodeError, Op, Writer } from '../../client/wire.ts';
+import { STATS_INTERVAL_MS } from '../constants.ts';
+import { initHashing } from '../storage/checksum.ts';
+import { openFileIo } from '../storage/io.ts';
+import { WorkerStatsBuffer } from '../server/metrics.ts';
+import type { ShardState } from '../server/status.ts';
+import { Shard, type ShardResult } from './shard.ts';
+
+export interface WorkerConfig {
+  index: number;
+  workers: number;
+  dataDir: string;
+  numShards: number;
+  routing: number;
+  segmentBytes: number;
+  memoryBudgetPerShardBytes: number;
+  unsafeNoDirectIo: boolean;
+  forceSyncIo: boolean;
+}
+
+export interface ShardInfo {
+  shard: number;
+  state: ShardState;
+  reason?: string;
+  writeSeq: string;
+  commitSeq: string;
+}
+
+/** Numbers per request in a 'req' message's items, and per response in a 'res' message's. */
+export const REQ_ITEM_WIDTH = 5;
+export const RES_ITEM_WIDTH = 4;
+
+export function shardDir(dataDir: string, shard: number): string {
+  return join(dataDir, `shard-${String(shard).padStart(3, '0')}`);
+}
+
+async function main(): Promise<void> {
+  const port = parentPort;
+  if (port === null) throw new Error('worker.ts must run as a worker thread');
+  const cfg = workerData as WorkerConfig;
+  const log = (msg: string): void => port.postMessage({ t: 'log', msg });
+  await initHashing();
+  const io = await openFileIo({ dir: cfg.dataDir, unsafeNoDirectIo: cfg.unsafeNoDirectIo, forceSync: cfg.forceSyncIo, log: cfg.index === 0 ? log : () => {} });
+  const shards = new Map<number, Shard>();
+  for (let s = cfg.index; s < cfg.numShards; s += cfg.workers) {
+    shards.set(
+      s,
+      await Shard.open({
+        io,
+        dir: shardDir(cfg.dataDir, s),
+        shard: s,
+        numShards: cfg.numShards,
+        routing: cfg.routing,
+        segmentBytes: cfg.segmentBytes,
+        memoryBudgetBytes: cfg.memoryBudgetPerShardBytes,
+        log,
+      }),
+    );
+  }
+  const info = (): ShardInfo[] =>
+    [...shards.values()].map((s) => ({
+      shard: s.id,
+      state: s.state,
+      ...(s.reason !== undefined ? { reason: s.reason } : {}),
+      writeSeq: String(s.writeSeq),
+      commitSeq: String(s.commitSeq),
+    }));
+
+  let items: number[] = [];
+  let bodies = new Writer(64 * 1024);
+  let flushScheduled = false;
+  const flush = (): void => {
+    flushScheduled = false;
+    const buf = bodies.buf.slice(0, bodies.pos).buffer;
+    port.postMessage({ t: 'res', items, buf }, [buf]);
+    items = [];
+    bodies = new Writer(64 * 1024);
+  };
+  const reply = (id: number, r: ShardResult): void => {
+    items.push(id, r.op, bodies.pos, r.body.length);
+    bodies.bytes(r.body);
+    if (!flushScheduled) {
+      flushScheduled = true;
+      setImmediate(flush);
+    }
+  };
+
+  const stats = new WorkerStatsBuffer();
+  const lastCache = new Map<number, { sh: number; sm: number; rh: number; rm: number }>();
+  const statsTimer = setInterval(() => {
+    for (const s of shards.values()) {
+      for (const f of s.fsyncSamples.splice(0)) stats.recordFsync(f.seconds, f.records);
+      const c = s.cacheStats;
+      const prev = lastCache.get(s.id) ?? { sh: 0, sm: 0, rh: 0, rm: 0 };
+      stats.cacheHit('aggregate_state', c.states.hits - prev.sh);
+      stats.cacheMiss('aggregate_state', c.states.misses - prev.sm);
+      stats.cacheHit('recent_records', c.recent.hits - prev.rh);
+      stats.cacheMiss('recent_records', c.recent.misses - prev.rm);
+      lastCache.set(s.id, { sh: c.states.hits, sm: c.states.misses, rh: c.recent.hits, rm: c.recent.misses });
+      stats.setShard(s.id, BigInt(s.writeSeq), BigInt(s.commitSeq));
+    }
+    port.postMessage({ t: 'stats', stats: stats.take(), shards: info() });
+  }, STATS_INTERVAL_MS);
+
+  port.on('message', (m: { t: 'req'; items: number[]; buf: ArrayBuffer } | { t: 'close' }) => {
+    if (m.t === 'close') {
+      clearInterval(statsTimer);
+      void (async () => {
+        for (const s of shards.values()) await s.close();
+        io.close();
+        port.postMessage({ t: 'closed' });
+      })();
+      return;
+    }
+    const all = new Uint8Array(m.buf);
+    for (let i = 0; i < m.items.length; i += REQ_ITEM_WIDTH) {
+      const id = m.items[i]!;
+      const op = m.items[i + 1]!;
+      const shardId = m.items[i + 2]!;
+      const body = all.subarray(m.items[i + 3]!, m.items[i + 3]! + m.items[i + 4]!);
+      const shard = shards.get(shardId);
+      if (shard === undefined) {
+        reply(id, { op: Op.Error, body: encodeError(ErrorCode.BadRequest, `shard ${shardId} is not owned by worker ${cfg.index}`) });
+        continue;
+      }
+      shard.handle(op, body).then(
+        (r) => reply(id, r),
+        (e: Error) => {
+          log(`shard ${shardId}: internal error: ${e.stack ?? e.message}`);
+          reply(id, { op: Op.Error, body: encodeError(ErrorCode.ShardUnavailable, `internal error in shard ${shardId}: ${e.message}`) });
+        },
+      );
+    }
+  });
+  port.postMessage({ t: 'ready', shards: info(), io: `${io.kind}${io.direct ? '+O_DIRECT' : ' (buffered: --unsafe-no-direct-io)'}` });
+}
+
+main().catch((e: Error) => {
+  parentPort?.postMessage({ t: 'fatal', msg: e.message });
+});

@@ -1,0 +1,102 @@
+// The data directory's identity file (celer.json): the shard count and routing rule chosen when
+// the data was first created (SPEC §2), fixed for the life of the data. A node started with other
+// values refuses, because every aggregate would route to a different shard than its history.
+// Also a lock file so that two processes never open the same data directory.
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { join } from 'node:path';
+import { randomUUID } from 'node:crypto';
+import type { Routing } from './segment.ts';
+
+export const META_FILE = 'celer.json';
+export const LOCK_FILE = 'celer.lock';
+export const META_FORMAT = 1;
+/** Largest shard count: one worker per core; beyond a few hundred shards per node nothing is gained. */
+export const SHARDS_MAX = 1024;
+
+export interface DataMeta {
+  format: number;
+  numShards: number;
+  routing: Routing;
+  nodeId: string;
+  createdAt: string;
+}
+
+export class ConfigError extends Error {
+  override name = 'ConfigError';
+}
+
+export function isRouting(s: string): s is Routing {
+  return s === 'org' || s === 'type' || s === 'id';
+}
+
+/**
+ * Reads the identity of `dir`, or creates it from the requested values (defaults applied).
+ * `requested` fields are undefined when the user did not pass the flag.
+ */
+export function openDataMeta(dir: string, requested: { numShards?: number | undefined; routing?: Routing | undefined }, defaults: { numShards: number; routing: Routing }): DataMeta {
+  mkdirSync(dir, { recursive: true });
+  const path = join(dir, META_FILE);
+  if (existsSync(path)) {
+    let meta: DataMeta;
+    try {
+      meta = JSON.parse(readFileSync(path, 'utf8')) as DataMeta;
+    } catch (e) {
+      throw new ConfigError(`${path} is not valid JSON (${(e as Error).message}); it records the shard count and routing rule of this data and must not be edited`);
+    }
+    if (meta.format !== META_FORMAT) throw new ConfigError(`${path} has format ${meta.format}; this version of Celer reads format ${META_FORMAT}`);
+    const diffs: string[] = [];
+    if (requested.numShards !== undefined && requested.numShards !== meta.numShards) diffs.push(`--shards ${requested.numShards} (the data has ${meta.numShards})`);
+    if (requested.routing !== undefined && requested.routing !== meta.routing) diffs.push(`--routing ${requested.routing} (the data has ${meta.routing})`);
+    if (diffs.length > 0) {
+      throw new ConfigError(
+        `refusing to start: ${dir} was created with --shards ${meta.numShards} --routing ${meta.routing}, but this node was started with ${diffs.join(' and ')}. ` +
+          `The shard count and routing rule are fixed when the data is first created, because every aggregate's history lives on the shard its key routed to. ` +
+          `Start with --shards ${meta.numShards} --routing ${meta.routing} (or leave both out), or use a new data directory.`,
+      );
+    }
+    return meta;
+  }
+  const numShards = requested.numShards ?? defaults.numShards;
+  if (!Number.isInteger(numShards) || numShards < 1 || numShards > SHARDS_MAX) throw new ConfigError(`--shards must be an integer 1..${SHARDS_MAX}; got ${numShards}`);
+  const meta: DataMeta = { format: META_FORMAT, numShards, routing: requested.routing ?? defaults.routing, nodeId: randomUUID(), createdAt: new Date().toISOString() };
+  const tmp = `${path}.tmp`;
+  writeFileSync(tmp, JSON.stringify(meta, null, 2) + '\n');
+  const fd = openSync(tmp, 'r');
+  fsyncSync(fd);
+  closeSync(fd);
+  renameSync(tmp, path);
+  const dfd = openSync(dir, 'r');
+  fsyncSync(dfd);
+  closeSync(dfd);
+  return meta;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Takes the directory's lock (a pid file); throws when a live process holds it. Returns the release function. */
+export function lockDataDir(dir: string): () => void {
+  const path = join(dir, LOCK_FILE);
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const fd = openSync(path, 'wx');
+      writeSync(fd, `${process.pid}\n`);
+      closeSync(fd);
+      return () => rmSync(path, { force: true });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+      const pid = Number(readFileSync(path, 'utf8').trim());
+      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
+        throw new ConfigError(`${dir} is in use by process ${pid} (${path}); stop it first, or use another data directory`);
+      }
+      rmSync(path, { force: true }); // stale lock of a process that died (e.g. SIGKILL)
+    }
+  }
+  throw new ConfigError(`could not lock ${dir}`);
+}
