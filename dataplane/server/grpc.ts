@@ -641,8 +641,11 @@ export async function startGrpcServer(dispatcher: Dispatcher, address: string, o
       const body = convert(() => readToWire(r, from));
       const ok = decodeReadOk(await call(Op.Read, body, Op.ReadOk));
       if (stream.cancelled) return;
-      if (ok.batches.length > 0 && !stream.write({ batches: batchesToPb(ok.batches) })) {
-        await Promise.race([new Promise<void>((resolve) => stream.once('drain', () => resolve())), closed]);
+      if (ok.batches.length > 0) {
+        // One page in flight at a time: the next page is read only once the transport has taken
+        // this one, so a slow reader does not make the server buffer pages (up to 8 MiB each).
+        const message = { batches: batchesToPb(ok.batches) };
+        await Promise.race([new Promise<void>((resolve) => stream.write(message, () => resolve())), closed]);
       }
       if (ok.nextVersion === 0n) break;
       if (ok.nextVersion <= from) throw new Error(`read page did not advance (from ${from}, next ${ok.nextVersion})`);
