@@ -1,0 +1,226 @@
+// The write/read contract (SPEC §3–§4, §6) against a real `celer serve --standalone` process.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect as netConnect } from 'node:net';
+import {
+  AlreadyAppliedError,
+  CrossShardWriteError,
+  connect,
+  DuplicateInFlightError,
+  WrongExpectedVersionError,
+  AggregateNotFoundError,
+  BadRequestError,
+  type CelerClient,
+} from '@celer/client';
+import { decodeError, encodeFrame, encodeWriteRequest, Expect, FrameDecoder, Op, Writer } from '../../client/wire.ts';
+import { removeDir, runCeler, startCeler, tempDir, type CelerProcess } from './lib/celer-process.ts';
+
+const te = new TextEncoder();
+const ev = (type: string, text = type) => ({ type, data: te.encode(text) });
+let node: CelerProcess;
+let dir: string;
+let client: CelerClient;
+
+before(async () => {
+  dir = await tempDir('celer-e2e-sem-');
+  node = await startCeler(dir, ['--shards', '4', '--routing', 'id']);
+  client = await connect(node.native, { clientId: 1 });
+});
+
+after(async () => {
+  await client?.close();
+  await node?.stop();
+  await removeDir(dir);
+});
+
+test('of N concurrent writers with the same expected version exactly one wins; the others get 2003 with the current version', async () => {
+  const key = { org: 1, type: 1, id: 100 };
+  await client.append(key, [ev('Opened')]);
+  const writers = await Promise.all(Array.from({ length: 8 }, (_, i) => connect(node.native, { clientId: 10 + i })));
+  try {
+    const results = await Promise.allSettled(writers.map((c) => c.append(key, [ev('Deposited')], { expectedVersion: 1 })));
+    const won = results.filter((r) => r.status === 'fulfilled');
+    assert.equal(won.length, 1);
+    for (const r of results) {
+      if (r.status === 'rejected') {
+        assert.ok(r.reason instanceof WrongExpectedVersionError, String(r.reason));
+        assert.equal(r.reason.code, 2003);
+        assert.equal(r.reason.currentVersion, 2n);
+      }
+    }
+  } finally {
+    await Promise.all(writers.map((c) => c.close()));
+  }
+});
+
+test('of N concurrent creators with no_stream exactly one wins', async () => {
+  const key = { org: 1, type: 1, id: 204 };
+  const results = await Promise.allSettled(Array.from({ length: 16 }, (_, i) => client.append(key, [ev('Created', String(i))], { expectedVersion: 'no_stream' })));
+  assert.equal(results.filter((r) => r.status === 'fulfilled').length, 1);
+  assert.ok(results.every((r) => r.status === 'fulfilled' || r.reason instanceof WrongExpectedVersionError));
+  assert.equal((await client.details(key)).version, 1n);
+});
+
+test('a multi-aggregate write is all-or-nothing when one guard fails', async () => {
+  const from = { org: 2, type: 1, id: 8 }; // shard 0 of 4
+  const to = { org: 2, type: 1, id: 12 }; // shard 0 of 4
+  await client.append(from, [ev('Opened')]);
+  await assert.rejects(
+    client.write({ writes: [{ key: from, events: [ev('Withdrawn')], expectedVersion: 1 }, { key: to, events: [ev('Deposited')], expectedVersion: 3 }] }),
+    WrongExpectedVersionError,
+  );
+  assert.equal((await client.details(from)).version, 1n);
+  await assert.rejects(client.details(to), AggregateNotFoundError);
+  const ok = await client.write({ writes: [{ key: from, events: [ev('Withdrawn')], expectedVersion: 1 }, { key: to, events: [ev('Deposited')], expectedVersion: 'no_stream' }] });
+  assert.deepEqual(ok.results.map((r) => [r.fromVersion, r.toVersion]), [[2n, 2n], [1n, 1n]]);
+  assert.equal(ok.results[1]!.position.seq, ok.results[0]!.position.seq + 1n);
+});
+
+test('a multi-aggregate write that spans shards gets 9001 and nothing is written', async () => {
+  const a = { org: 3, type: 1, id: 1 }; // shard 1
+  const b = { org: 3, type: 1, id: 2 }; // shard 2
+  const e = await client.write({ writes: [{ key: a, events: [ev('X')] }, { key: b, events: [ev('Y')] }] }).catch((x: unknown) => x);
+  assert.ok(e instanceof CrossShardWriteError, String(e));
+  assert.equal(e.code, 9001);
+  assert.match(e.message, /shards 1, 2/);
+  await assert.rejects(client.details(a), AggregateNotFoundError);
+  await assert.rejects(client.details(b), AggregateNotFoundError);
+});
+
+test('a write retried after a timeout lands once: the retry gets 2002', async () => {
+  const key = { org: 4, type: 1, id: 1 };
+  const impatient = await connect(node.native, { clientId: 77, requestTimeoutMs: 300 });
+  try {
+    // Freeze the server so the first attempt's answer cannot arrive in time.
+    node.proc.kill('SIGSTOP');
+    const first = impatient.append(key, [ev('Paid')], { clientSeq: 1 });
+    await assert.rejects(first, (e: Error) => e.name === 'TimeoutError');
+    node.proc.kill('SIGCONT');
+    let retry: unknown;
+    for (let i = 0; i < 50; i++) {
+      retry = await impatient.append(key, [ev('Paid')], { clientSeq: 1 }).catch((e: unknown) => e);
+      if (!(retry instanceof DuplicateInFlightError) && !(retry instanceof Error && retry.name === 'TimeoutError')) break;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    assert.ok(retry instanceof AlreadyAppliedError, `expected 2002, got ${String(retry)}`);
+    const page = await client.read(key);
+    assert.equal(page.batches.length, 1, 'the event landed exactly once');
+  } finally {
+    node.proc.kill('SIGCONT');
+    await impatient.close();
+  }
+});
+
+test('a retry after another writer moved the aggregate gets 2003, not 2002', async () => {
+  const key = { org: 4, type: 1, id: 2 };
+  await client.append(key, [ev('Opened')], { clientId: 5, clientSeq: 1 });
+  await client.append(key, [ev('Charged')], { clientId: 5, clientSeq: 2, expectedVersion: 1 });
+  await client.append(key, [ev('Refunded')], { clientId: 6 });
+  await assert.rejects(client.append(key, [ev('Charged')], { clientId: 5, clientSeq: 2, expectedVersion: 1 }), WrongExpectedVersionError);
+  await assert.rejects(client.append(key, [ev('Charged')], { clientId: 5, clientSeq: 2 }), AlreadyAppliedError);
+});
+
+test('the exactly-once helper treats 2002 as done', async () => {
+  const key = { org: 4, type: 1, id: 3 };
+  const r1 = await client.appendExactlyOnce(key, [ev('Shipped')], { clientId: 9, clientSeq: 1 });
+  const r2 = await client.appendExactlyOnce(key, [ev('Shipped')], { clientId: 9, clientSeq: 1 });
+  assert.equal(r1.alreadyApplied, false);
+  assert.equal(r2.alreadyApplied, true);
+  assert.equal((await client.details(key)).version, 1n);
+});
+
+test('reads see acknowledged writes at once, in order, paged by bytes', async () => {
+  const key = { org: 5, type: 1, id: 1 };
+  for (let i = 1; i <= 40; i++) await client.append(key, [ev(i % 2 ? 'Odd' : 'Even', `payload-${i}-${'x'.repeat(200)}`)]);
+  const page = await client.read(key, { maxBytes: 2000 });
+  assert.ok(page.nextVersion !== undefined && page.batches.length < 40);
+  const versions: bigint[] = [];
+  for await (const b of client.readAll(key, { maxBytes: 2000 })) versions.push(...b.events.map((e) => e.version));
+  assert.deepEqual(versions, Array.from({ length: 40 }, (_, i) => BigInt(i + 1)));
+  const evens: bigint[] = [];
+  for await (const b of client.readAll(key, { from: 10, to: 20, eventTypes: ['Even'] })) evens.push(...b.events.map((e) => e.version));
+  assert.deepEqual(evens, [10n, 12n, 14n, 16n, 18n, 20n]);
+  await assert.rejects(client.read({ org: 5, type: 1, id: 999 }), AggregateNotFoundError);
+});
+
+function rawExchange(frames: Uint8Array[], address: string): Promise<{ frames: { op: number; correlationId: number; body: Uint8Array }[]; closed: boolean }> {
+  const [host, port] = [address.slice(0, address.lastIndexOf(':')), Number(address.slice(address.lastIndexOf(':') + 1))];
+  return new Promise((resolve, reject) => {
+    const s = netConnect({ host, port });
+    const dec = new FrameDecoder();
+    const got: { op: number; correlationId: number; body: Uint8Array }[] = [];
+    let closed = false;
+    s.on('data', (d) => got.push(...dec.push(d)));
+    s.on('close', () => {
+      closed = true;
+      resolve({ frames: got, closed });
+    });
+    s.on('error', reject);
+    s.on('connect', () => {
+      for (const f of frames) s.write(f);
+      setTimeout(() => {
+        if (!closed) {
+          s.destroy();
+          resolve({ frames: got, closed: false });
+        }
+      }, 1000);
+    });
+  });
+}
+
+test('bad input gets 9100 with a useful message and the node keeps serving other clients', async () => {
+  const key = { org: 6n, type: 1n, id: 1n };
+  const good = (events: { type: string; data: Uint8Array }[]) => encodeWriteRequest({ clientId: 1n, writes: [{ key, expectMode: Expect.Any, expectVersion: 0n, clientSeq: 0n, events }] });
+  // An event with an unknown field bit set.
+  const unknownField = good([ev('T')]);
+  unknownField.set([0x80], 16 + 2 + 48 + 1 + 8 + 8 + 4);
+  // An oversize event (2 MiB payload).
+  const oversize = good([{ type: 'Big', data: new Uint8Array(2 * 1024 * 1024) }]);
+  // A truncated key.
+  const shortKey = new Writer();
+  shortKey.u128(1n);
+  shortKey.u16(1);
+  shortKey.bytes(new Uint8Array(20));
+  const r = await rawExchange(
+    [encodeFrame(1, Op.Write, unknownField), encodeFrame(2, Op.Write, oversize), encodeFrame(3, Op.Write, shortKey.finish()), encodeFrame(4, 77, new Uint8Array(0))],
+    node.native,
+  );
+  const byId = new Map(r.frames.map((f) => [f.correlationId, decodeError(f.body)]));
+  assert.equal(byId.get(1)?.code, 9100);
+  assert.match(byId.get(1)!.message, /unknown fields/);
+  assert.equal(byId.get(2)?.code, 9100);
+  assert.match(byId.get(2)!.message, /limit/);
+  assert.equal(byId.get(3)?.code, 9100);
+  assert.match(byId.get(3)!.message, /key/);
+  assert.equal(byId.get(4)?.code, 9100);
+  assert.match(byId.get(4)!.message, /unknown operation 77/);
+  assert.equal(r.closed, false, 'a well-framed bad request does not cost the connection');
+  // A frame whose length prefix is hostile: the server says why and closes that connection only.
+  const hostile = new Uint8Array(9);
+  new DataView(hostile.buffer).setUint32(0, 0xffff_fff0, true);
+  const h = await rawExchange([hostile], node.native);
+  assert.equal(h.closed, true);
+  assert.equal(decodeError(h.frames[0]!.body).code, 9100);
+  assert.match(decodeError(h.frames[0]!.body).message, /exceeds/);
+  // Client-side validation: an invalid key part never reaches the server.
+  await assert.rejects(client.append({ org: -1, type: 1, id: 1 }, [ev('T')]), (e: Error) => e instanceof BadRequestError || e.name === 'KeyError');
+  // The node still serves.
+  assert.equal((await client.append({ org: 6, type: 1, id: 2 }, [ev('StillHere')])).toVersion, 1n);
+});
+
+test('restarting with a different shard count or routing rule is refused with a clear message', async () => {
+  const d = await tempDir('celer-e2e-meta-');
+  try {
+    const n = await startCeler(d, ['--shards', '2', '--routing', 'org']);
+    await n.stop();
+    const r = await runCeler(['serve', '--standalone', '--data-dir', d, '--shards', '3', '--listen', '127.0.0.1:0']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /created with --shards 2 --routing org/);
+    assert.match(r.stderr, /--shards 3/);
+    const r2 = await runCeler(['serve', '--standalone', '--data-dir', d, '--routing', 'id', '--listen', '127.0.0.1:0']);
+    assert.equal(r2.code, 1);
+    assert.match(r2.stderr, /--routing id \(the data has org\)/);
+  } finally {
+    await removeDir(d);
+  }
+});
