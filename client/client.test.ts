@@ -233,7 +233,8 @@ test('a request without an answer fails with TimeoutError and leaves the connect
       if (frame.op === Op.Ping) return conn.reply(frame, Op.Pong);
       held.push([frame, conn]);
     },
-    { connectionsPerNode: 1, requestTimeoutMs: 20 },
+    // Long enough that the ping after it is never late, even on a loaded machine.
+    { connectionsPerNode: 1, requestTimeoutMs: 250 },
   );
   await assert.rejects(client.append(key(1), [event('A')]), (e: unknown) => e instanceof TimeoutError && /may or may not have been applied/.test(e.message));
   // The answer arrives after all; the client drops it and carries on.

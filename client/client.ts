@@ -12,7 +12,7 @@ import {
 } from './exactly-once.ts';
 import type { AggregateKey } from './key.ts';
 import { resolveOptions, type ClientOptions, type ResolvedOptions } from './options.ts';
-import { Pool } from './pool.ts';
+import { Pool, type NodeStats } from './pool.ts';
 import type { AggregateDetails, AppendOptions, AppendResult, Batch, EventInput, ReadOptions, ReadPage, WriteInput, WriteResult } from './types.ts';
 import { WireError } from './wire.ts';
 
@@ -116,6 +116,11 @@ export class CelerClient {
   /** write, retried until the outcome is definite; every write needs a clientSeq ≥ 1. */
   writeExactlyOnce(input: WriteInput, opts?: ExactlyOnceOptions): Promise<WriteExactlyOnceResult> {
     return writeExactlyOnce(this, input, opts);
+  }
+
+  /** Connections, requests in flight and breaker state per node the client has talked to. */
+  stats(): NodeStats[] {
+    return this.pool.stats();
   }
 
   /** Closes every connection; requests still outstanding fail with ConnectionError. */

@@ -131,7 +131,10 @@ interface StoredAggregate {
 export class MemoryStore {
   readonly aggregates = new Map<string, StoredAggregate>();
   pageBatches: number;
-  /** When set, a write is applied but its answer is not sent (a lost acknowledgement); returns true to drop. */
+  /**
+   * When it returns true for a write, the write is applied and then the connection is cut instead
+   * of answering: a lost acknowledgement, without waiting for a timeout.
+   */
   loseAnswer: ((frame: Frame) => boolean) | undefined;
   private seq = 0n;
 
@@ -190,7 +193,7 @@ export class MemoryStore {
       if (w.clientSeq !== 0n) agg.floors.set(req.clientId, w.clientSeq);
       ranges.push({ fromVersion: batch.fromVersion, toVersion: batch.toVersion });
     }
-    if (this.loseAnswer?.(frame) === true) return;
+    if (this.loseAnswer?.(frame) === true) return conn.drop();
     conn.reply(frame, Op.WriteOk, encodeWriteOk({ shard: 0, firstSeq, ranges }));
   }
 

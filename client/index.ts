@@ -1,6 +1,7 @@
 // @celer/client: the TypeScript client of Celer. See README.md beside this file.
 export { CelerClient, connect } from './client.ts';
 export { DEFAULTS, type ClientOptions } from './options.ts';
+export type { BreakerState, NodeStats } from './pool.ts';
 export {
   EXACTLY_ONCE_DEFAULTS,
   appendExactlyOnce,

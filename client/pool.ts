@@ -13,7 +13,7 @@ import { ConnectFailedError, ConnectionError, NotLeaderError, errorFromCode, typ
 import type { ResolvedOptions } from './options.ts';
 import { Op, decodeError, type Frame } from './wire.ts';
 
-type BreakerState = 'closed' | 'open';
+export type BreakerState = 'closed' | 'open';
 
 class NodePool {
   readonly address: string;
@@ -84,10 +84,31 @@ class NodePool {
     return dial;
   }
 
+  stats(): NodeStats {
+    let connections = 0;
+    let inFlight = 0;
+    for (const c of this.slots) {
+      if (c === undefined || !c.alive) continue;
+      connections++;
+      inFlight += c.inFlightCount;
+    }
+    return { address: this.address, connections, inFlight, breaker: this.breaker };
+  }
+
   close(): void {
     this.closed = true;
     for (const c of this.slots) c?.close();
   }
+}
+
+/** What the client holds open to one node (for dashboards and tests). */
+export interface NodeStats {
+  address: string;
+  /** Live connections. */
+  connections: number;
+  /** Requests sent on them and not answered yet. */
+  inFlight: number;
+  breaker: BreakerState;
 }
 
 /** FNV-1a over the 48 key bytes at `at` in a frame: the slot of an aggregate. */
@@ -214,6 +235,10 @@ export class Pool {
       }
       throw e;
     }
+  }
+
+  stats(): NodeStats[] {
+    return [...this.nodes.values()].map((n) => n.stats());
   }
 
   close(): void {
