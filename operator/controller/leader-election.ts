@@ -86,6 +86,10 @@ export class LeaderElector {
     }
   }
 
+  #stopped(): boolean {
+    return this.#state === 'stopped';
+  }
+
   #schedule(): void {
     if (this.#state === 'stopped') return;
     this.#timer = this.#o.clock.after(this.#o.retryPeriodMs, () => void this.#tick());
@@ -99,7 +103,8 @@ export class LeaderElector {
     } catch (err) {
       this.#o.onError?.(err);
     }
-    if (this.#state === 'stopped') return;
+    // stop() may have run while the API call was in flight.
+    if (this.#stopped()) return;
     const now = this.#o.clock.nowMs();
     if (ok) {
       this.#lastRenewMs = now;
