@@ -14,6 +14,7 @@ import {
   checkEvent,
   endFrame,
   writeReadRequest,
+  utf8Length,
   writeWriteRequest,
   type ExpectMode,
   type WireEvent,
@@ -100,7 +101,7 @@ function toWireEvents(events: unknown, where: string): { events: WireEvent[]; by
     }
     checked(() => checkEvent(we, at));
     // mask u8 + type len u8 + type + data len u32 + data [+ meta len u32 + meta] [+ schema 2×u32] [+ iv]
-    bytes += 2 + Buffer.byteLength(we.type) + 4 + we.data.length;
+    bytes += 2 + utf8Length(we.type) + 4 + we.data.length;
     if (we.metadata !== undefined) bytes += 4 + we.metadata.length;
     if (we.schemaMajor !== undefined) bytes += 8;
     if (we.iv !== undefined) bytes += we.iv.length;
@@ -143,7 +144,7 @@ export function encodeWrite(clientId: bigint, writes: readonly AggregateWrite[],
   if (bytes - FRAME_HEADER_BYTES > Limits.frameBytesMax) {
     throw badRequest(`the write is ${bytes - FRAME_HEADER_BYTES} bytes encoded; a request may be at most ${Limits.frameBytesMax} bytes: split it`);
   }
-  const w = new Writer(bytes);
+  const w = new Writer(0, Buffer.allocUnsafe(bytes));
   beginFrame(w);
   writeWriteRequest(w, { clientId, writes: wire });
   return { frame: endFrame(w, 0, Op.Write), count: writes.length };
@@ -166,11 +167,11 @@ export function encodeRead(key: AggregateKey, opts: ReadOptions = {}): Uint8Arra
   let bytes = FRAME_HEADER_BYTES + 48 + 8 + 8 + 4 + 1;
   for (let i = 0; i < types.length; i++) {
     const t = types[i];
-    const n = typeof t === 'string' ? Buffer.byteLength(t) : -1;
+    const n = typeof t === 'string' ? utf8Length(t) : -1;
     if (n < 1 || n > Limits.eventTypeBytesMax) throw badRequest(`eventTypes[${i}] must be a string of 1..${Limits.eventTypeBytesMax} UTF-8 bytes`);
     bytes += 1 + n;
   }
-  const w = new Writer(bytes);
+  const w = new Writer(0, Buffer.allocUnsafe(bytes));
   beginFrame(w);
   writeReadRequest(w, { key: k, from, to, maxBytes, eventTypes: types });
   return endFrame(w, 0, Op.Read);
@@ -178,14 +179,14 @@ export function encodeRead(key: AggregateKey, opts: ReadOptions = {}): Uint8Arra
 
 export function encodeDetails(key: AggregateKey): Uint8Array {
   const k = checkedKey(key, 'key');
-  const w = new Writer(FRAME_HEADER_BYTES + 48);
+  const w = new Writer(0, Buffer.allocUnsafe(FRAME_HEADER_BYTES + 48));
   beginFrame(w);
   w.key(k);
   return endFrame(w, 0, Op.Details);
 }
 
 export function encodePing(): Uint8Array {
-  const w = new Writer(FRAME_HEADER_BYTES);
+  const w = new Writer(0, Buffer.allocUnsafe(FRAME_HEADER_BYTES));
   beginFrame(w);
   return endFrame(w, 0, Op.Ping);
 }

@@ -66,13 +66,19 @@ export class Writer {
   buf: Uint8Array;
   view: DataView;
   pos = 0;
-  constructor(capacity = 256) {
-    this.buf = new Uint8Array(capacity);
-    this.view = new DataView(this.buf.buffer);
+  /**
+   * `buf`, when given, is written into instead of a fresh array: a hot path passes
+   * Buffer.allocUnsafe(n), which slices a shared pool where `new Uint8Array(n)` allocates a
+   * backing store (several times slower for small frames).
+   */
+  constructor(capacity = 256, buf: Uint8Array = new Uint8Array(capacity)) {
+    this.buf = buf;
+    this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
   }
   ensure(n: number): void {
     if (this.pos + n <= this.buf.length) return;
-    let cap = this.buf.length * 2;
+    // At least 64: doubling a zero capacity would never grow.
+    let cap = Math.max(this.buf.length * 2, 64);
     while (cap < this.pos + n) cap *= 2;
     const next = new Uint8Array(cap);
     next.set(this.buf.subarray(0, this.pos));
@@ -226,14 +232,16 @@ export interface WireEvent {
 }
 
 export function writeEvent(w: Writer, e: WireEvent): void {
-  const type = te.encode(e.type);
   let mask = 0;
   if (e.metadata !== undefined) mask |= EV_METADATA;
   if (e.schemaMajor !== undefined) mask |= EV_SCHEMA;
   if (e.iv !== undefined) mask |= EV_IV;
   w.u8(mask);
-  w.u8(type.length);
-  w.bytes(type);
+  // The type goes straight into the buffer, without an intermediate array.
+  const typeLen = utf8Length(e.type);
+  w.u8(typeLen);
+  w.ensure(typeLen);
+  writeUtf8(w, e.type);
   w.u32(e.data.length);
   w.bytes(e.data);
   if (e.metadata !== undefined) {
@@ -247,10 +255,38 @@ export function writeEvent(w: Writer, e: WireEvent): void {
   if (e.iv !== undefined) w.bytes(e.iv);
 }
 
+/** UTF-8 length of a string, without encoding it (lone surrogates count 3, as TextEncoder writes U+FFFD). */
+export function utf8Length(str: string): number {
+  let n = 0;
+  for (let i = 0; i < str.length; i++) {
+    const c = str.charCodeAt(i);
+    if (c < 0x80) n += 1;
+    else if (c < 0x800) n += 2;
+    else if (c >= 0xd800 && c <= 0xdbff && i + 1 < str.length && (str.charCodeAt(i + 1) & 0xfc00) === 0xdc00) {
+      n += 4;
+      i++;
+    } else n += 3;
+  }
+  return n;
+}
+
+/** Writes `str` as UTF-8 at w.pos; room for utf8Length(str) bytes must be ensured. */
+function writeUtf8(w: Writer, str: string): void {
+  const buf = w.buf;
+  let i = 0;
+  // ASCII fast path (event type names nearly always are); the rest goes through encodeInto.
+  for (; i < str.length; i++) {
+    const c = str.charCodeAt(i);
+    if (c >= 0x80) break;
+    buf[w.pos++] = c;
+  }
+  if (i < str.length) w.pos += te.encodeInto(str.slice(i), buf.subarray(w.pos)).written;
+}
+
 /** Checks an event the caller built (client side), with the messages a person needs. */
 export function checkEvent(e: WireEvent, where: string): void {
   if (typeof e.type !== 'string') throw new WireError(`${where}.type must be a string`);
-  const typeBytes = te.encode(e.type).length;
+  const typeBytes = utf8Length(e.type);
   if (typeBytes < 1 || typeBytes > Limits.eventTypeBytesMax) {
     throw new WireError(`${where}.type must be 1..${Limits.eventTypeBytesMax} UTF-8 bytes; got ${typeBytes}`);
   }
