@@ -18,7 +18,14 @@ export function serviceMonitor(cluster: CelerCluster, spec: DefaultedSpec): Kube
     metadata: ownedMeta(cluster, serviceMonitorName(cluster.metadata.name), 'monitoring', spec.monitoring.serviceMonitorLabels ?? {}),
     spec: {
       selector: { matchLabels: { ...selectorLabels(cluster.metadata.name), [LABEL_COMPONENT]: 'nodes' } },
-      endpoints: [{ port: 'http', path: '/metrics', interval: SCRAPE_INTERVAL }],
+      endpoints: [{
+        port: 'http', path: '/metrics', interval: SCRAPE_INTERVAL,
+        // The same labels as the chart's plain scrape config, so one dashboard and one rule file fit both.
+        relabelings: [
+          { sourceLabels: ['__meta_kubernetes_pod_label_celer_io_cluster'], targetLabel: 'celer_cluster' },
+          { sourceLabels: ['__meta_kubernetes_pod_label_celer_io_role'], targetLabel: 'celer_role' },
+        ],
+      }],
     },
   };
 }
