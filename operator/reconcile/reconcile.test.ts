@@ -424,3 +424,16 @@ test('a shard reported corrupt marks the cluster degraded with the node and the 
   assert.equal(condition(r, 'Degraded')?.reason, 'ShardFailed');
   assert.match(condition(r, 'Degraded')?.message ?? '', /c1-1: shard 2 corrupt: bad checksum/);
 });
+
+test('the last pod of an upgrade coming back is reported as finishing the upgrade, not as a fault', () => {
+  const c = cluster({ ...standaloneSpec, version: '2.0.0' }, { status: { phase: 'Upgrading', upgrade: { targetRevision: 'x', pendingPods: ['c1-0'] } } });
+  const h = desiredHash(c);
+  const r = reconcile(observe(c, [{ ordinal: 0, hash: h, ready: false, roleLabel: 'leader' }], h));
+  assert.equal(r.status.phase, 'Finishing upgrade');
+  assert.equal(condition(r, 'Progressing')?.reason, 'PodReady');
+  assert.equal(condition(r, 'Degraded')?.status, 'False');
+  assert.notEqual(r.status.upgrade, null);
+  const done = reconcile(observe(cluster(c.spec, { status: r.status }), [{ ordinal: 0, hash: h, roleLabel: 'leader' }], h));
+  assert.equal(done.status.phase, 'Running');
+  assert.equal(done.status.upgrade, null);
+});

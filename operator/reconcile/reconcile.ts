@@ -227,9 +227,11 @@ function reconcileValid(
 
   const pendingPods = view.nodes.filter((n) => n.templateHash !== plan.templateHash).map((n) => n.pod);
   const stepDown = step.kind === 'stepDown' ? { pod: step.pod, at: new Date(obs.nowMs).toISOString() } : stepDownPrev;
+  // The last restarted pod coming back is still part of the upgrade, not a fault.
+  const finishing = step.kind === 'idle' && prev.upgrade !== undefined && prev.upgrade !== null && view.readyCount < spec.replicas;
   const status: CelerClusterStatus = {
     ...base,
-    upgrade: step.kind === 'idle' ? null : { targetRevision, pendingPods, stepDown },
+    upgrade: step.kind === 'idle' && !finishing ? null : { targetRevision, pendingPods, stepDown },
     lease: spec.standalone ? null : { effective: leaseStep.effective, target: spec.lease },
     dataLayout: {
       shards: prev.dataLayout?.shards ?? spec.shards ?? null,
@@ -238,7 +240,7 @@ function reconcileValid(
       s3Prefix: prev.dataLayout?.s3Prefix ?? (spec.s3 === undefined ? null : spec.s3.prefix ?? ''),
     },
   };
-  const { phase, reason, progressing, degraded } = describeProgress(obs, spec, view, step, leaseStep.done);
+  const { phase, reason, progressing, degraded } = describeProgress(obs, spec, view, step, leaseStep.done, finishing);
   status.phase = phase;
   status.reason = reason;
   result.status = withConditions(obs, status, [observed.ready, progressing, degraded, observed.lease]);
@@ -277,13 +279,15 @@ interface Progress {
   degraded: ConditionInput;
 }
 
-function describeProgress(obs: ObservedState, spec: DefaultedSpec, view: ClusterView, step: RolloutStep, leaseDone: boolean): Progress {
+function describeProgress(
+  obs: ObservedState, spec: DefaultedSpec, view: ClusterView, step: RolloutStep, leaseDone: boolean, finishing: boolean,
+): Progress {
   const failed = view.nodes.flatMap((n) => n.failedShards.map((f) => `${n.pod}: ${f}`));
   const missing = spec.replicas - view.readyCount;
   const creating = obs.statefulSet === null || ['Creating', undefined].includes(obs.cluster.status?.phase);
   let degraded: ConditionInput = { type: 'Degraded', status: 'False', reason: 'AsExpected', message: 'no fault observed' };
   if (failed.length > 0) degraded = { type: 'Degraded', status: 'True', reason: 'ShardFailed', message: failed.join('; ') };
-  else if (missing > 0 && step.kind === 'idle' && !creating) {
+  else if (missing > 0 && step.kind === 'idle' && !creating && !finishing) {
     degraded = { type: 'Degraded', status: 'True', reason: 'PodNotReady', message: `${missing} of ${spec.replicas} nodes not ready` };
   }
 
@@ -292,6 +296,12 @@ function describeProgress(obs: ObservedState, spec: DefaultedSpec, view: Cluster
       if (!leaseDone) {
         return { phase: 'Changing lease timings', reason: 'LeaseTimingsChanging', degraded,
           progressing: { type: 'Progressing', status: 'True', reason: 'LeaseTimingsChanging', message: 'rolling the next safe step of the lease timings' } };
+      }
+      if (finishing) {
+        const waiting = view.nodes.filter((n) => !n.ready || n.terminating).map((n) => n.pod);
+        const message = `waiting for ${waiting.length > 0 ? waiting.join(', ') : 'restarted pods'} to be Ready`;
+        return { phase: 'Finishing upgrade', reason: 'PodReady', degraded,
+          progressing: { type: 'Progressing', status: 'True', reason: 'PodReady', message } };
       }
       if (missing > 0) {
         const phase = creating ? 'Creating' : 'Recovering';
