@@ -43,6 +43,7 @@ test('the StatefulSet leaves restarts to the operator, keeps pods on separate ho
   assert.equal(c?.readinessProbe?.httpGet?.path, '/readyz');
   assert.equal(c?.livenessProbe?.httpGet?.path, '/livez');
   for (const p of c?.ports ?? []) assert.equal(p.protocol, 'TCP');
+  assert.equal(pod?.securityContext?.fsGroup, 65532, 'the non-root image can write its data volume');
 });
 
 test('the user affinity is kept next to the required host anti-affinity', () => {

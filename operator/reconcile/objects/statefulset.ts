@@ -16,6 +16,8 @@ import { ownedMeta } from './owner.ts';
  * 60 s is twice Kubernetes' default grace so a slow final fsync is not cut off by SIGKILL.
  */
 export const TERMINATION_GRACE_SECONDS = 60;
+/** The image's non-root user (Dockerfile); fsGroup makes the data volume writable for it. */
+export const NODE_UID = 65532;
 /** Readiness is polled every 2 s: within one TTL-scale window of a role change. */
 export const READINESS_PERIOD_SECONDS = 2;
 /** Liveness tolerates 6 × 5 s = 30 s of a stuck event loop before a restart (long fsync stalls). */
@@ -122,6 +124,7 @@ function podTemplate(cluster: CelerCluster, spec: DefaultedSpec, lease: LeaseSpe
     metadata: { labels: commonLabels(name, 'node'), annotations },
     spec: {
       serviceAccountName: serviceAccountName(name),
+      securityContext: { runAsNonRoot: true, runAsUser: NODE_UID, runAsGroup: NODE_UID, fsGroup: NODE_UID },
       terminationGracePeriodSeconds: TERMINATION_GRACE_SECONDS,
       affinity: nodeAffinity(name, spec.placement?.affinity),
       nodeSelector: spec.placement?.nodeSelector,
