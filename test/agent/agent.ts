@@ -282,7 +282,11 @@ export class TestAgent {
       if (claimUids.has(uid)) continue;
       this.provisioned.delete(uid);
       this.log(`claim ${uid} gone: deleting ${pv.pv} and ${pv.dir}`);
-      await this.client.delete(resourcePath('v1', 'persistentvolumes', undefined, pv.pv)).catch(() => undefined);
+      // The PV protection finalizer holds a PV while its phase is Bound; the PV binder that would
+      // mark it Released is not running (the agent binds instead), so the agent does it.
+      const pvPath = resourcePath('v1', 'persistentvolumes', undefined, pv.pv);
+      await this.client.patch(`${pvPath}/status`, { status: { phase: 'Released' } }).catch(() => undefined);
+      await this.client.delete(pvPath).catch(() => undefined);
       rmSync(pv.dir, { recursive: true, force: true });
     }
 

@@ -8,7 +8,6 @@ import path from 'node:path';
 import { TestAgent } from '../agent/agent.ts';
 import { defaultExecutables } from '../agent/celer.ts';
 import type { Pod, PersistentVolumeClaim } from '../agent/types.ts';
-import type { KubeList } from '../agent/kube.ts';
 import { createNamespace, repoRoot, startKube, waitFor, type KubeEnv } from './kube-env.ts';
 
 let env: KubeEnv;
@@ -176,10 +175,10 @@ describe('test agent on a real apiserver', () => {
 
   test('a container that keeps exiting is reported in CrashLoopBackOff with its exit code', async () => {
     await env.client.create(`/apis/apps/v1/namespaces/${ns}/statefulsets`, statefulSet('crashy', 1, ['--exit-after-ms', '300']));
-    const cs = await waitFor('crashy-0 restarted after exit 3', async () => {
+    const cs = await waitFor('crashy-0 in CrashLoopBackOff after exiting', async () => {
       const x = (await pods('crashy'))[0];
       const s = x?.status?.containerStatuses?.[0];
-      return s !== undefined && s.restartCount >= 1 && s.lastState.terminated !== undefined ? s : undefined;
+      return s?.state.waiting?.reason === 'CrashLoopBackOff' && s.restartCount >= 1 && s.lastState.terminated !== undefined ? s : undefined;
     });
     assert.equal(cs.lastState.terminated?.exitCode, 3);
     assert.equal(cs.lastState.terminated?.reason, 'Error');
@@ -191,7 +190,7 @@ describe('test agent on a real apiserver', () => {
       const x = (await pods('unready'))[0];
       return x?.status?.phase === 'Running' && x.status.containerStatuses?.[0]?.state.running !== undefined ? x : undefined;
     });
-    const status = await getJson(`http://${p.status?.podIP}:7401/status`);
+    const status = await waitFor('unready-0 serving /status', () => getJson(`http://${p.status?.podIP}:7401/status`));
     assert.equal(status.ready, false);
     // The agent probes every second; three probe rounds later the pod must still be unready.
     await waitFor('three readiness probes of unready-0', async () => {
@@ -214,8 +213,8 @@ describe('test agent on a real apiserver', () => {
     await env.kubectlOk(['-n', ns, 'delete', 'pvc', '--all', '--wait=false']);
     await waitFor('claims and volumes gone', async () => {
       const claims = await env.client.list<PersistentVolumeClaim>(`/api/v1/namespaces/${ns}/persistentvolumeclaims`);
-      const pvs = await env.client.list<PersistentVolumeClaim>('/api/v1/persistentvolumes');
-      return claims.items.length === 0 && (pvs as KubeList<PersistentVolumeClaim>).items.length === 0;
+      const pvs = await env.client.list<{ spec: { claimRef?: { namespace?: string } } }>('/api/v1/persistentvolumes');
+      return claims.items.length === 0 && pvs.items.every((pv) => pv.spec.claimRef?.namespace !== ns);
     });
     await waitFor('claim directories removed', () => !existsSync(agent.volumeDir(ns, 'data-web-0')));
   });
