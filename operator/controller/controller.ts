@@ -26,6 +26,8 @@ import { WorkQueue } from './workqueue.ts';
 
 /** Two workers: one cluster's slow /status calls do not hold up another's reconcile. */
 export const WORKERS = 2;
+/** Until every cache has listed once, look again after 1 s rather than act on a partial view. */
+export const UNSYNCED_RETRY_MS = 1_000;
 /** Liveness fails if a watch has not synced a minute after start (the apiserver answers lists in well under that). */
 export const SYNC_GRACE_MS = 60_000;
 
@@ -154,6 +156,8 @@ export class Controller {
 
   /** One reconcile pass; returns when to look again, or null when the cluster is gone. */
   async #process(key: string): Promise<number | null> {
+    // A pass over half-filled caches would see a running cluster without pods.
+    if (this.#reflectors().some((r) => !r.synced)) return UNSYNCED_RETRY_MS;
     const { namespace, name } = splitKey(key);
     const cluster = this.#clusters.get(namespace, name);
     if (cluster === undefined) return null;
