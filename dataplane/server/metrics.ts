@@ -292,3 +292,42 @@ export function updateFromStatus(status: NodeStatus): void {
   });
   for (const s of status.shards) setShardSeqsOn(m, s);
 }
+
+/** Bytes each cache holds and may hold, per worker thread (summed over workers at scrape time). */
+export interface CacheUsage {
+  [cache: string]: { bytes: number; capacityBytes: number };
+}
+
+const cacheUsage = new Map<number, CacheUsage>();
+let cacheGaugesMade = false;
+
+/** Records the cache usage a worker reported; exported as celer_cache_bytes / celer_cache_capacity_bytes. */
+export function setCacheUsage(worker: number, usage: CacheUsage): void {
+  cacheUsage.set(worker, usage);
+  if (cacheGaugesMade) return;
+  cacheGaugesMade = true;
+  const registers = [metrics().registry];
+  const sum = (field: 'bytes' | 'capacityBytes'): Map<string, number> => {
+    const totals = new Map<string, number>();
+    for (const u of cacheUsage.values()) for (const [name, v] of Object.entries(u)) totals.set(name, (totals.get(name) ?? 0) + v[field]);
+    return totals;
+  };
+  new Gauge({
+    name: 'celer_cache_bytes',
+    help: 'Bytes held by each cache (aggregate states are counted at their size estimate).',
+    labelNames: ['cache'],
+    registers,
+    collect() {
+      for (const [name, v] of sum('bytes')) this.set({ cache: name }, v);
+    },
+  });
+  new Gauge({
+    name: 'celer_cache_capacity_bytes',
+    help: 'Bytes each cache may hold: its share of --memory-budget-mb.',
+    labelNames: ['cache'],
+    registers,
+    collect() {
+      for (const [name, v] of sum('capacityBytes')) this.set({ cache: name }, v);
+    },
+  });
+}

@@ -10,7 +10,7 @@ import { U64_MAX, type NormalizedKey } from '../../client/key.ts';
 import { decodeKeyRequest, decodeReadRequest, decodeWriteRequest, encodeError, Op, WireError, Writer } from '../../client/wire.ts';
 import { DISPATCH_BATCH_MAX, DISPATCH_IN_FLIGHT_MAX } from '../constants.ts';
 import { REQ_ITEM_WIDTH, RES_ITEM_WIDTH, type ShardInfo, type WorkerConfig } from '../shard/worker.ts';
-import { applyWorkerStats, type WorkerStats } from './metrics.ts';
+import { applyWorkerStats, setCacheUsage, type CacheUsage, type WorkerStats } from './metrics.ts';
 import type { DispatchResult, Dispatcher } from './dispatch.ts';
 import type { Routing } from '../storage/segment.ts';
 
@@ -35,6 +35,12 @@ interface WorkerHandle {
 
 const ROUTING_INDEX: Record<Routing, keyof NormalizedKey> = { org: 'org', type: 'type', id: 'id' };
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+
+/** Old-generation heap limit of a shard worker: 3× its budget share (caches are JS objects with
+ * overhead) plus 128 MiB for the engine's own working memory, and never below 256 MiB. */
+export function workerHeapMb(budgetShareBytes: number): number {
+  return Math.max(256, Math.ceil((3 * budgetShareBytes) / 1048576) + 128);
+}
 
 function error(code: number, message: string, detail: Record<string, unknown> = {}): DispatchResult {
   return { op: Op.Error, body: encodeError(code, message, detail) };
@@ -68,7 +74,13 @@ export class Router implements Dispatcher {
         unsafeNoDirectIo: cfg.unsafeNoDirectIo,
         forceSyncIo: cfg.forceSyncIo,
       };
-      const worker = new Worker(new URL('../shard/worker.ts', import.meta.url), { workerData: wc, name: `celer-shards-${i}` });
+      const worker = new Worker(new URL('../shard/worker.ts', import.meta.url), {
+        workerData: wc,
+        name: `celer-shards-${i}`,
+        // Keep each worker's JS heap in proportion to its share of the memory budget, so garbage
+        // is collected before RSS drifts far past the budget (V8 otherwise grows the heap freely).
+        resourceLimits: { maxOldGenerationSizeMb: workerHeapMb(cfg.memoryBudgetBytes / cfg.workers) },
+      });
       const h: WorkerHandle = { worker, items: [], bodies: new Writer(64 * 1024), scheduled: false };
       r.workers.push(h);
       ready.push(
@@ -120,6 +132,7 @@ export class Router implements Dispatcher {
       case 'stats':
         for (const s of m.shards) this.shards.set(s.shard, s);
         applyWorkerStats(m.stats);
+        setCacheUsage(m.worker, m.caches);
         break;
       case 'log':
         this.cfg.log(m.msg);
@@ -240,7 +253,7 @@ export class Router implements Dispatcher {
 type WorkerMessage =
   | { t: 'res'; items: number[]; buf: ArrayBuffer }
   | { t: 'ready'; shards: ShardInfo[]; io: string }
-  | { t: 'stats'; stats: WorkerStats; shards: ShardInfo[] }
+  | { t: 'stats'; stats: WorkerStats; shards: ShardInfo[]; caches: CacheUsage; worker: number }
   | { t: 'log'; msg: string }
   | { t: 'fatal'; msg: string }
   | { t: 'closed' };

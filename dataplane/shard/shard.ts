@@ -65,6 +65,7 @@ export class Shard {
   private waiters: Waiter[] = [];
   private committing = false;
   private idleTimer: NodeJS.Timeout | null = null;
+  private syncingHeader: Promise<void> | null = null;
   private readonly now: () => number;
   /** Samples for metrics, drained by the worker. */
   fsyncSamples: FsyncSample[] = [];
@@ -98,6 +99,13 @@ export class Shard {
   }
   get commitSeq(): number {
     return this.log?.durableSeq ?? 0;
+  }
+  /** Bytes held and allowed per cache (the state cache counts entries at their size estimate). */
+  get cacheUsage(): { aggregate_state: { bytes: number; capacityBytes: number }; recent_records: { bytes: number; capacityBytes: number } } {
+    return {
+      aggregate_state: { bytes: this.states.size * STATE_ENTRY_BYTES_ESTIMATE, capacityBytes: this.states.capacity * STATE_ENTRY_BYTES_ESTIMATE },
+      recent_records: { bytes: this.recent.usedSize, capacityBytes: this.recent.capacity },
+    };
   }
   get cacheStats(): { states: { hits: number; misses: number }; recent: { hits: number; misses: number } } {
     return { states: { hits: this.states.hits, misses: this.states.misses }, recent: { hits: this.recent.hits, misses: this.recent.misses } };
@@ -247,6 +255,8 @@ export class Shard {
       this.idleTimer = null;
     }
     try {
+      // An idle header catch-up may still be writing; the log does one write at a time.
+      if (this.syncingHeader) await this.syncingHeader;
       while (log.queuedRecords > 0) {
         const t0 = performance.now();
         const durableSeq = await log.flush();
@@ -268,7 +278,11 @@ export class Shard {
     if (this.state === 'serving' && log.headerBehind) {
       this.idleTimer = setTimeout(() => {
         this.idleTimer = null;
-        if (!this.committing && this.state === 'serving') log.syncHeader().catch((e: Error) => this.fail('failed', `header write failed: ${e.message}`));
+        if (this.committing || this.state !== 'serving') return;
+        this.syncingHeader = log
+          .syncHeader()
+          .catch((e: Error) => this.fail('failed', `header write failed: ${e.message}`))
+          .finally(() => (this.syncingHeader = null));
       }, HEADER_CATCH_UP_IDLE_MS);
       this.idleTimer.unref();
     }
@@ -471,6 +485,7 @@ export class Shard {
   async close(): Promise<void> {
     if (this.idleTimer) clearTimeout(this.idleTimer);
     while (this.committing) await new Promise((r) => setTimeout(r, 1));
+    if (this.syncingHeader) await this.syncingHeader;
     if (this.state === 'serving' && this.log?.headerBehind) await this.log.syncHeader();
     await this.log?.close();
   }

@@ -115,7 +115,15 @@ async function main(): Promise<void> {
       lastCache.set(s.id, { sh: c.states.hits, sm: c.states.misses, rh: c.recent.hits, rm: c.recent.misses });
       stats.setShard(s.id, BigInt(s.writeSeq), BigInt(s.commitSeq));
     }
-    port.postMessage({ t: 'stats', stats: stats.take(), shards: info() });
+    const caches: Record<string, { bytes: number; capacityBytes: number }> = {};
+    for (const s of shards.values()) {
+      for (const [name, u] of Object.entries(s.cacheUsage)) {
+        const c = (caches[name] ??= { bytes: 0, capacityBytes: 0 });
+        c.bytes += u.bytes;
+        c.capacityBytes += u.capacityBytes;
+      }
+    }
+    port.postMessage({ t: 'stats', stats: stats.take(), shards: info(), caches, worker: cfg.index });
   }, STATS_INTERVAL_MS);
 
   port.on('message', (m: { t: 'req'; items: number[]; buf: ArrayBuffer } | { t: 'close' }) => {

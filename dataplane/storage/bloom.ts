@@ -2,7 +2,7 @@
 // this segment?" lets a cold lookup skip segments without reading them.
 
 /** Two independent 32-bit hashes of a byte string (FNV-1a and a murmur-style mix). */
-function hashes(key: Uint8Array): [number, number] {
+export function hashes(key: Uint8Array): [number, number] {
   let h1 = 0x811c9dc5;
   let h2 = 0x9747b28c;
   for (let i = 0; i < key.length; i++) {
@@ -46,4 +46,10 @@ export class Bloom {
   get bytes(): number {
     return this.bits.byteLength;
   }
+}
+
+/** A 52-bit hash of a key, exact in a double: the key of the per-segment indexes. */
+export function hash52(key: Uint8Array): number {
+  const [a, b] = hashes(key);
+  return a * 0x10_0000 + (b & 0xf_ffff);
 }

@@ -7,7 +7,8 @@
 // (group commit). Only after flush resolves is a record durable, and only then may it be acked.
 import { mkdir, readdir, rm } from 'node:fs/promises';
 import { GROUP_COMMIT_BYTES_MAX, SCAN_CHUNK_BYTES, SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES, SEGMENT_HEADER_BYTES } from '../constants.ts';
-import { Bloom } from './bloom.ts';
+import { Bloom, hash52 } from './bloom.ts';
+import { SealedIndex, sidecarPath, writeSidecar } from './segment-index.ts';
 import { blake3, hex, ZERO_HASH } from './checksum.ts';
 import { IO_ALIGN_BYTES, type FileIo, type SegmentFile } from './io.ts';
 import { batchesOf, checkRecord, RECORD_HEADER_BYTES, type BatchLoc, type BatchView, type RecordHeader } from './record.ts';
@@ -38,6 +39,11 @@ interface Segment {
   end: number;
   /** Bytes of the last, partial 4 KiB block before `end` (rewritten by the next group commit). */
   tail: Uint8Array;
+  path: string;
+  /** Key hash → offset of the newest record with that key: in memory while active... */
+  keys: Map<number, number> | null;
+  /** ...and in the sidecar file once sealed (see segment-index.ts). */
+  sealed: SealedIndex | null;
 }
 
 interface Placed {
@@ -74,6 +80,8 @@ export class ShardLog {
   private placeSeq = 1;
   private placeTip: Uint8Array = ZERO_HASH;
   private queue: Placed[] = [];
+  private groupBuf: Uint8Array = new Uint8Array(0);
+  private headerBuf!: Uint8Array;
   private flushing = false;
   /** The committed offset last written into the active segment's header. */
   private headerEnd = 0;
@@ -88,6 +96,7 @@ export class ShardLog {
   /** Opens (or creates) the shard's log and recovers its tail. Throws CorruptionError. */
   static async open(opts: ShardLogOptions): Promise<ShardLog> {
     const log = new ShardLog(opts);
+    log.headerBuf = opts.io.allocAligned(SEGMENT_HEADER_BYTES);
     await log.recover();
     return log;
   }
@@ -129,8 +138,14 @@ export class ShardLog {
         throw new CorruptionError(`shard ${this.opts.shard} segment ${index}: starts at seq ${h.firstSeq} but the previous segment ends before seq ${seq} (or its chain link differs)`);
       }
       const bloom = new Bloom(SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES);
-      const res = await scanSegment(file, h, { seq, prevHash: tip }, (rec, rh) => {
-        for (const b of batchesOf(rec, rh)) bloom.add(b.key);
+      const isLast = i === indexes.length - 1;
+      const sealed = isLast ? null : await SealedIndex.load(sidecarPath(path));
+      const keys = sealed ? null : new Map<number, number>();
+      const res = await scanSegment(file, h, { seq, prevHash: tip }, (rec, rh, offset) => {
+        for (const b of batchesOf(rec, rh)) {
+          bloom.add(b.key);
+          keys?.set(hash52(b.key), offset);
+        }
       });
       if (res.corrupt) {
         await file.close();
@@ -148,7 +163,13 @@ export class ShardLog {
       tip = res.tipHash;
       const tailFrom = alignDown(res.end);
       const tail = tailFrom < res.end ? (await file.read(tailFrom, res.end - tailFrom)).slice() : new Uint8Array(0);
-      this.segments.set(index, { index, file, header: h, bloom, end: res.end, tail });
+      const seg: Segment = { index, file, header: h, bloom, end: res.end, tail, path, keys, sealed };
+      if (!isLast && keys !== null) {
+        this.opts.log(`shard ${this.opts.shard}: rebuilding the key index of segment ${index}`);
+        seg.sealed = writeSidecar(sidecarPath(path), keys);
+        seg.keys = null;
+      }
+      this.segments.set(index, seg);
     }
     if (this.segments.size === 0) {
       await this.createSegment(1, 1, ZERO_HASH);
@@ -189,7 +210,17 @@ export class ShardLog {
     const block = this.opts.io.allocAligned(SEGMENT_HEADER_BYTES);
     encodeSegmentHeader(block, header);
     await file.writeAndSync([{ offset: 0, buf: block }]);
-    const seg: Segment = { index, file, header, bloom: new Bloom(SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES), end: SEGMENT_HEADER_BYTES, tail: new Uint8Array(0) };
+    const seg: Segment = {
+      index,
+      file,
+      header,
+      bloom: new Bloom(SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES),
+      end: SEGMENT_HEADER_BYTES,
+      tail: new Uint8Array(0),
+      path,
+      keys: new Map(),
+      sealed: null,
+    };
     this.segments.set(index, seg);
     return seg;
   }
@@ -265,7 +296,12 @@ export class ShardLog {
       if (startOffset !== seg.end) throw new Error(`internal: group starts at ${startOffset}, durable end is ${seg.end}`);
       const blockStart = alignDown(startOffset);
       const endOffset = startOffset + bytes;
-      const buf = this.opts.io.allocAligned(alignUp(endOffset) - blockStart);
+      // Group buffers are reused (one flush at a time): a fresh aligned buffer per fsync would be
+      // garbage that V8 only collects lazily.
+      const need = alignUp(endOffset) - blockStart;
+      if (this.groupBuf.length < need) this.groupBuf = this.opts.io.allocAligned(Math.max(need, 2 * this.groupBuf.length));
+      const buf = this.groupBuf.subarray(0, need);
+      buf.fill(0, startOffset - blockStart + bytes);
       // The partial block at the tail already holds committed records: rewrite them unchanged.
       if (seg.tail.length !== startOffset - blockStart) throw new Error('internal: tail block out of step');
       buf.set(seg.tail, 0);
@@ -274,7 +310,7 @@ export class ShardLog {
         buf.set(p.bytes, at);
         at += p.bytes.length;
       }
-      const header = this.opts.io.allocAligned(SEGMENT_HEADER_BYTES);
+      const header = this.headerBuf;
       // The header records the previous durable end (see segment.ts on why it lags).
       encodeSegmentHeader(header, { ...seg.header, committedEnd: seg.end, committedSeq: this.durableSeq });
       await seg.file.writeAndSync([
@@ -283,7 +319,12 @@ export class ShardLog {
       ]);
       this.headerEnd = seg.end;
       this.headerSeq = this.durableSeq;
-      for (const p of group) for (const k of p.keys) seg.bloom.add(k);
+      for (const p of group) {
+        for (const k of p.keys) {
+          seg.bloom.add(k);
+          seg.keys?.set(hash52(k), p.offset);
+        }
+      }
       seg.end = endOffset;
       const tailFrom = alignDown(endOffset);
       seg.tail = buf.slice(tailFrom - blockStart, endOffset - blockStart);
@@ -325,6 +366,10 @@ export class ShardLog {
     encodeSegmentHeader(header, { ...old.header, committedEnd: old.end, committedSeq: this.durableSeq });
     await old.file.writeAndSync([{ offset: 0, buf: header }]);
     old.header = { ...old.header, committedEnd: old.end, committedSeq: this.durableSeq };
+    if (old.keys !== null) {
+      old.sealed = writeSidecar(sidecarPath(old.path), old.keys);
+      old.keys = null;
+    }
     this.active = await this.createSegment(index, start.firstSeq, start.prevHash);
     this.headerEnd = SEGMENT_HEADER_BYTES;
     this.headerSeq = this.durableSeq;
@@ -344,7 +389,8 @@ export class ShardLog {
       const why = 'why' in c ? c.why : 'record is cut off';
       throw new CorruptionError(`shard ${this.opts.shard} segment ${segment} offset ${offset}: ${why}`);
     }
-    return { bytes: buf.subarray(0, c.header.length), header: c.header };
+    // A copy: the aligned read buffer is larger than the record, and caches must hold only the record.
+    return { bytes: buf.slice(0, c.header.length), header: c.header };
   }
 
   /**
@@ -356,6 +402,16 @@ export class ShardLog {
     for (const index of indexes) {
       const seg = this.segments.get(index)!;
       if (!seg.bloom.mayContain(key)) continue;
+      const h = hash52(key);
+      const offset = seg.keys !== null ? (seg.keys.get(h) ?? null) : seg.sealed !== null ? await seg.sealed.lookup(h) : -1;
+      if (offset === null) continue; // the index says the key is not in this segment
+      if (offset >= 0) {
+        const r = await this.readRecord(seg.index, offset);
+        let match: BatchView | null = null;
+        for (const b of batchesOf(r.bytes, r.header)) if (sameKey(b.key, key)) match = b;
+        if (match) return { loc: { segment: seg.index, offset, index: match.index }, batch: match, header: r.header };
+        // A 52-bit hash collision: another key owns this index entry. Scan the segment.
+      }
       const found = await this.scanBackward(seg, key);
       if (found) return found;
     }
