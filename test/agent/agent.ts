@@ -51,6 +51,11 @@ export interface AgentOptions {
   probePeriodCapMs?: number;
   /** Upper bound for termination grace, ms (default 20000). */
   gracePeriodCapMs?: number;
+  /**
+   * Give each pod its ServiceAccount's credentials (token files and KUBECONFIG), as a kubelet's
+   * token mount would (default true; a pod's automountServiceAccountToken: false also opts out).
+   */
+  serviceAccountCredentials?: boolean;
   /** Receives every log line of the agent (also kept in agent.events). */
   log?: (line: string) => void;
 }
@@ -510,8 +515,55 @@ export class TestAgent {
     return out;
   }
 
+  /**
+   * What a kubelet's service-account token mount gives a pod, in a form a local process can use:
+   * the token, CA and namespace files under the usual mount path (rewritten like any mount), and
+   * KUBECONFIG pointing at a kubeconfig with the ServiceAccount's token (a process outside a pod
+   * has no KUBERNETES_SERVICE_HOST, so clients fall back to KUBECONFIG). The token is the one in
+   * the ServiceAccount's token Secret (created by the controller-manager on 1.20).
+   */
+  private async serviceAccountCredentials(run: PodRun): Promise<{ dir: string; kubeconfig: string } | undefined> {
+    if (this.opts.serviceAccountCredentials === false || run.pod.spec.automountServiceAccountToken === false) return undefined;
+    const sa = run.pod.spec.serviceAccountName ?? 'default';
+    const secrets = await this.client.list<ConfigMapOrSecret & { type?: string }>(resourcePath('v1', 'secrets', run.namespace), {
+      fieldSelector: 'type=kubernetes.io/service-account-token',
+    });
+    const secret = secrets.items.find((x) => x.metadata.annotations?.['kubernetes.io/service-account.name'] === sa);
+    const token = secret?.data?.token;
+    if (token === undefined) throw new Error(`no token Secret for ServiceAccount ${run.namespace}/${sa} yet`);
+    const dir = path.join(run.dir, 'serviceaccount');
+    mkdirSync(dir, { recursive: true });
+    const tokenText = Buffer.from(token, 'base64').toString('utf8');
+    writeFileSync(path.join(dir, 'token'), tokenText, { mode: 0o600 });
+    writeFileSync(path.join(dir, 'namespace'), run.namespace);
+    const conn = this.client.conn;
+    if (conn.ca !== undefined) writeFileSync(path.join(dir, 'ca.crt'), conn.ca);
+    const kubeconfig = path.join(dir, 'kubeconfig');
+    const cluster: Record<string, string> = { server: conn.server.toString().replace(/\/$/, '') };
+    if (conn.ca !== undefined) cluster['certificate-authority-data'] = Buffer.from(conn.ca).toString('base64');
+    writeFileSync(
+      kubeconfig,
+      JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'Config',
+        clusters: [{ name: 'in-cluster', cluster }],
+        users: [{ name: sa, user: { token: tokenText } }],
+        contexts: [{ name: 'in-cluster', context: { cluster: 'in-cluster', user: sa, namespace: run.namespace } }],
+        'current-context': 'in-cluster',
+      }),
+      { mode: 0o600 },
+    );
+    return { dir, kubeconfig };
+  }
+
   private async launchSpec(run: PodRun, c: Container): Promise<LaunchSpec> {
     const mounts = await this.mountsFor(run, c);
+    const baseEnv: Record<string, string> = { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: run.dir, TMPDIR: run.dir };
+    const sa = await this.serviceAccountCredentials(run);
+    if (sa !== undefined) {
+      mounts.set('/var/run/secrets/kubernetes.io/serviceaccount', sa.dir);
+      baseEnv.KUBECONFIG = sa.kubeconfig;
+    }
     const executables: Record<string, string[]> = { ...this.opts.executables };
     return translateContainer(c, {
       pod: run.pod,
@@ -522,7 +574,7 @@ export class TestAgent {
       entrypoint: this.opts.entrypoint ?? (() => undefined),
       lookup: (kind, name) => this.lookup(run.namespace, kind, name),
       defaultCwd: run.dir,
-      baseEnv: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: run.dir, TMPDIR: run.dir },
+      baseEnv,
     });
   }
 

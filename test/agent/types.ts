@@ -117,6 +117,7 @@ export interface PodSpec {
   restartPolicy?: 'Always' | 'OnFailure' | 'Never';
   terminationGracePeriodSeconds?: number;
   serviceAccountName?: string;
+  automountServiceAccountToken?: boolean;
   hostname?: string;
   subdomain?: string;
 }
