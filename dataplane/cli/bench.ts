@@ -6,6 +6,8 @@ import { randomInt } from 'node:crypto';
 
 export interface BenchOptions {
   address: string;
+  /** native: @celer/client over the framed TCP protocol; grpc: unary Append over @grpc/grpc-js. */
+  transport: 'native' | 'grpc';
   writers: number;
   durationS: number;
   warmupS: number;
@@ -31,9 +33,44 @@ export function percentile(sorted: Float64Array, p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
-export async function runBench(o: BenchOptions): Promise<BenchResult> {
+type AppendFn = (id: bigint) => Promise<unknown>;
+
+async function nativeAppender(o: BenchOptions, run: bigint): Promise<{ append: AppendFn; close(): Promise<void> }> {
   const client = await connect(o.address, { connectionsPerNode: o.connections, clientId: 1 });
+  return {
+    append: (id) => client.append({ org: run, type: 1n, id }, [{ type: 'Hello', data: PAYLOAD }]),
+    close: () => client.close(),
+  };
+}
+
+/** The same workload through the gRPC service, for comparison (SPEC §8: gRPC for other languages). */
+async function grpcAppender(o: BenchOptions, run: bigint): Promise<{ append: AppendFn; close(): Promise<void> }> {
+  const grpc = await import('@grpc/grpc-js');
+  const protoLoader = await import('@grpc/proto-loader');
+  const { PROTO_PATH, PROTO_LOADER_OPTIONS } = await import('../server/grpc.ts');
+  const def = grpc.loadPackageDefinition(await protoLoader.load(PROTO_PATH, PROTO_LOADER_OPTIONS)) as unknown as {
+    celer: { v1: { EventStore: new (addr: string, creds: unknown, opts: object) => Record<string, (req: unknown, cb: (e: Error | null, r: unknown) => void) => void> & { close(): void } } };
+  };
+  const clients = Array.from({ length: o.connections }, () =>
+    new def.celer.v1.EventStore(o.address, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 }),
+  );
+  return {
+    append: (id) =>
+      new Promise((resolve, reject) =>
+        clients[Number(id % BigInt(clients.length))]!.Append!(
+          { key: { org: String(run), type: '1', id: String(id) }, events: [{ type: 'Hello', data: Buffer.from(PAYLOAD) }], clientId: '1' },
+          (e, r) => (e ? reject(e) : resolve(r)),
+        ),
+      ),
+    close: async () => {
+      for (const c of clients) c.close();
+    },
+  };
+}
+
+export async function runBench(o: BenchOptions): Promise<BenchResult> {
   const run = BigInt(Date.now()) * 1000n + BigInt(randomInt(1000));
+  const client = o.transport === 'grpc' ? await grpcAppender(o, run) : await nativeAppender(o, run);
   const samples = new Float64Array(LATENCY_SAMPLES_MAX);
   let n = 0;
   let seen = 0;
@@ -41,13 +78,13 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
   let measuring = false;
   let stop = false;
   const t0 = performance.now();
-  o.out(`bench: W1 against ${o.address}: ${o.writers} writers, one ${PAYLOAD.length}-byte event per write, ${o.warmupS}s warm-up + ${o.durationS}s measured, ${o.connections} connections`);
+  o.out(`bench: W1 against ${o.address} over ${o.transport}: ${o.writers} writers, one ${PAYLOAD.length}-byte event per write, ${o.warmupS}s warm-up + ${o.durationS}s measured, ${o.connections} connections`);
   const writer = async (i: number): Promise<void> => {
-    const key = { org: run, type: 1n, id: BigInt(i) };
+    const id = BigInt(i);
     while (!stop) {
       const s = performance.now();
       try {
-        await client.append(key, [{ type: 'Hello', data: PAYLOAD }]);
+        await client.append(id);
       } catch {
         errors++;
         continue;

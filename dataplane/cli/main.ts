@@ -22,7 +22,7 @@ usage:
   celer read    [--addr HOST:PORT] KEY [--from N] [--to N] [--types A,B] [--json]
   celer details [--addr HOST:PORT] KEY
   celer verify  --data-dir DIR
-  celer bench   [--addr HOST:PORT] [--writers N] [--duration-s S] [--warmup-s S] [--connections N]
+  celer bench   [--addr HOST:PORT] [--transport native|grpc] [--writers N] [--duration-s S] [--warmup-s S] [--connections N]
 
 KEY is org/type/id, each part decimal or a UUID. --addr defaults to 127.0.0.1:7400.
 Run "celer COMMAND --help" for the flags of one command.`;
@@ -200,10 +200,13 @@ async function verify(args: string[]): Promise<number> {
 }
 
 async function bench(args: string[]): Promise<number> {
-  const { values } = parse(args, { addr: { type: 'string' }, writers: { type: 'string' }, 'duration-s': { type: 'string' }, 'warmup-s': { type: 'string' }, connections: { type: 'string' } });
+  const { values } = parse(args, { addr: { type: 'string' }, transport: { type: 'string' }, writers: { type: 'string' }, 'duration-s': { type: 'string' }, 'warmup-s': { type: 'string' }, connections: { type: 'string' } });
+  const transport = values.transport ?? 'native';
+  if (transport !== 'native' && transport !== 'grpc') throw new UsageError(`--transport must be native or grpc; got "${transport}"`);
   const { runBench } = await import('./bench.ts');
   await runBench({
-    address: values.addr ?? '127.0.0.1:7400',
+    address: values.addr ?? (transport === 'grpc' ? '127.0.0.1:7402' : '127.0.0.1:7400'),
+    transport,
     writers: int(values.writers, '--writers', 1) ?? 64,
     durationS: int(values['duration-s'], '--duration-s', 1) ?? 10,
     warmupS: int(values['warmup-s'], '--warmup-s', 0) ?? 2,
