@@ -343,22 +343,27 @@ test('io_uring works inside a worker_thread, on that thread’s own ring', async
   await seg.close();
 });
 
-test('a worker that exits with io_uring writes in flight terminates cleanly', async (t) => {
+test('workers that exit with io_uring writes and reads in flight terminate cleanly', async (t) => {
   const dir = scratch(t);
-  const { messages, exitCode } = await runWorker(
-    `
-      const fileIo = await io.openFileIo({ dir: workerData.dir, forceSync: false, log: () => {} });
-      const seg = await fileIo.openSegment(workerData.dir + '/seg', { create: true, sizeBytes: 4 << 20 });
-      const buf = fileIo.allocAligned(1 << 20);
-      const writes = [0, 1, 2, 3].map((i) => ({ offset: i << 20, buf }));
-      seg.writeAndSync(writes);
-      parentPort.postMessage({ kind: fileIo.kind });
-      process.exit(7);
-    `,
-    { dir },
-  );
-  assert.deepEqual(messages, [{ kind: 'io_uring' }]);
-  assert.equal(exitCode, 7);
+  // The read waits behind the drained fsync, so it is still in the kernel when the worker's
+  // environment is torn down; its buffer must outlive Node's cleanup of external ArrayBuffers.
+  // Several workers, because the window depends on when the fsync completes.
+  for (let i = 0; i < 20; i++) {
+    const { messages, exitCode } = await runWorker(
+      `
+        const fileIo = await io.openFileIo({ dir: workerData.dir, forceSync: false, log: () => {} });
+        const seg = await fileIo.openSegment(workerData.dir + '/seg' + workerData.i, { create: true, sizeBytes: 1 << 20 });
+        const buf = fileIo.allocAligned(1 << 16);
+        seg.writeAndSync([{ offset: 0, buf }, { offset: 1 << 16, buf }]);
+        seg.read(0, 10000);
+        parentPort.postMessage({ kind: fileIo.kind });
+        process.exit(7);
+      `,
+      { dir, i },
+    );
+    assert.deepEqual(messages, [{ kind: 'io_uring' }]);
+    assert.equal(exitCode, 7);
+  }
 });
 
 test('an idle io_uring ring does not keep the process alive', { timeout: 60_000 }, async (t) => {

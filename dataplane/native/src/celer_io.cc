@@ -28,7 +28,9 @@
 #include <cstring>
 #include <deque>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 namespace {
@@ -68,7 +70,9 @@ struct Request {
   std::unique_ptr<Op[]> ops;
   size_t opCount = 0;
   size_t remaining = 0;
-  // Strong references that keep every buffer alive until the kernel is done with it.
+  // What keeps every buffer alive until the kernel is done with it: a pin for memory from
+  // allocAligned, a strong reference for any other buffer.
+  std::vector<void*> pins;
   std::vector<napi_ref> refs;
   int err = 0;  // first failure, positive errno
   const char* errSyscall = nullptr;
@@ -77,15 +81,81 @@ struct Request {
   int64_t bytesRead = 0;
 };
 
-Napi::Error ErrnoError(Napi::Env env, int err, const char* syscall, const char* detail) {
+// An Error shaped like Node's fs errors (negative errno, symbolic code, syscall name). Raw
+// Node-API with every status checked, because it also runs from libuv callbacks while a worker is
+// terminating, where calls can fail; returns nullptr then.
+napi_value ErrnoErrorValue(napi_env env, int err, const char* syscall, const char* detail) {
   std::string msg = std::string(uv_err_name(-err)) + ": " + uv_strerror(-err) + ", " + syscall;
   if (detail != nullptr) msg += std::string(" (") + detail + ")";
-  Napi::Error e = Napi::Error::New(env, msg);
-  // Same shape as Node's fs errors: negative errno, symbolic code, syscall name.
-  e.Set("errno", Napi::Number::New(env, -err));
-  e.Set("code", Napi::String::New(env, uv_err_name(-err)));
-  e.Set("syscall", Napi::String::New(env, syscall));
-  return e;
+  napi_value text, error, errnoValue, code, syscallValue;
+  if (napi_create_string_utf8(env, msg.c_str(), msg.size(), &text) != napi_ok ||
+      napi_create_error(env, nullptr, text, &error) != napi_ok ||
+      napi_create_int32(env, -err, &errnoValue) != napi_ok ||
+      napi_create_string_utf8(env, uv_err_name(-err), NAPI_AUTO_LENGTH, &code) != napi_ok ||
+      napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &syscallValue) != napi_ok ||
+      napi_set_named_property(env, error, "errno", errnoValue) != napi_ok ||
+      napi_set_named_property(env, error, "code", code) != napi_ok ||
+      napi_set_named_property(env, error, "syscall", syscallValue) != napi_ok) {
+    return nullptr;
+  }
+  return error;
+}
+
+void ThrowErrno(napi_env env, int err, const char* syscall) {
+  napi_value error = ErrnoErrorValue(env, err, syscall, nullptr);
+  if (error != nullptr) napi_throw(env, error);
+}
+
+// Memory handed out by allocAligned, keyed by its address. A strong JS reference is not enough to
+// keep such memory alive under in-flight I/O: when an environment shuts down, Node frees external
+// ArrayBuffers in its cleanup hooks, newest first, so a buffer allocated after the ring was created
+// would be freed before the ring's own hook has waited for the kernel to finish writing into it.
+// Instead each in-flight op pins the allocation, and the ArrayBuffer's finalizer frees it only when
+// no pin is left (otherwise the last unpin does). Global with a mutex, because a finalizer is not
+// guaranteed to run on the allocating thread.
+struct Allocation {
+  unsigned pins = 0;
+  bool jsAlive = true;
+};
+// Never destroyed: a worker's finalizers may still run while the process's static destructors do.
+std::mutex& gAllocMutex = *new std::mutex();
+std::unordered_map<void*, Allocation>& gAllocs = *new std::unordered_map<void*, Allocation>();
+
+bool PinAllocation(void* base) {
+  std::lock_guard<std::mutex> lock(gAllocMutex);
+  auto it = gAllocs.find(base);
+  if (it == gAllocs.end()) return false;
+  it->second.pins++;
+  return true;
+}
+
+void UnpinAllocation(void* base) {
+  std::lock_guard<std::mutex> lock(gAllocMutex);
+  auto it = gAllocs.find(base);
+  if (it == gAllocs.end()) return;
+  if (--it->second.pins == 0 && !it->second.jsAlive) {
+    gAllocs.erase(it);
+    free(base);
+  }
+}
+
+void OnAllocationFinalized(napi_env /*env*/, void* base, void* /*hint*/) {
+  std::lock_guard<std::mutex> lock(gAllocMutex);
+  auto it = gAllocs.find(base);
+  if (it == gAllocs.end()) return;
+  if (it->second.pins == 0) {
+    gAllocs.erase(it);
+    free(base);
+  } else {
+    it->second.jsAlive = false;
+  }
+}
+
+void ReleaseBuffers(napi_env env, Request* req) {
+  for (void* base : req->pins) UnpinAllocation(base);
+  for (napi_ref ref : req->refs) napi_delete_reference(env, ref);
+  req->pins.clear();
+  req->refs.clear();
 }
 
 class Ring;
@@ -122,7 +192,14 @@ class Ring {
       *syscall = "io_uring_register_eventfd";
       return nullptr;
     }
-    r->asyncCtx_ = std::make_unique<Napi::AsyncContext>(env, "CelerIoUring");
+    napi_value resource, resourceName;
+    if (napi_create_object(env, &resource) != napi_ok ||
+        napi_create_string_utf8(env, "CelerIoUring", NAPI_AUTO_LENGTH, &resourceName) != napi_ok ||
+        napi_async_init(env, resource, resourceName, &r->asyncCtx_) != napi_ok) {
+      *err = EINVAL;
+      *syscall = "napi_async_init";
+      return nullptr;
+    }
     if (napi_add_async_cleanup_hook(env, OnEnvCleanup, r.get(), &r->cleanupHandle_) != napi_ok) {
       *err = EINVAL;
       *syscall = "napi_add_async_cleanup_hook";
@@ -148,12 +225,18 @@ class Ring {
   }
 
   ~Ring() {
+    DestroyAsyncContext();
     if (ringOpen_) io_uring_queue_exit(&ring_);
     // Handles are freed in their close callbacks; only a never-initialised poll lands here.
     if (poll_ == nullptr && efd_ >= 0) close(efd_);
   }
 
   napi_env env() const { return env_; }
+
+  void DestroyAsyncContext() {
+    if (asyncCtx_ != nullptr) napi_async_destroy(env_, asyncCtx_);
+    asyncCtx_ = nullptr;
+  }
   void AddRef() { refs_++; }
 
   void Release() {
@@ -239,28 +322,42 @@ class Ring {
     r->Submit();
   }
 
-  static void OnPoll(uv_poll_t* h, int status, int /*events*/) {
+  static void OnPoll(uv_poll_t* h, int /*status*/, int /*events*/) {
     Ring* r = static_cast<Ring*>(h->data);
     uint64_t counter;
     // Reset the eventfd before reaping: a CQE posted after this read signals it again.
     while (read(r->efd_, &counter, sizeof counter) < 0 && errno == EINTR) {
     }
-    (void)status;
-    Napi::Env env(r->env_);
-    Napi::HandleScope handleScope(env);
-    {
-      // Promise reactions run as microtasks when this scope closes, as for any libuv callback.
-      Napi::CallbackScope cbScope(env, *r->asyncCtx_);
-      r->Reap();
-      r->Pump();
-      if (r->inKernel_ == 0 && r->backlog_.empty()) r->StopPoll();
+    // Raw Node-API with checked statuses: while a worker is being terminated these calls fail,
+    // and node-addon-api's CallbackScope would then close a scope it never opened. In that case
+    // completions are still reaped (buffers released), only the promises stay unsettled.
+    napi_env env = r->env_;
+    napi_handle_scope handleScope;
+    if (napi_open_handle_scope(env, &handleScope) != napi_ok) {
+      r->ReapAndPump(false);
+      return;
     }
+    napi_value resource;
+    napi_callback_scope callbackScope;
+    bool canRunJs = napi_create_object(env, &resource) == napi_ok &&
+                    napi_open_callback_scope(env, resource, r->asyncCtx_, &callbackScope) == napi_ok;
+    r->ReapAndPump(canRunJs);
+    // Promise reactions run as microtasks when the callback scope closes, as for any libuv
+    // callback; they may call back into the ring.
+    if (canRunJs) napi_close_callback_scope(env, callbackScope);
+    napi_close_handle_scope(env, handleScope);
     // Microtasks may have released the last reference; tearing down is safe here because the
     // handles are only closed, and freed in their close callbacks.
     if (tlsRing == r) r->MaybeTeardown();
   }
 
-  void Reap() {
+  void ReapAndPump(bool settle) {
+    Reap(settle);
+    Pump();
+    if (inKernel_ == 0 && backlog_.empty()) StopPoll();
+  }
+
+  void Reap(bool settle) {
     io_uring_cqe* cqe;
     unsigned head;
     unsigned seen = 0;
@@ -268,7 +365,7 @@ class Ring {
       Op* op = static_cast<Op*>(io_uring_cqe_get_data(cqe));
       int res = cqe->res;
       seen++;
-      Complete(op, res, true);
+      Complete(op, res, settle);
     }
     io_uring_cq_advance(&ring_, seen);
     inKernel_ -= seen;
@@ -297,17 +394,18 @@ class Ring {
     }
     if (--req->remaining > 0) return;
     if (settle) {
-      Napi::Env env(env_);
+      // A failed value creation means the environment is going away: leave the promise pending.
+      napi_value value = nullptr;
       if (req->err != 0) {
-        Napi::Error e = ErrnoError(env, req->err, req->errSyscall, req->shortWrite ? "short write" : nullptr);
-        napi_reject_deferred(env_, req->deferred, e.Value());
-      } else if (req->isRead) {
-        napi_resolve_deferred(env_, req->deferred, Napi::Number::New(env, static_cast<double>(req->bytesRead)));
+        value = ErrnoErrorValue(env_, req->err, req->errSyscall, req->shortWrite ? "short write" : nullptr);
+        if (value != nullptr) napi_reject_deferred(env_, req->deferred, value);
       } else {
-        napi_resolve_deferred(env_, req->deferred, env.Undefined());
+        napi_status st = req->isRead ? napi_create_double(env_, static_cast<double>(req->bytesRead), &value)
+                                     : napi_get_undefined(env_, &value);
+        if (st == napi_ok) napi_resolve_deferred(env_, req->deferred, value);
       }
     }
-    for (napi_ref ref : req->refs) napi_delete_reference(env_, ref);
+    ReleaseBuffers(env_, req);
     delete req;
   }
 
@@ -366,7 +464,7 @@ class Ring {
       r->backlog_.pop_front();
       r->Complete(op, -ECANCELED, false);
     }
-    r->asyncCtx_.reset();
+    r->DestroyAsyncContext();
     r->BeginClose(true);
   }
 
@@ -377,7 +475,7 @@ class Ring {
   int efd_ = -1;
   uv_poll_t* poll_ = nullptr;
   uv_timer_t* timer_ = nullptr;
-  std::unique_ptr<Napi::AsyncContext> asyncCtx_;
+  napi_async_context asyncCtx_ = nullptr;
   napi_async_cleanup_hook_handle cleanupHandle_ = nullptr;
   std::deque<Op*> backlog_;
   unsigned inKernel_ = 0;
@@ -409,7 +507,7 @@ Napi::Value RingAcquire(const Napi::CallbackInfo& info) {
   const char* syscall = "";
   Ring* r = Ring::Create(env, entries, &err, &syscall);
   if (r == nullptr) {
-    ErrnoError(env, err, syscall, nullptr).ThrowAsJavaScriptException();
+    ThrowErrno(env, err, syscall);
     return env.Undefined();
   }
   tlsRing = r;
@@ -422,18 +520,33 @@ Napi::Value RingRelease(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-bool GetBytes(Napi::Env env, Napi::Value v, void** data, size_t* len) {
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_uint8_array) {
-    Napi::TypeError::New(env, "celer_io: expected a Uint8Array").ThrowAsJavaScriptException();
+// Reads a Uint8Array's address and length, and makes `req` keep its memory alive.
+bool HoldBytes(napi_env env, napi_value v, Request* req, void** data, size_t* len) {
+  bool isTyped = false;
+  napi_typedarray_type type;
+  napi_value arrayBuffer;
+  size_t byteOffset;
+  if (napi_is_typedarray(env, v, &isTyped) != napi_ok || !isTyped ||
+      napi_get_typedarray_info(env, v, &type, len, data, &arrayBuffer, &byteOffset) != napi_ok ||
+      type != napi_uint8_array) {
+    napi_throw_type_error(env, nullptr, "celer_io: expected a Uint8Array");
     return false;
   }
-  Napi::Uint8Array a = v.As<Napi::Uint8Array>();
-  if (a.ByteLength() > kMaxIoBytes) {
-    Napi::RangeError::New(env, "celer_io: buffer larger than one read/write may transfer").ThrowAsJavaScriptException();
+  if (*len > kMaxIoBytes) {
+    napi_throw_range_error(env, nullptr, "celer_io: buffer larger than one read/write may transfer");
     return false;
   }
-  *data = a.Data();
-  *len = a.ByteLength();
+  // napi_get_typedarray_info's data already includes the view's byte offset.
+  void* base = static_cast<char*>(*data) - byteOffset;
+  if (PinAllocation(base)) {
+    req->pins.push_back(base);
+    return true;
+  }
+  // Not from allocAligned (V8-owned memory, freed only after every cleanup hook): a strong
+  // reference suffices.
+  napi_ref ref;
+  if (napi_create_reference(env, v, 1, &ref) != napi_ok) return false;
+  req->refs.push_back(ref);
   return true;
 }
 
@@ -478,18 +591,14 @@ Napi::Value WritevFsync(const Napi::CallbackInfo& info) {
   }
   std::unique_ptr<Request> req(NewRequest(n + 1));
   for (uint32_t i = 0; i < n; i++) {
-    Napi::Value b = bufs.Get(i);
     void* data;
     size_t len;
     uint64_t off;
-    if (!GetBytes(env, b, &data, &len) || !GetOffset(env, offsets.Get(i), &off)) {
-      for (napi_ref ref : req->refs) napi_delete_reference(env, ref);
+    if (!HoldBytes(env, bufs.Get(i), req.get(), &data, &len) || !GetOffset(env, offsets.Get(i), &off)) {
+      ReleaseBuffers(env, req.get());
       return env.Undefined();
     }
     req->ops[i] = Op{req.get(), OpKind::kWrite, fd, data, static_cast<unsigned>(len), off};
-    napi_ref ref;
-    napi_create_reference(env, b, 1, &ref);
-    req->refs.push_back(ref);
   }
   req->ops[n] = Op{req.get(), OpKind::kFsync, fd, nullptr, 0, 0};
   napi_value promise;
@@ -507,16 +616,16 @@ Napi::Value Read(const Napi::CallbackInfo& info) {
     return env.Undefined();
   }
   int fd = info[0].As<Napi::Number>().Int32Value();
+  std::unique_ptr<Request> req(NewRequest(1));
+  req->isRead = true;
   void* data;
   size_t len;
   uint64_t off;
-  if (!GetBytes(env, info[1], &data, &len) || !GetOffset(env, info[2], &off)) return env.Undefined();
-  std::unique_ptr<Request> req(NewRequest(1));
-  req->isRead = true;
+  if (!HoldBytes(env, info[1], req.get(), &data, &len) || !GetOffset(env, info[2], &off)) {
+    ReleaseBuffers(env, req.get());
+    return env.Undefined();
+  }
   req->ops[0] = Op{req.get(), OpKind::kRead, fd, data, static_cast<unsigned>(len), off};
-  napi_ref ref;
-  napi_create_reference(env, info[1], 1, &ref);
-  req->refs.push_back(ref);
   napi_value promise;
   napi_create_promise(env, &req->deferred, &promise);
   ring->Enqueue(req.release());
@@ -539,11 +648,20 @@ Napi::Value AllocAligned(const Napi::CallbackInfo& info) {
   void* p = nullptr;
   int rc = posix_memalign(&p, kAlignBytes, size);
   if (rc != 0) {
-    ErrnoError(env, rc, "posix_memalign", nullptr).ThrowAsJavaScriptException();
+    ThrowErrno(env, rc, "posix_memalign");
     return env.Undefined();
   }
   memset(p, 0, size);
-  return Napi::ArrayBuffer::New(env, p, size, [](Napi::Env, void* data) { free(data); });
+  {
+    std::lock_guard<std::mutex> lock(gAllocMutex);
+    gAllocs.emplace(p, Allocation{});
+  }
+  napi_value ab;
+  if (napi_create_external_arraybuffer(env, p, size, OnAllocationFinalized, nullptr, &ab) != napi_ok) {
+    OnAllocationFinalized(env, p, nullptr);
+    return env.Undefined();
+  }
+  return Napi::Value(env, ab);
 }
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
