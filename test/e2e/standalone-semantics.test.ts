@@ -224,3 +224,24 @@ test('restarting with a different shard count or routing rule is refused with a 
     await removeDir(d);
   }
 });
+
+test('a data directory where O_DIRECT is not honoured is refused unless --unsafe-no-direct-io is given', async () => {
+  const d = `/dev/shm/celer-e2e-${process.pid}`; // tmpfs: open(O_DIRECT) fails with EINVAL
+  try {
+    const r = await runCeler(['serve', '--standalone', '--data-dir', d, '--listen', '127.0.0.1:0']);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /O_DIRECT/);
+    assert.match(r.stderr, /--unsafe-no-direct-io/);
+    const n = await startCeler(d, ['--unsafe-no-direct-io']);
+    try {
+      const c = await connect(n.native, { clientId: 1 });
+      assert.equal((await c.append({ org: 1, type: 1, id: 1 }, [ev('Buffered')])).toVersion, 1n);
+      await c.close();
+      assert.match(n.stderr(), /buffered/i);
+    } finally {
+      await n.stop();
+    }
+  } finally {
+    await removeDir(d);
+  }
+});
