@@ -173,12 +173,12 @@ export class TestAgent {
     process.off('exit', this.onExit);
   }
 
-  /** Everything pod `name` printed, per container, for failure output. */
+  /** Everything pod `name` (every pod of the namespace for '') printed, per container, for failure output. */
   podLogs(namespace: string, name: string, maxBytes = 8000): string {
     const out: string[] = [];
     const root = path.join(this.workDir, 'logs');
     if (!existsSync(root)) return '';
-    for (const d of readdirSync(root).filter((d) => d.startsWith(`${namespace}_${name}_`))) {
+    for (const d of readdirSync(root).filter((d) => d.startsWith(name === '' ? `${namespace}_` : `${namespace}_${name}_`))) {
       for (const f of readdirSync(path.join(root, d))) {
         const text = readFileSync(path.join(root, d, f), 'utf8');
         out.push(`--- ${d}/${f}\n${text.length > maxBytes ? `...${text.slice(-maxBytes)}` : text}`);

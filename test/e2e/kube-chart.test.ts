@@ -81,12 +81,19 @@ describe('celer-operator chart on a real 1.20 apiserver', () => {
     assert.match(r.stdout, /1 chart\(s\) linted, 0 chart\(s\) failed/);
   });
 
-  test('the chart\'s CRD passes a server-side dry run with the command its README gives for clusters older than 1.25', async () => {
+  test('the chart\'s CRD passes a server-side dry run as a create and as a client-side apply with --validate=false', async () => {
     const crd = path.join(chart, 'crds');
-    // charts/celer-operator/README.md: kubectl apply --server-side --force-conflicts [--validate=false on < 1.25].
-    const out = await env.kubectlOk(['apply', '--server-side', '--force-conflicts', '--validate=false', '--dry-run=server', '-f', crd]);
-    assert.match(out, /customresourcedefinition\.apiextensions\.k8s\.io\/celerclusters\.celer\.io serverside-applied \(server dry run\)/);
+    const created = await env.kubectlOk(['create', '--validate=false', '--dry-run=server', '-f', crd]);
+    assert.match(created, /customresourcedefinition\.apiextensions\.k8s\.io\/celerclusters\.celer\.io created \(server dry run\)/);
     await env.kubectlOk(['apply', '--validate=false', '--dry-run=server', '-f', crd]);
+  });
+
+  test('the CRD upgrade command the chart README gives for clusters older than 1.25 is accepted by 1.20', async () => {
+    // charts/celer-operator/README.md and crds/README.md: kubectl apply --server-side
+    // [--force-conflicts] --validate=false -f crds/.
+    const r = await env.kubectl(['apply', '--server-side', '--force-conflicts', '--validate=false', '--dry-run=server', '-f', path.join(chart, 'crds')]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /celerclusters\.celer\.io serverside-applied \(server dry run\)/);
   });
 
   test('without --validate=false kubectl refuses the CRD on 1.20 because of its CEL rules, as the README warns', async () => {

@@ -181,3 +181,18 @@ export async function createNamespace(env: KubeEnv, prefix: string): Promise<str
   await env.client.create('/api/v1/namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name } });
   return name;
 }
+
+/** A TCP port free on 127.0.0.1 right now, in 20000-32000 (below the ephemeral range). */
+export async function freePort(): Promise<number> {
+  const net = await import('node:net');
+  for (let i = 0; i < 100; i++) {
+    const port = 20000 + Math.floor(Math.random() * 12000);
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.createServer();
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
+    });
+    if (ok) return port;
+  }
+  throw new Error('no free port found in 100 tries');
+}
