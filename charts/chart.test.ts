@@ -8,13 +8,61 @@ import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parse, parseAllDocuments } from 'yaml';
 
+// The fields of rendered manifests that these tests read. Fields every test relies on for a given
+// kind are declared required: a manifest that lacks one makes the test fail, never pass vacuously.
+interface Port { name?: string; port?: number; containerPort?: number; protocol?: string }
+interface EnvVar { name: string; value?: string }
+interface Container {
+  image: string;
+  command: string[];
+  args: string[];
+  env: EnvVar[];
+  ports?: Port[];
+  livenessProbe: { httpGet: { path: string } };
+}
+interface PolicyRule { apiGroups: string[]; resources: string[]; verbs: string[] }
+interface K8sDoc {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; labels?: Record<string, string> };
+  spec?: { ports?: Port[]; template?: { spec: { containers: Container[] } }; groups?: unknown };
+  rules?: PolicyRule[];
+  data?: Record<string, string>;
+}
+interface Dashboard { panels: { targets?: { expr: string }[] }[] }
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+function isK8sDoc(v: unknown): v is K8sDoc {
+  return isRecord(v) && typeof v['apiVersion'] === 'string' && typeof v['kind'] === 'string' && isRecord(v['metadata']);
+}
+
+function isDashboard(v: unknown): v is Dashboard {
+  return isRecord(v) && Array.isArray(v['panels']);
+}
+
+/** Returns v, failing the test with a clear message when it is absent. */
+function must<T>(v: T | undefined, what: string): T {
+  if (v === undefined) assert.fail(`missing ${what}`);
+  return v;
+}
+
 const root = fileURLToPath(new URL('../', import.meta.url));
 const chart = `${root}charts/celer-operator`;
-const helm = execFileSync('bash', [`${root}hack/helm.sh`], { encoding: 'utf8' }).trim().split('\n').pop();
+const helm = must(execFileSync('bash', [`${root}hack/helm.sh`], { encoding: 'utf8' }).trim().split('\n').pop(), 'helm path from hack/helm.sh');
+const promtool = '/usr/bin/promtool';
 
-function render(args = []) {
+function render(args: string[] = []): K8sDoc[] {
   const out = execFileSync(helm, ['template', 'r1', chart, '--namespace', 'celer-system', ...args], { encoding: 'utf8' });
-  return parseAllDocuments(out).map((d) => d.toJS()).filter((d) => d !== null);
+  const docs = parseAllDocuments(out).map((d): unknown => d.toJS()).filter((d) => d !== null);
+  for (const d of docs) assert.ok(isK8sDoc(d), `not a Kubernetes manifest: ${JSON.stringify(d)}`);
+  return docs.filter(isK8sDoc);
+}
+
+function find(docs: K8sDoc[], kind: string): K8sDoc {
+  return must(docs.find((d) => d.kind === kind), `${kind} in the rendered chart`);
 }
 
 const all = ['--set', 'monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.dashboard.enabled=true,replicaCount=2'];
@@ -34,81 +82,90 @@ test('every monitoring toggle renders its object and the operator gets a PDB wit
 });
 
 test('the PDB uses policy/v1 only where the apiserver serves it (1.20 has only policy/v1beta1)', () => {
-  const old = render(all).find((d) => d.kind === 'PodDisruptionBudget');
+  const old = find(render(all), 'PodDisruptionBudget');
   assert.equal(old.apiVersion, 'policy/v1beta1');
-  const current = render([...all, '--api-versions', 'policy/v1/PodDisruptionBudget']).find((d) => d.kind === 'PodDisruptionBudget');
+  const current = find(render([...all, '--api-versions', 'policy/v1/PodDisruptionBudget']), 'PodDisruptionBudget');
   assert.equal(current.apiVersion, 'policy/v1');
 });
 
 test('every port names protocol TCP, which server-side apply on 1.20 requires', () => {
   let ports = 0;
   for (const d of render(all)) {
-    const lists = d.kind === 'Service' ? [d.spec.ports] : d.kind === 'Deployment' ? d.spec.template.spec.containers.map((c) => c.ports) : [];
-    for (const list of lists) for (const p of list ?? []) { ports += 1; assert.equal(p.protocol, 'TCP', `${d.kind} ${d.metadata.name}`); }
+    const what = `${d.kind} ${d.metadata.name}`;
+    const lists = d.kind === 'Service' ? [must(d.spec, `${what} spec`).ports]
+      : d.kind === 'Deployment' ? must(must(d.spec, `${what} spec`).template, `${what} pod template`).spec.containers.map((c) => c.ports)
+      : [];
+    for (const list of lists) for (const p of list ?? []) { ports += 1; assert.equal(p.protocol, 'TCP', what); }
   }
   assert.ok(ports >= 2);
 });
 
 test('the operator runs node operator/main.ts with leader election, the watch namespace and the node image', () => {
-  const dep = render(['--set', 'watchNamespace=apps,image.repository=registry.example/celer,image.tag=9.9.9']).find((d) => d.kind === 'Deployment');
-  const c = dep.spec.template.spec.containers[0];
+  const dep = find(render(['--set', 'watchNamespace=apps,image.repository=registry.example/celer,image.tag=9.9.9']), 'Deployment');
+  const c = must(must(must(dep.spec, 'Deployment spec').template, 'pod template').spec.containers[0], 'operator container');
   assert.equal(c.image, 'registry.example/celer:9.9.9');
   assert.deepEqual(c.command, ['node', '/app/operator/main.ts']);
   assert.ok(c.args.includes('--leader-elect'));
-  const env = Object.fromEntries(c.env.filter((e) => e.value !== undefined).map((e) => [e.name, e.value]));
-  assert.equal(env.WATCH_NAMESPACE, 'apps');
-  assert.equal(env.CELER_DEFAULT_IMAGE, 'registry.example/celer');
+  const env = new Map(c.env.filter((e) => e.value !== undefined).map((e) => [e.name, e.value]));
+  assert.equal(env.get('WATCH_NAMESPACE'), 'apps');
+  assert.equal(env.get('CELER_DEFAULT_IMAGE'), 'registry.example/celer');
   assert.equal(c.livenessProbe.httpGet.path, '/healthz');
 });
 
 test('the ClusterRole grants no wildcard and no write on Secrets, Nodes or PersistentVolumes', () => {
-  const role = render().find((d) => d.kind === 'ClusterRole');
-  for (const rule of role.rules) {
+  const rules = must(find(render(), 'ClusterRole').rules, 'ClusterRole rules');
+  for (const rule of rules) {
     assert.ok(!rule.verbs.includes('*') && !rule.resources.includes('*') && !rule.apiGroups.includes('*'), JSON.stringify(rule));
     if (rule.resources.includes('secrets')) assert.deepEqual(rule.verbs, ['get']);
     assert.ok(!rule.resources.includes('nodes') && !rule.resources.includes('persistentvolumes'));
   }
-  const grants = (group, resource, verb) => role.rules.some((r) => r.apiGroups.includes(group) && r.resources.includes(resource) && r.verbs.includes(verb));
-  for (const [g, r, v] of [['celer.io', 'celerclusters/status', 'patch'], ['apps', 'statefulsets', 'patch'], ['', 'pods', 'delete'], ['policy', 'poddisruptionbudgets', 'create']]) {
+  const grants = (group: string, resource: string, verb: string): boolean =>
+    rules.some((r) => r.apiGroups.includes(group) && r.resources.includes(resource) && r.verbs.includes(verb));
+  const wanted: [group: string, resource: string, verb: string][] = [
+    ['celer.io', 'celerclusters/status', 'patch'], ['apps', 'statefulsets', 'patch'], ['', 'pods', 'delete'], ['policy', 'poddisruptionbudgets', 'create'],
+  ];
+  for (const [g, r, v] of wanted) {
     assert.ok(grants(g, r, v), `${v} ${g}/${r}`);
   }
 });
 
 test('the PrometheusRule carries exactly the groups of the plain rule file', () => {
-  const rule = render(all).find((d) => d.kind === 'PrometheusRule');
-  assert.deepEqual(rule.spec.groups, parse(readFileSync(`${chart}/files/alerts.yaml`, 'utf8')).groups);
+  const rule = find(render(all), 'PrometheusRule');
+  const plain: unknown = parse(readFileSync(`${chart}/files/alerts.yaml`, 'utf8'));
+  assert.ok(isRecord(plain), 'files/alerts.yaml is not a mapping');
+  assert.ok(Array.isArray(plain['groups']) && plain['groups'].length > 0, 'files/alerts.yaml has no rule groups');
+  assert.deepEqual(must(rule.spec, 'PrometheusRule spec').groups, plain['groups']);
 });
 
-test('the plain rule file passes promtool when promtool is installed', (t) => {
-  if (!existsSync('/usr/bin/promtool')) {
-    t.skip('promtool is not installed (apt-get install prometheus)');
-    return;
-  }
-  execFileSync('/usr/bin/promtool', ['check', 'rules', `${chart}/files/alerts.yaml`], { encoding: 'utf8' });
+test('the plain rule file passes promtool (hack/deps.sh installs it with the prometheus package)', () => {
+  assert.ok(existsSync(promtool), `${promtool} is missing: run hack/deps.sh, which installs the Debian prometheus package`);
+  execFileSync(promtool, ['check', 'rules', `${chart}/files/alerts.yaml`], { encoding: 'utf8' });
 });
 
 test('the dashboard ConfigMap carries the dashboard, which charts every agreed node metric', () => {
-  const cm = render(all).find((d) => d.kind === 'ConfigMap');
-  const dash = JSON.parse(cm.data['celer.json']);
+  const cm = find(render(all), 'ConfigMap');
+  const dash: unknown = JSON.parse(must(must(cm.data, 'ConfigMap data')['celer.json'], 'celer.json in the ConfigMap'));
+  if (!isDashboard(dash)) assert.fail('celer.json has no panels');
   const exprs = dash.panels.flatMap((p) => (p.targets ?? []).map((t) => t.expr)).join('\n');
   for (const m of ['celer_writes_total', 'celer_write_latency_seconds', 'celer_fsync_latency_seconds', 'celer_fsync_batch_size',
     'celer_cache_hits_total', 'celer_cache_misses_total', 'celer_replication_lag_records', 'celer_node_role', 'celer_epoch',
     'celer_lease_ttl_remaining_seconds']) {
     assert.ok(exprs.includes(m), `dashboard lacks ${m}`);
   }
-  assert.equal(cm.metadata.labels.grafana_dashboard, '1');
+  assert.equal(must(cm.metadata.labels, 'ConfigMap labels')['grafana_dashboard'], '1');
 });
 
 test('every value in values.yaml is documented in the chart README', () => {
-  const values = parse(readFileSync(`${chart}/values.yaml`, 'utf8'));
+  const values: unknown = parse(readFileSync(`${chart}/values.yaml`, 'utf8'));
+  assert.ok(isRecord(values), 'values.yaml is not a mapping');
   const readme = readFileSync(`${chart}/README.md`, 'utf8');
-  const leaves = [];
-  const walk = (obj, path) => {
+  const leaves: string[] = [];
+  const walk = (obj: Record<string, unknown>, path: string[]): void => {
     for (const [k, v] of Object.entries(obj)) {
       const p = [...path, k];
       // Maps of free-form settings are documented as one entry.
       const opaque = ['resources', 'podSecurityContext', 'securityContext', 'labels'].includes(k);
-      if (v !== null && typeof v === 'object' && !Array.isArray(v) && Object.keys(v).length > 0 && !opaque) walk(v, p);
+      if (isRecord(v) && Object.keys(v).length > 0 && !opaque) walk(v, p);
       else leaves.push(p.join('.'));
     }
   };
