@@ -79,7 +79,7 @@ export class Router implements Dispatcher {
         name: `celer-shards-${i}`,
         // Keep each worker's JS heap in proportion to its share of the memory budget, so garbage
         // is collected before RSS drifts far past the budget (V8 otherwise grows the heap freely).
-        resourceLimits: { maxOldGenerationSizeMb: workerHeapMb(cfg.memoryBudgetBytes / cfg.workers) },
+        resourceLimits: { maxOldGenerationSizeMb: workerHeapMb(cfg.memoryBudgetBytes / cfg.workers), maxYoungGenerationSizeMb: 8 },
       });
       const h: WorkerHandle = { worker, items: [], bodies: new Writer(64 * 1024), scheduled: false };
       r.workers.push(h);
