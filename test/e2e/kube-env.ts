@@ -3,9 +3,10 @@
 // runs kubectl/helm against it, and polls with bounded deadlines.
 //
 // Set CELER_E2E_KUBE_RUN_DIR to a directory where `hack/kube-up.sh DIR` already ran to reuse that
-// control plane (it is then left running): handy when iterating on one suite.
+// control plane (it is then left running): handy when iterating on one suite. Otherwise each
+// suite gets /tmp/celer-kube-e2e-<suite>-XXXXXX; after the suite only its logs remain there.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, mkdirSync, openSync, closeSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, mkdirSync, openSync, closeSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { KubeClient, loadKubeconfig } from '../agent/kube.ts';
@@ -92,7 +93,7 @@ export async function startKube(suite: string): Promise<KubeEnv> {
   if (reuse !== undefined && reuse !== '') {
     runDir = path.resolve(reuse);
   } else {
-    runDir = mkdtempSync(path.join(os.tmpdir(), `celer-e2e-${suite}-`));
+    runDir = mkdtempSync(path.join(os.tmpdir(), `celer-kube-e2e-${suite}-`));
     // Cold, this includes building kube-apiserver (hack/kube-build.sh, ~6-8 minutes).
     await runOk('bash', [path.join(repoRoot, 'hack', 'kube-up.sh'), runDir], { timeoutMs: 30 * 60_000 });
   }
@@ -119,7 +120,9 @@ export async function startKube(suite: string): Promise<KubeEnv> {
     async stop() {
       client.close();
       if (reuse !== undefined && reuse !== '') return;
-      await run('bash', [path.join(repoRoot, 'hack', 'kube-down.sh'), runDir], { timeoutMs: 60_000 });
+      // Logs stay in runDir (a few hundred KB); the bulk (etcd, node data, TSDB) is removed.
+      await run('bash', [path.join(repoRoot, 'hack', 'kube-down.sh'), runDir, '--clean'], { timeoutMs: 60_000 });
+      for (const bulk of ['agent/volumes', 'agent/pods', 'prometheus/data']) rmSync(path.join(runDir, bulk), { recursive: true, force: true });
     },
   };
 }
