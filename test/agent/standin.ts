@@ -58,7 +58,7 @@ client.listen(listen.port, listen.host, () => {
           routing: 'id',
           shards: [{ shard: 0, state: 'serving', writeSeq: '0', commitSeq: '0' }],
           peer: null,
-          env: Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('CELER_') || k === 'HOSTNAME')),
+          env: Object.fromEntries(Object.entries(process.env).filter(([k]) => k.startsWith('CELER_') || k === 'HOSTNAME' || k === 'KUBECONFIG')),
           dataDir: path.resolve(dataDir),
           argv: process.argv.slice(2),
         }),

@@ -7,6 +7,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { TestAgent } from '../agent/agent.ts';
 import { defaultExecutables } from '../agent/celer.ts';
+import { KubeClient, KubeError, loadKubeconfig } from '../agent/kube.ts';
 import type { Pod, PersistentVolumeClaim } from '../agent/types.ts';
 import { createNamespace, repoRoot, startKube, waitFor, type KubeEnv } from './kube-env.ts';
 
@@ -123,6 +124,21 @@ describe('test agent on a real apiserver', () => {
       assert.deepEqual((status.env as Record<string, string>).CELER_POD_IP, p.status?.podIP);
       assert.equal(status.dataDir, agent.volumeDir(ns, `data-${p.metadata.name}`), 'the data dir is the claim directory');
     }
+    // The process got its ServiceAccount's credentials, as a token mount would give it.
+    const status0 = await getJson(`http://${p0.status?.podIP}:7401/status`);
+    const saKubeconfig = (status0.env as Record<string, string>).KUBECONFIG;
+    assert.ok(saKubeconfig !== undefined, 'KUBECONFIG is set for the pod');
+    const asPod = new KubeClient(loadKubeconfig(saKubeconfig));
+    try {
+      await assert.rejects(asPod.list(`/api/v1/namespaces/${ns}/secrets`), (err: unknown) => {
+        assert.ok(err instanceof KubeError);
+        assert.equal(err.status, 403);
+        assert.match(err.message, new RegExp(`system:serviceaccount:${ns}:default`));
+        return true;
+      });
+    } finally {
+      asPod.close();
+    }
     const claims = await env.client.list<PersistentVolumeClaim>(`/api/v1/namespaces/${ns}/persistentvolumeclaims`);
     assert.deepEqual(claims.items.map((c) => [c.metadata.name, c.status?.phase]).sort(), [
       ['data-web-0', 'Bound'],
@@ -182,6 +198,28 @@ describe('test agent on a real apiserver', () => {
     });
     assert.equal(cs.lastState.terminated?.exitCode, 3);
     assert.equal(cs.lastState.terminated?.reason, 'Error');
+  });
+
+  test('a pod with restartPolicy Never whose process exits non-zero is reported Failed with the exit code', async () => {
+    await env.client.create(`/api/v1/namespaces/${ns}/pods`, {
+      apiVersion: 'v1',
+      kind: 'Pod',
+      metadata: { name: 'once', namespace: ns, labels: { app: 'once' } },
+      spec: {
+        restartPolicy: 'Never',
+        containers: [{ name: 'server', image: 'example.com/standin:1', command: ['node', '/agent/standin.ts'], args: ['--data-dir', 'data', '--exit-after-ms', '200'] }],
+      },
+    });
+    const p = await waitFor('pod once Failed', async () => {
+      const x = (await pods('once'))[0];
+      return x?.status?.phase === 'Failed' ? x : undefined;
+    });
+    const cs = p.status?.containerStatuses?.[0];
+    assert.equal(cs?.state.terminated?.exitCode, 3);
+    assert.equal(cs?.restartCount, 0);
+    assert.equal(isReady(p), false);
+    await env.client.delete(`/api/v1/namespaces/${ns}/pods/once`);
+    await waitFor('pod once removed', async () => (await pods('once')).length === 0);
   });
 
   test('a container that is not ready keeps the pod Running but not Ready', async () => {

@@ -5,7 +5,7 @@
 // Set CELER_E2E_KUBE_RUN_DIR to a directory where `hack/kube-up.sh DIR` already ran to reuse that
 // control plane (it is then left running): handy when iterating on one suite. Otherwise each
 // suite gets /tmp/celer-kube-e2e-<suite>-XXXXXX; after the suite only its logs remain there.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, mkdirSync, openSync, closeSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -97,6 +97,20 @@ export async function startKube(suite: string): Promise<KubeEnv> {
     // Cold, this includes building kube-apiserver (hack/kube-build.sh, ~6-8 minutes).
     await runOk('bash', [path.join(repoRoot, 'hack', 'kube-up.sh'), runDir], { timeoutMs: 30 * 60_000 });
   }
+  // Interrupted (Ctrl-C, a CI timeout): stop the control plane before exiting; the 'exit'
+  // handlers of the agent and of background() then kill the processes they started.
+  const onSignal = (signal: NodeJS.Signals): void => {
+    if (reuse === undefined || reuse === '') {
+      try {
+        execFileSync('bash', [path.join(repoRoot, 'hack', 'kube-down.sh'), runDir], { stdio: 'ignore', timeout: 30_000 });
+      } catch {
+        // best effort while exiting
+      }
+    }
+    process.exit(signal === 'SIGINT' ? 130 : 143);
+  };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
   const kubeconfig = path.join(runDir, 'kubeconfig');
   const conn = loadKubeconfig(kubeconfig);
   const client = new KubeClient(conn);
@@ -118,6 +132,8 @@ export async function startKube(suite: string): Promise<KubeEnv> {
       return ['apiserver', 'kcm', 'etcd'].map((f) => `--- ${f}.log\n${tail(path.join(runDir, `${f}.log`), lines)}`).join('\n');
     },
     async stop() {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
       client.close();
       if (reuse !== undefined && reuse !== '') return;
       // Logs stay in runDir (a few hundred KB); the bulk (etcd, node data, TSDB) is removed.
