@@ -94,8 +94,19 @@ export async function startKube(suite: string): Promise<KubeEnv> {
     runDir = path.resolve(reuse);
   } else {
     runDir = mkdtempSync(path.join(os.tmpdir(), `celer-kube-e2e-${suite}-`));
-    // Cold, this includes building kube-apiserver (hack/kube-build.sh, ~6-8 minutes).
-    await runOk('bash', [path.join(repoRoot, 'hack', 'kube-up.sh'), runDir], { timeoutMs: 30 * 60_000 });
+    // Cold, this includes building kube-apiserver (hack/kube-build.sh, 5+ minutes), so its
+    // progress goes straight to stderr rather than into a buffer.
+    const dir = runDir;
+    await new Promise<void>((resolve, reject) => {
+      const child = spawn('bash', [path.join(repoRoot, 'hack', 'kube-up.sh'), dir], { cwd: repoRoot, stdio: ['ignore', 'ignore', 'inherit'] });
+      const timer = setTimeout(() => child.kill('SIGTERM'), 45 * 60_000);
+      child.on('error', reject);
+      child.on('exit', (code, signal) => {
+        clearTimeout(timer);
+        if (code === 0) resolve();
+        else reject(new Error(`hack/kube-up.sh ${dir} failed (${code ?? signal}); its output is above`));
+      });
+    });
   }
   // Interrupted (Ctrl-C, a CI timeout): stop the control plane before exiting; the 'exit'
   // handlers of the agent and of background() then kill the processes they started.
