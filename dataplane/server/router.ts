@@ -224,8 +224,10 @@ export class Router implements Dispatcher {
   private flush(h: WorkerHandle): void {
     h.scheduled = false;
     if (h.items.length === 0) return;
+    // Typed arrays are copied as one block; a JS array of numbers is serialised element by element.
+    const items = Float64Array.from(h.items);
     const buf = h.bodies.buf.slice(0, h.bodies.pos).buffer;
-    h.worker.postMessage({ t: 'req', items: h.items, buf }, [buf]);
+    h.worker.postMessage({ t: 'req', items, buf }, [buf, items.buffer]);
     h.items = [];
     h.bodies.pos = 0;
   }
@@ -251,7 +253,7 @@ export class Router implements Dispatcher {
 }
 
 type WorkerMessage =
-  | { t: 'res'; items: number[]; buf: ArrayBuffer }
+  | { t: 'res'; items: Float64Array; buf: ArrayBuffer }
   | { t: 'ready'; shards: ShardInfo[]; io: string }
   | { t: 'stats'; stats: WorkerStats; shards: ShardInfo[]; caches: CacheUsage; worker: number }
   | { t: 'log'; msg: string }

@@ -3,7 +3,7 @@
 //
 // Messages (structured clone over the worker's port):
 //   main → worker  { t: 'req', items, buf }   one message per main-thread tick: items is a flat
-//                  array of [id, op, shard, offset, length] per request, buf one transferred
+//                  Float64Array of [id, op, shard, offset, length] per request, buf one transferred
 //                  ArrayBuffer holding every request body (a view of a socket chunk would clone
 //                  the whole chunk, so bodies are packed)
 //   worker → main  { t: 'res', items, buf }   one message per worker tick: [id, op, offset, length]
@@ -82,15 +82,17 @@ async function main(): Promise<void> {
       commitSeq: String(s.commitSeq),
     }));
 
+  // Reused across ticks: only the used bytes are copied out and transferred.
   let items: number[] = [];
-  let bodies = new Writer(64 * 1024);
+  const bodies = new Writer(64 * 1024);
   let flushScheduled = false;
   const flush = (): void => {
     flushScheduled = false;
+    const meta = Float64Array.from(items);
     const buf = bodies.buf.slice(0, bodies.pos).buffer;
-    port.postMessage({ t: 'res', items, buf }, [buf]);
+    port.postMessage({ t: 'res', items: meta, buf }, [buf, meta.buffer]);
     items = [];
-    bodies = new Writer(64 * 1024);
+    bodies.pos = 0;
   };
   const reply = (id: number, r: ShardResult): void => {
     items.push(id, r.op, bodies.pos, r.body.length);
@@ -126,7 +128,7 @@ async function main(): Promise<void> {
     port.postMessage({ t: 'stats', stats: stats.take(), shards: info(), caches, worker: cfg.index });
   }, STATS_INTERVAL_MS);
 
-  port.on('message', (m: { t: 'req'; items: number[]; buf: ArrayBuffer } | { t: 'close' }) => {
+  port.on('message', (m: { t: 'req'; items: Float64Array; buf: ArrayBuffer } | { t: 'close' }) => {
     if (m.t === 'close') {
       clearInterval(statsTimer);
       void (async () => {
