@@ -67,6 +67,7 @@ export class Shard {
   private idleTimer: NodeJS.Timeout | null = null;
   private syncingHeader: Promise<void> | null = null;
   private readonly now: () => number;
+  private readonly recordWriter = new Writer(64 * 1024);
   /** Samples for metrics, drained by the worker. */
   fsyncSamples: FsyncSample[] = [];
 
@@ -177,8 +178,10 @@ export class Shard {
     const len = recordSize(batches);
     const place = log.reserve(len);
     const ts = this.now();
-    const w = new Writer(len);
-    const bytes = encodeRecord(w, { firstSeq: place.firstSeq, timestampMs: ts, prevHash: place.prevHash, clientId: req.clientId, batches });
+    // Encode into a reused buffer and keep an exact copy: one allocation per record.
+    const w = this.recordWriter;
+    w.pos = 0;
+    const bytes = encodeRecord(w, { firstSeq: place.firstSeq, timestampMs: ts, prevHash: place.prevHash, clientId: req.clientId, batches }).slice();
     log.commitPlacement(bytes, batches.map((b) => b.key), batches.length);
     const lastSeq = place.firstSeq + batches.length - 1;
     for (let i = 0; i < batches.length; i++) {
