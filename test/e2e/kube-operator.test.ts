@@ -4,7 +4,9 @@
 // `bin/celer serve` nodes. One control plane, operator and agent for the whole suite.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
+import { parseAllDocuments } from 'yaml';
 import { TestAgent } from '../agent/agent.ts';
 import { celerEntrypoint, defaultExecutables } from '../agent/celer.ts';
 import { KubeError, type KubeObject } from '../agent/kube.ts';
@@ -21,12 +23,13 @@ import {
   type CelerClusterObject,
   type LocalOperator,
 } from './kube-celer.ts';
-import { createNamespace, helmPath, startKube, waitFor, type KubeEnv } from './kube-env.ts';
+import { createNamespace, helmPath, runOk, startKube, waitFor, type KubeEnv } from './kube-env.ts';
 
 const RELEASE = 'celer-operator';
 const CLUSTER = 'demo';
 
 let env: KubeEnv;
+let helm: string;
 let agent: TestAgent;
 let operator: LocalOperator;
 let opNs: string;
@@ -77,7 +80,7 @@ async function waitForClusterReady(generation: number): Promise<CelerClusterObje
 describe('Celer operator on a real 1.20 control plane', () => {
   before(async () => {
     env = await startKube('operator');
-    const helm = await helmPath();
+    helm = await helmPath();
     opNs = await createNamespace(env, 'celer-system');
     ns = await createNamespace(env, 'apps');
     await helmInstall(env, helm, RELEASE, opNs, ['--set', 'replicaCount=0']);
@@ -97,6 +100,19 @@ describe('Celer operator on a real 1.20 control plane', () => {
     await operator?.process.stop();
     await agent?.stop();
     await env?.stop();
+  });
+
+  test('helm created every object of the release in the cluster', async () => {
+    const manifest = await runOk(helm, ['get', 'manifest', RELEASE, '--namespace', opNs], { env: { ...process.env, KUBECONFIG: env.kubeconfig } });
+    const docs = parseAllDocuments(manifest)
+      .map((d) => d.toJS() as KubeObject | null)
+      .filter((d): d is KubeObject => d !== null);
+    assert.deepEqual(docs.map((d) => d.kind).sort(), ['ClusterRole', 'ClusterRoleBinding', 'Deployment', 'Role', 'RoleBinding', 'Service', 'ServiceAccount']);
+    for (const d of docs) {
+      // kubectl exits non-zero (NotFound) when the object is missing.
+      const out = await env.kubectlOk(['get', `${d.kind}/${d.metadata.name}`, '-n', opNs, '-o', 'name']);
+      assert.equal(out.trim().split('/').pop(), d.metadata.name);
+    }
   });
 
   test('the operator, with only the chart\'s ServiceAccount and RBAC, takes its leader-election Lease and is healthy', async () => {
@@ -289,5 +305,10 @@ describe('Celer operator on a real 1.20 control plane', () => {
     }, 90_000);
     await waitFor('every pod gone', async () => (await pods()).length === 0, 90_000);
     for (const pid of pids) assert.throws(() => process.kill(pid as number, 0), /ESRCH/, `node process ${pid} stopped`);
+  });
+
+  test('the operator met no RBAC denial during the suite', () => {
+    const denials = readFileSync(path.join(env.runDir, 'operator.log'), 'utf8').split('\n').filter((l) => /forbidden/i.test(l));
+    assert.deepEqual(denials, []);
   });
 });
