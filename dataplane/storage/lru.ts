@@ -59,12 +59,16 @@ export class Lru<K, V> {
   }
 
   private evict(): void {
-    if (this.used <= this.capacity) return;
-    for (const [k, e] of this.map) {
-      if (this.used <= this.capacity) break;
-      if (this.pinned(e.v)) continue;
+    // Pinned entries met at the old end are moved to the new end (they are in use), so the next
+    // eviction does not walk over them again. Each entry is visited at most once per call.
+    let budget = this.map.size;
+    while (this.used > this.capacity && budget-- > 0) {
+      const first = this.map.entries().next();
+      if (first.done) break;
+      const [k, e] = first.value;
       this.map.delete(k);
-      this.used -= e.size;
+      if (this.pinned(e.v)) this.map.set(k, e);
+      else this.used -= e.size;
     }
   }
 }
