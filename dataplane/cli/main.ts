@@ -19,7 +19,7 @@ usage:
               [--memory-budget-mb N] [--segment-mb N] [--workers N] [--sync-io] [--unsafe-no-direct-io]
   celer write   [--addr HOST:PORT] KEY --type TYPE (--data TEXT | --data-file FILE)
                 [--expected-version any|no_stream|stream_exists|N] [--client-id ID] [--client-seq N]
-  celer read    [--addr HOST:PORT] KEY [--from N] [--to N] [--types A,B] [--json]
+  celer read    [--addr HOST:PORT] KEY [--from N] [--to N] [--types A,B]   (one JSON line per batch)
   celer details [--addr HOST:PORT] KEY
   celer verify  --data-dir DIR
   celer bench   [--addr HOST:PORT] [--transport native|grpc] [--writers N] [--duration-s S] [--warmup-s S] [--connections N]
@@ -160,7 +160,7 @@ function showBatch(b: Batch): string {
 }
 
 async function read(args: string[]): Promise<number> {
-  const { values, positionals } = parse(args, { addr: { type: 'string' }, from: { type: 'string' }, to: { type: 'string' }, types: { type: 'string' }, json: { type: 'boolean' } }, 1);
+  const { values, positionals } = parse(args, { addr: { type: 'string' }, from: { type: 'string' }, to: { type: 'string' }, types: { type: 'string' } }, 1);
   const key = keyArg(positionals[0]!);
   const c = await connect(values.addr ?? '127.0.0.1:7400');
   try {
