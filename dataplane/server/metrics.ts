@@ -206,17 +206,27 @@ const OP_NAMES: Record<number, string> = { [Op.Write]: 'write', [Op.Read]: 'read
  * Records one request: `op` is the request's Op code, `result` 'ok' or the Celer error code,
  * `seconds` the time from dispatch to response.
  */
+// Labelled children are looked up once per (op, result): prom-client hashes the label set on
+// every inc() otherwise, and this runs once per request on the main thread.
+const requestChildren = new Map<string, { requests: { inc(): void }; byOp: { inc(): void } | null }>();
+
 export function observeRequest(op: number, result: number | 'ok', seconds: number): void {
   const m = metrics();
-  const r = String(result);
-  m.requests.inc({ op: OP_NAMES[op] ?? 'other', result: r });
-  if (op === Op.Write) {
-    m.writes.inc({ result: r });
-    if (seconds >= 0 && Number.isFinite(seconds)) m.writeLatency.observe(seconds);
-  } else if (op === Op.Read) {
-    m.reads.inc({ result: r });
-    if (seconds >= 0 && Number.isFinite(seconds)) m.readLatency.observe(seconds);
+  const id = `${op}:${result}`;
+  let c = requestChildren.get(id);
+  if (c === undefined) {
+    const r = String(result);
+    c = {
+      requests: m.requests.labels({ op: OP_NAMES[op] ?? 'other', result: r }),
+      byOp: op === Op.Write ? m.writes.labels({ result: r }) : op === Op.Read ? m.reads.labels({ result: r }) : null,
+    };
+    requestChildren.set(id, c);
   }
+  c.requests.inc();
+  c.byOp?.inc();
+  if (!(seconds >= 0 && Number.isFinite(seconds))) return;
+  if (op === Op.Write) m.writeLatency.observe(seconds);
+  else if (op === Op.Read) m.readLatency.observe(seconds);
 }
 
 function isCount(n: unknown): n is number {

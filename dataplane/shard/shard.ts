@@ -1,7 +1,7 @@
 // One shard: the semantics of SPEC §3–§4 on top of its log. Runs on the worker thread that owns
 // the shard and nowhere else, so its state needs no locks: every check-and-place below runs in one
 // synchronous section, and awaits only happen before it (cold loads) or after it (durability).
-import { Writer, Expect, Op, encodeError, encodeWriteOk, encodeDetailsOk, writeBatchHeader, skipEvent, Reader } from '../../client/wire.ts';
+import { Writer, Expect, Op, encodeError, encodeDetailsOk, writeBatchHeader, skipEvent, Reader } from '../../client/wire.ts';
 import { ErrorCode } from '../../client/errors.ts';
 import { COLD_LOADS_MAX, HEADER_CATCH_UP_IDLE_MS, RECENT_CACHE_SHARE, SHARD_QUEUE_WRITES_MAX, STATE_ENTRY_BYTES_ESTIMATE, STATE_LOAD_ATTEMPTS_MAX } from '../constants.ts';
 import { Lru } from '../storage/lru.ts';
@@ -68,6 +68,7 @@ export class Shard {
   private syncingHeader: Promise<void> | null = null;
   private readonly now: () => number;
   private readonly recordWriter = new Writer(64 * 1024);
+  private readonly responseWriter = new Writer(1024);
   /** Samples for metrics, drained by the worker. */
   fsyncSamples: FsyncSample[] = [];
 
@@ -146,7 +147,7 @@ export class Shard {
       return err(ErrorCode.ServerBusy, `shard ${this.id} has ${log.queuedRecords} writes waiting for disk; retry with backoff`);
     }
     const keys = req.writes.map((w) => keyString(w.key));
-    if (new Set(keys).size !== keys.length) {
+    if (keys.length > 1 && new Set(keys).size !== keys.length) {
       return err(ErrorCode.BadRequest, 'the same aggregate appears more than once in one write; put all its events in one entry');
     }
     const states = await this.ensureStates(req, keys);
@@ -196,7 +197,11 @@ export class Shard {
     await this.durable(lastSeq);
     const header: RecordHeader = { length: len, batchCount: batches.length, firstSeq: place.firstSeq, timestampMs: ts, prevHash: place.prevHash, clientId: req.clientId };
     this.recent.set(`${place.segment}:${place.offset}`, { bytes, header }, len);
-    const ranges = [];
+    const ok = this.responseWriter;
+    ok.pos = 0;
+    ok.u32(this.id);
+    ok.u64n(place.firstSeq);
+    ok.u16(batches.length);
     for (let i = 0; i < batches.length; i++) {
       const s = states[i]!;
       const b = batches[i]!;
@@ -209,9 +214,11 @@ export class Shard {
         s.cClientId = req.clientId;
         s.cTimestampMs = ts;
       }
-      ranges.push({ fromVersion: BigInt(b.fromVersion), toVersion: BigInt(b.fromVersion + b.eventCount - 1) });
+      ok.u64n(b.fromVersion);
+      ok.u64n(b.fromVersion + b.eventCount - 1);
     }
-    return { op: Op.WriteOk, body: encodeWriteOk({ shard: this.id, firstSeq: BigInt(place.firstSeq), ranges }) };
+    // Same bytes as encodeWriteOk (client/wire.ts), written without intermediate objects.
+    return { op: Op.WriteOk, body: ok.buf.slice(0, ok.pos) };
   }
 
   private checkGuard(w: TrustedWrite['writes'][number], s: AggState): ShardResult | null {
