@@ -3,7 +3,7 @@
 // correlation id, and all responses ready in one tick leave in one socket write.
 import { createServer, type Server, type Socket } from 'node:net';
 import { ErrorCode } from '../../client/errors.ts';
-import { encodeError, encodeFrame, FrameDecoder, Op, WireError } from '../../client/wire.ts';
+import { encodeError, FRAME_HEADER_BYTES, FrameDecoder, Op, WireError, Writer } from '../../client/wire.ts';
 import { CONNECTION_WRITE_BUFFER_BYTES_MAX } from '../constants.ts';
 import type { Dispatcher } from './dispatch.ts';
 import { observeRequest } from './metrics.ts';
@@ -24,23 +24,28 @@ export function splitHostPort(address: string): { host: string; port: number } {
 function serve(socket: Socket, dispatcher: Dispatcher, log: (m: string) => void): void {
   socket.setNoDelay(true);
   const decoder = new FrameDecoder();
-  let out: Uint8Array[] = [];
+  // Responses ready in one tick are framed straight into one buffer and leave in one write.
+  const out = new Writer(64 * 1024);
   let scheduled = false;
   let closed = false;
   const flush = (): void => {
     scheduled = false;
-    if (closed || out.length === 0) return;
-    const chunks = out;
-    out = [];
-    socket.write(chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks));
+    if (closed || out.pos === 0) return;
+    socket.write(out.buf.slice(0, out.pos));
+    out.pos = 0;
     if (socket.writableLength > CONNECTION_WRITE_BUFFER_BYTES_MAX && !socket.isPaused()) {
       // The peer is not reading its responses: stop reading its requests until it does.
       socket.pause();
       socket.once('drain', () => socket.resume());
     }
   };
-  const send = (frame: Uint8Array): void => {
-    out.push(frame);
+  const send = (correlationId: number, op: number, body: Uint8Array): void => {
+    out.ensure(FRAME_HEADER_BYTES + body.length);
+    out.view.setUint32(out.pos, body.length + 5, true);
+    out.view.setUint32(out.pos + 4, correlationId, true);
+    out.buf[out.pos + 8] = op;
+    out.pos += FRAME_HEADER_BYTES;
+    out.bytes(body);
     if (!scheduled) {
       scheduled = true;
       setImmediate(flush);
@@ -54,7 +59,7 @@ function serve(socket: Socket, dispatcher: Dispatcher, log: (m: string) => void)
       // The byte stream cannot be framed any more: say why, then close this connection only.
       const msg = e instanceof WireError ? e.message : String(e);
       log(`closing connection from ${socket.remoteAddress}:${socket.remotePort}: ${msg}`);
-      out.push(encodeFrame(0, Op.Error, encodeError(ErrorCode.BadRequest, `malformed frame: ${msg}; closing the connection`)));
+      send(0, Op.Error, encodeError(ErrorCode.BadRequest, `malformed frame: ${msg}; closing the connection`));
       flush();
       closed = true;
       socket.end();
@@ -65,11 +70,11 @@ function serve(socket: Socket, dispatcher: Dispatcher, log: (m: string) => void)
       dispatcher.dispatch(f.op, f.body).then(
         (r) => {
           observeRequest(f.op, r.op === Op.Error ? errorCode(r.body) : 'ok', (performance.now() - t0) / 1000);
-          if (!closed) send(encodeFrame(f.correlationId, r.op, r.body));
+          if (!closed) send(f.correlationId, r.op, r.body);
         },
         (e: Error) => {
           log(`internal error: ${e.stack ?? e.message}`);
-          if (!closed) send(encodeFrame(f.correlationId, Op.Error, encodeError(ErrorCode.ShardUnavailable, `internal error: ${e.message}`)));
+          if (!closed) send(f.correlationId, Op.Error, encodeError(ErrorCode.ShardUnavailable, `internal error: ${e.message}`));
         },
       );
     }
