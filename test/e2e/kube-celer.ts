@@ -107,6 +107,7 @@ export function celerWrite(addr: string, key: string, type: string, data: string
   return runOk(celerBin, ['write', '--addr', addr, key, '--type', type, '--data', data], { timeoutMs: 30_000 });
 }
 
+/** `celer read` of one stream (the CLI prints JSON lines). */
 export function celerRead(addr: string, key: string): Promise<string> {
-  return runOk(celerBin, ['read', '--addr', addr, key, '--json'], { timeoutMs: 30_000 });
+  return runOk(celerBin, ['read', '--addr', addr, key], { timeoutMs: 30_000 });
 }
