@@ -22,8 +22,8 @@ apt_install() {
   apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 }
 
-# etcd is needed at run time as well, so it is ensured even when the binaries are cached.
-apt_install etcd-server
+# What kube-up.sh needs at run time (etcd, curl, openssl) is ensured even when the binaries are cached.
+apt_install etcd-server curl openssl
 # The Debian package starts an etcd service on :2379 when an init system lets it; we never use
 # that one (kube-up.sh runs its own etcd on other ports).
 
