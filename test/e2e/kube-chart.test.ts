@@ -89,11 +89,17 @@ describe('celer-operator chart on a real 1.20 apiserver', () => {
   });
 
   test('the CRD upgrade command the chart README gives for clusters older than 1.25 is accepted by 1.20', async () => {
-    // charts/celer-operator/README.md and crds/README.md: kubectl apply --server-side
-    // [--force-conflicts] --validate=false -f crds/.
-    const r = await env.kubectl(['apply', '--server-side', '--force-conflicts', '--validate=false', '--dry-run=server', '-f', path.join(chart, 'crds')]);
+    // charts/celer-operator/README.md and crds/README.md: kubectl apply --validate=false -f crds/
+    // (client-side: a server-side apply is refused there, see the next test's sibling below).
+    const r = await env.kubectl(['apply', '--validate=false', '--dry-run=server', '-f', path.join(chart, 'crds')]);
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /celerclusters\.celer\.io serverside-applied \(server dry run\)/);
+    assert.match(r.stdout, /celerclusters\.celer\.io (created|configured|unchanged) \(server dry run\)/);
+  });
+
+  test('a server-side apply of the CRD is refused by 1.20 even without client validation, so the README does not offer it', async () => {
+    const r = await env.kubectl(['apply', '--server-side', '--force-conflicts', '--validate=false', '--dry-run=server', '-f', path.join(chart, 'crds')]);
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr, /x-kubernetes-validations/);
   });
 
   test('without --validate=false kubectl refuses the CRD on 1.20 because of its CEL rules, as the README warns', async () => {
