@@ -35,7 +35,12 @@ export const MEMORY_BUDGET_FRACTION = 0.25;
 export const MEMORY_BUDGET_BYTES_CAP = 4 * 1024 * 1024 * 1024;
 /** Share of each shard's budget for the recent-record cache; the rest holds aggregate states.
  * Celeriant gives ~3/4 to recent writes; reads of hot aggregates dominate event-sourcing loads. */
-export const RECENT_CACHE_SHARE = 0.7;
+export const RECENT_CACHE_SHARE = 0.6;
+/** Share for read-ahead lists (the rest of a paged read's batch locations, so readAll of a long
+ * aggregate costs one chain walk rather than one per page). */
+export const READ_AHEAD_SHARE = 0.1;
+/** Estimated bytes per remembered batch location (object + 4 numbers). */
+export const WALK_ENTRY_BYTES_ESTIMATE = 96;
 /** Estimated bytes per cached aggregate state (key string, numbers, map): sizes the state LRU. */
 export const STATE_ENTRY_BYTES_ESTIMATE = 320;
 /** Bloom filter bits per segment and hash count: 2 Mbit (256 KiB) with 7 hashes keeps false

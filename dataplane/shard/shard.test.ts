@@ -227,3 +227,24 @@ test('a torn tail is discarded on reopen and a flipped byte in committed data st
     assert.equal(code(await s.handle(Op.Details, encodeKeyRequest(key(1)))), 9200);
   });
 });
+
+test('paging continues correctly when writes land between pages', async () => {
+  await withShard(async (openShard) => {
+    const s = await openShard();
+    for (let i = 0; i < 30; i++) await s.handle(Op.Write, writeBody([{ id: 4, events: ['a'] }]));
+    const seen: bigint[] = [];
+    let from = 1n;
+    let pages = 0;
+    for (;;) {
+      const p = await read(s, 4, Number(from), { maxBytes: 300 });
+      assert.ok('batches' in p);
+      seen.push(...p.batches.flatMap((b) => b.events.map((e) => e.version)));
+      pages++;
+      if (pages === 2) for (let i = 0; i < 5; i++) await s.handle(Op.Write, writeBody([{ id: 4, events: ['b'] }]));
+      if (p.nextVersion === 0n) break;
+      from = p.nextVersion;
+    }
+    assert.ok(pages > 3);
+    assert.deepEqual(seen, Array.from({ length: 35 }, (_, i) => BigInt(i + 1)));
+  });
+});

@@ -3,7 +3,7 @@
 // synchronous section, and awaits only happen before it (cold loads) or after it (durability).
 import { Writer, Expect, Op, encodeError, encodeDetailsOk, writeBatchHeader, skipEvent, Reader } from '../../client/wire.ts';
 import { ErrorCode } from '../../client/errors.ts';
-import { COLD_LOADS_MAX, HEADER_CATCH_UP_IDLE_MS, RECENT_CACHE_SHARE, SHARD_QUEUE_WRITES_MAX, STATE_ENTRY_BYTES_ESTIMATE, STATE_LOAD_ATTEMPTS_MAX } from '../constants.ts';
+import { COLD_LOADS_MAX, HEADER_CATCH_UP_IDLE_MS, READ_AHEAD_SHARE, RECENT_CACHE_SHARE, WALK_ENTRY_BYTES_ESTIMATE, SHARD_QUEUE_WRITES_MAX, STATE_ENTRY_BYTES_ESTIMATE, STATE_LOAD_ATTEMPTS_MAX } from '../constants.ts';
 import { Lru } from '../storage/lru.ts';
 import { batchesOf, encodeRecord, recordSize, type BatchInput, type BatchLoc, type BatchView, type RecordHeader } from '../storage/record.ts';
 import { CorruptionError, ShardLog, type ShardLogOptions } from '../storage/shard-log.ts';
@@ -20,6 +20,13 @@ export interface ShardOptions extends ShardLogOptions {
 export interface ShardResult {
   op: number;
   body: Uint8Array;
+}
+
+interface WalkEntry {
+  loc: BatchLoc;
+  fromVersion: number;
+  toVersion: number;
+  seq: number;
 }
 
 interface CachedRecord {
@@ -59,6 +66,9 @@ export class Shard {
   private readonly opts: ShardOptions;
   private states: Lru<string, AggState>;
   private recent: Lru<string, CachedRecord>;
+  /** Batches not yet returned by a truncated read, keyed by "key|nextVersion": readAll's next page
+   * starts here instead of walking the whole chain back again (which made long reads quadratic). */
+  private readAhead: Lru<string, { entries: WalkEntry[]; tipSeq: number }>;
   private readonly loading = new Map<string, Promise<AggState>>();
   private coldInFlight = 0;
   private readonly coldWaiters: (() => void)[] = [];
@@ -77,7 +87,9 @@ export class Shard {
     this.id = opts.shard;
     this.now = opts.now ?? Date.now;
     const recentBytes = Math.floor(opts.memoryBudgetBytes * RECENT_CACHE_SHARE);
-    const stateEntries = Math.max(16, Math.floor((opts.memoryBudgetBytes - recentBytes) / STATE_ENTRY_BYTES_ESTIMATE));
+    const readAheadBytes = Math.floor(opts.memoryBudgetBytes * READ_AHEAD_SHARE);
+    const stateEntries = Math.max(16, Math.floor((opts.memoryBudgetBytes - recentBytes - readAheadBytes) / STATE_ENTRY_BYTES_ESTIMATE));
+    this.readAhead = new Lru(Math.max(64 * 1024, readAheadBytes));
     this.states = new Lru<string, AggState>(stateEntries, (s) => s.pending > 0);
     this.recent = new Lru<string, CachedRecord>(Math.max(64 * 1024, recentBytes));
   }
@@ -103,10 +115,11 @@ export class Shard {
     return this.log?.durableSeq ?? 0;
   }
   /** Bytes held and allowed per cache (the state cache counts entries at their size estimate). */
-  get cacheUsage(): { aggregate_state: { bytes: number; capacityBytes: number }; recent_records: { bytes: number; capacityBytes: number } } {
+  get cacheUsage(): Record<'aggregate_state' | 'recent_records' | 'read_ahead', { bytes: number; capacityBytes: number }> {
     return {
       aggregate_state: { bytes: this.states.size * STATE_ENTRY_BYTES_ESTIMATE, capacityBytes: this.states.capacity * STATE_ENTRY_BYTES_ESTIMATE },
       recent_records: { bytes: this.recent.usedSize, capacityBytes: this.recent.capacity },
+      read_ahead: { bytes: this.readAhead.usedSize, capacityBytes: this.readAhead.capacity },
     };
   }
   get cacheStats(): { states: { hits: number; misses: number }; recent: { hits: number; misses: number } } {
@@ -418,27 +431,35 @@ export class Shard {
     if (from < s.minVersion) {
       return err(ErrorCode.ReadBelowTrimmed, `version ${from} of ${describeKey(q.key)} was trimmed; the first readable version is ${s.minVersion}`, { minVersion: String(s.minVersion) });
     }
-    // Walk the aggregate's batches back from the committed tip to `from`.
-    const found: { batch: BatchView; header: RecordHeader }[] = [];
-    let loc = s.cLoc;
-    while (loc !== null) {
-      const b = await this.batchAt(loc);
-      if (b.batch.toVersion < from) break;
-      if (b.batch.fromVersion <= to) found.push(b);
-      loc = b.batch.prev;
+    // The batches from `from` to the committed tip, oldest first: from the read-ahead left by the
+    // previous page of this read (readAll), else by walking the aggregate's chain back from its tip.
+    const ks = keyString(q.key);
+    const ahead = this.readAhead.get(`${ks}|${from}`);
+    let entries: WalkEntry[];
+    if (ahead !== undefined && ahead.tipSeq <= s.cSeq) {
+      this.readAhead.delete(`${ks}|${from}`);
+      entries = ahead.entries;
+      if (s.cSeq > ahead.tipSeq) entries = entries.concat(await this.walkBack(s.cLoc, (e) => e.seq <= ahead.tipSeq));
+    } else {
+      entries = await this.walkBack(s.cLoc, (e) => e.toVersion < from);
     }
-    found.reverse();
     const types = q.eventTypes.length > 0 ? new Set(q.eventTypes) : null;
     const w = new Writer(4096);
     w.u64(0n);
     const countAt = w.reserveU32();
     let count = 0;
     let next = 0n;
-    for (const { batch, header } of found) {
+    for (let e = 0; e < entries.length; e++) {
+      const entry = entries[e]!;
+      if (entry.fromVersion > to) break;
       if (count > 0 && w.pos >= q.maxBytes) {
-        next = BigInt(Math.max(batch.fromVersion, from));
+        const nextFrom = Math.max(entry.fromVersion, from);
+        next = BigInt(nextFrom);
+        const rest = entries.slice(e);
+        this.readAhead.set(`${ks}|${nextFrom}`, { entries: rest, tipSeq: s.cSeq }, rest.length * WALK_ENTRY_BYTES_ESTIMATE);
         break;
       }
+      const { batch, header } = await this.batchAt(entry.loc);
       const start = w.pos;
       writeBatchHeader(w, {
         fromVersion: BigInt(batch.fromVersion),
@@ -472,6 +493,19 @@ export class Shard {
     w.patchU32(countAt, count);
     w.view.setBigUint64(0, next);
     return { op: Op.ReadOk, body: w.finish() };
+  }
+
+  /** Walks an aggregate's batches back from `loc` until `stop` says so; returns them oldest first. */
+  private async walkBack(loc: BatchLoc | null, stop: (e: WalkEntry) => boolean): Promise<WalkEntry[]> {
+    const out: WalkEntry[] = [];
+    while (loc !== null) {
+      const { batch } = await this.batchAt(loc);
+      const e: WalkEntry = { loc, fromVersion: batch.fromVersion, toVersion: batch.toVersion, seq: batch.seq };
+      if (stop(e)) break;
+      out.push(e);
+      loc = batch.prev;
+    }
+    return out.reverse();
   }
 
   private async details(body: Uint8Array): Promise<ShardResult> {
