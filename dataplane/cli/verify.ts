@@ -31,6 +31,17 @@ async function fileSource(path: string): Promise<ByteSource & { close(): Promise
   };
 }
 
+/** True for the last segment file when it holds no header yet (created, crash before first write). */
+async function isNeverWritten(path: string, isLast: boolean): Promise<boolean> {
+  if (!isLast) return false;
+  const src = await fileSource(path);
+  try {
+    return (await src.read(0, SEGMENT_HEADER_BYTES)).every((b) => b === 0);
+  } finally {
+    await src.close();
+  }
+}
+
 export async function verifyDataDir(dataDir: string, progress: (msg: string) => void): Promise<VerifyReport> {
   await initHashing();
   const metaPath = join(dataDir, META_FILE);
@@ -50,9 +61,10 @@ export async function verifyDataDir(dataDir: string, progress: (msg: string) => 
       const path = join(dir, `${String(index).padStart(10, '0')}.seg`);
       const src = await fileSource(path);
       try {
-        const parsed = decodeSegmentHeader(await src.read(0, SEGMENT_HEADER_BYTES));
+        const block = await src.read(0, SEGMENT_HEADER_BYTES);
+        const parsed = decodeSegmentHeader(block);
         if (!parsed.ok) {
-          if (parsed.zero && i === indexes.length - 1) {
+          if (block.every((b) => b === 0) && i === indexes.length - 1) {
             entry.tornTail = `${path}: created but never written (crash during rotation; removed at next start)`;
             break;
           }
@@ -71,16 +83,19 @@ export async function verifyDataDir(dataDir: string, progress: (msg: string) => 
           entry.problem = `${path}: starts at seq ${h.firstSeq} linking to ${hex(h.prevHash).slice(0, 16)}…, but the previous segment ends before seq ${seq} with hash ${hex(tip).slice(0, 16)}…`;
           break;
         }
-        const res = await scanSegment(src, h, { seq, prevHash: tip }, () => {});
+        // A segment followed by another was sealed: its records end exactly at its committed end.
+        const sealed = i < indexes.length - 1 && !(await isNeverWritten(join(dir, `${String(indexes[i + 1]!).padStart(10, '0')}.seg`), i + 1 === indexes.length - 1));
+        const res = await scanSegment(src, h, { seq, prevHash: tip }, () => {}, sealed);
         entry.segments++;
         entry.records += res.records;
         seq = res.nextSeq;
         tip = res.tipHash;
         if (res.corrupt) {
           entry.problem = `${path} offset ${res.stop?.offset ?? res.end} (first bad record, after seq ${seq - 1}): ${res.stop?.why ?? 'committed records are missing'}`;
+        } else if (sealed && res.end !== h.committedEnd) {
+          entry.problem = `${path}: sealed at offset ${h.committedEnd} but its records end at ${res.end}`;
         } else if (res.stop) {
-          if (i < indexes.length - 1) entry.problem = `${path} offset ${res.stop.offset}: sealed segment ends with a bad record: ${res.stop.why}`;
-          else entry.tornTail = `${path} offset ${res.stop.offset}: ${res.stop.why} (uncommitted tail; discarded at next start)`;
+          entry.tornTail = `${path} offset ${res.stop.offset}: ${res.stop.why} (uncommitted tail; discarded at next start)`;
         }
       } finally {
         await src.close();

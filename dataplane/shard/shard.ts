@@ -163,13 +163,24 @@ export class Shard {
     if (keys.length > 1 && new Set(keys).size !== keys.length) {
       return err(ErrorCode.BadRequest, 'the same aggregate appears more than once in one write; put all its events in one entry');
     }
-    const states = await this.ensureStates(req, keys);
-    // ---- synchronous from here: check every guard, then place the record ----
+    let states = await this.ensureStates(req, keys);
+    // Resuming after the await is a separate microtask: another request's cold load may have
+    // evicted one of these states meanwhile. Use them only if they are still the cached ones.
+    for (let attempt = 1; !this.statesCurrent(req, keys, states); attempt++) {
+      if (attempt >= STATE_LOAD_ATTEMPTS_MAX) {
+        return err(ErrorCode.ServerBusy, `shard ${this.id}: aggregate state cache is too small for the current load; retry, or raise --memory-budget-mb`);
+      }
+      states = await this.ensureStates(req, keys);
+    }
+    // ---- synchronous from here: check every guard, then every floor, then place the record ----
+    if (this.state !== 'serving') return err(ErrorCode.ShardUnavailable, `shard ${this.id} is not being served (${this.state}): ${this.reason ?? ''}`);
+    for (let i = 0; i < req.writes.length; i++) {
+      const guard = this.checkGuard(req.writes[i]!, states[i]!);
+      if (guard) return guard;
+    }
     for (let i = 0; i < req.writes.length; i++) {
       const w = req.writes[i]!;
       const s = states[i]!;
-      const guard = this.checkGuard(w, s);
-      if (guard) return guard;
       if (w.clientSeq > 0n) {
         const f = s.floors.get(req.clientId);
         if (f !== undefined && w.clientSeq <= f.seq) {
@@ -190,12 +201,15 @@ export class Shard {
       events: w.events,
     }));
     const len = recordSize(batches);
+    if (len > log.recordBytesMax) {
+      return err(ErrorCode.BadRequest, `this write needs a ${len}-byte record; a record must fit in one segment (at most ${log.recordBytesMax} bytes with --segment-mb ${log.opts.segmentBytes / 1048576}); split it or use larger segments`);
+    }
     const place = log.reserve(len);
     const ts = this.now();
     // Encode into a reused buffer and keep an exact copy: one allocation per record.
     const w = this.recordWriter;
     w.pos = 0;
-    const bytes = encodeRecord(w, { firstSeq: place.firstSeq, timestampMs: ts, prevHash: place.prevHash, clientId: req.clientId, batches }).slice();
+    const bytes = encodeRecord(w, { firstSeq: place.firstSeq, vouchedEnd: place.vouchedEnd, timestampMs: ts, prevHash: place.prevHash, clientId: req.clientId, batches }).slice();
     log.commitPlacement(bytes, batches.map((b) => b.key), batches.length);
     const lastSeq = place.firstSeq + batches.length - 1;
     for (let i = 0; i < batches.length; i++) {
@@ -208,7 +222,7 @@ export class Shard {
     }
     // ---- end of the synchronous section ----
     await this.durable(lastSeq);
-    const header: RecordHeader = { length: len, batchCount: batches.length, firstSeq: place.firstSeq, timestampMs: ts, prevHash: place.prevHash, clientId: req.clientId };
+    const header: RecordHeader = { length: len, vouchedEnd: place.vouchedEnd, batchCount: batches.length, firstSeq: place.firstSeq, timestampMs: ts, prevHash: place.prevHash, clientId: req.clientId };
     this.recent.set(`${place.segment}:${place.offset}`, { bytes, header }, len);
     const ok = this.responseWriter;
     ok.pos = 0;
@@ -265,6 +279,10 @@ export class Shard {
   /** Resolves once every record up to `lastSeq` is durable; starts a group commit if none runs. */
   private durable(lastSeq: number): Promise<void> {
     return new Promise<void>((done, fail) => {
+      if (this.state !== 'serving') {
+        fail(new Refusal(err(ErrorCode.ShardUnavailable, `shard ${this.id} stopped serving: ${this.reason ?? ''}`)));
+        return;
+      }
       this.waiters.push({ lastSeq, done, fail });
       if (!this.committing) void this.commitLoop();
     });
@@ -280,7 +298,7 @@ export class Shard {
     try {
       // An idle header catch-up may still be writing; the log does one write at a time.
       if (this.syncingHeader) await this.syncingHeader;
-      while (log.queuedRecords > 0) {
+      while (log.queuedRecords > 0 && this.state === 'serving') {
         const t0 = performance.now();
         const durableSeq = await log.flush();
         if (durableSeq === null) break;
@@ -323,6 +341,15 @@ export class Shard {
   // -------------------------------------------------------------------------------------------
   // Aggregate state: cache, cold loads, exactly-once floors
 
+  private statesCurrent(req: TrustedWrite, keys: string[], states: AggState[]): boolean {
+    for (let i = 0; i < keys.length; i++) {
+      const s = states[i]!;
+      if (this.states.peek(keys[i]!) !== s) return false;
+      if (req.writes[i]!.clientSeq > 0n && !s.floors.has(req.clientId)) return false;
+    }
+    return true;
+  }
+
   private async ensureStates(req: TrustedWrite, keys: string[]): Promise<AggState[]> {
     for (let attempt = 0; attempt < STATE_LOAD_ATTEMPTS_MAX; attempt++) {
       const states: AggState[] = [];
@@ -339,6 +366,8 @@ export class Shard {
       }
       if (missing.length === 0) return states;
       await Promise.all(missing);
+      // Loop: the states are only used if all of them are in the cache in one synchronous pass
+      // (a load may evict another's state while we wait).
     }
     throw new Refusal(err(ErrorCode.ServerBusy, `shard ${this.id}: aggregate state cache is too small for the current load; retry, or raise --memory-budget-mb`));
   }
@@ -426,6 +455,10 @@ export class Shard {
     const q = decodeReadTrusted(body);
     const s = await this.getState(q.key);
     if (s.cVersion === 0) return err(ErrorCode.AggregateNotFound, `aggregate ${describeKey(q.key)} does not exist`);
+    // The committed tip as of now: awaits below may see later commits, which this page must not
+    // claim to cover (the read-ahead records exactly what it walked).
+    const tipSeq = s.cSeq;
+    const tipLoc = s.cLoc;
     const from = Number(q.from);
     const to = q.to === 0n ? s.cVersion : Math.min(Number(q.to), s.cVersion);
     if (from < s.minVersion) {
@@ -436,12 +469,12 @@ export class Shard {
     const ks = keyString(q.key);
     const ahead = this.readAhead.get(`${ks}|${from}`);
     let entries: WalkEntry[];
-    if (ahead !== undefined && ahead.tipSeq <= s.cSeq) {
+    if (ahead !== undefined && ahead.tipSeq <= tipSeq) {
       this.readAhead.delete(`${ks}|${from}`);
       entries = ahead.entries;
-      if (s.cSeq > ahead.tipSeq) entries = entries.concat(await this.walkBack(s.cLoc, (e) => e.seq <= ahead.tipSeq));
+      if (tipSeq > ahead.tipSeq) entries = entries.concat(await this.walkBack(tipLoc, (e) => e.seq <= ahead.tipSeq));
     } else {
-      entries = await this.walkBack(s.cLoc, (e) => e.toVersion < from);
+      entries = await this.walkBack(tipLoc, (e) => e.toVersion < from);
     }
     const types = q.eventTypes.length > 0 ? new Set(q.eventTypes) : null;
     const w = new Writer(4096);
@@ -456,7 +489,7 @@ export class Shard {
         const nextFrom = Math.max(entry.fromVersion, from);
         next = BigInt(nextFrom);
         const rest = entries.slice(e);
-        this.readAhead.set(`${ks}|${nextFrom}`, { entries: rest, tipSeq: s.cSeq }, rest.length * WALK_ENTRY_BYTES_ESTIMATE);
+        this.readAhead.set(`${ks}|${nextFrom}`, { entries: rest, tipSeq }, rest.length * WALK_ENTRY_BYTES_ESTIMATE);
         break;
       }
       const { batch, header } = await this.batchAt(entry.loc);

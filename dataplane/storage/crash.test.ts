@@ -34,7 +34,7 @@ test('a torn tail at any byte after the committed end recovers to the records wh
       const batches = [{ key: key(i), fromVersion: 1, clientSeq: 0n, eventCount: 1, prev: null, events: new Uint8Array([0, 1, 65, 0, 0, 0, i % 7]) }];
       const w = new Writer(256);
       const place = log.reserve(80 + 84 + 7 + 4);
-      const bytes = encodeRecord(w, { firstSeq: place.firstSeq, timestampMs: 1, prevHash: place.prevHash, clientId: 1n, batches }).slice();
+      const bytes = encodeRecord(w, { firstSeq: place.firstSeq, vouchedEnd: place.vouchedEnd, timestampMs: 1, prevHash: place.prevHash, clientId: 1n, batches }).slice();
       log.commitPlacement(bytes, [batches[0]!.key], 1);
       await log.flush();
       ends.push(place.offset + bytes.length);

@@ -6,7 +6,10 @@
 //   8   u8   kind (1 = write)
 //   9   u8   reserved (0)
 //   10  u16  batch count
-//   12  u32  reserved (0)
+//   12  u32  vouched end: when this record was placed, every byte of its segment before this
+//            offset was already durable. Recovery uses it to tell damage to committed data from a
+//            torn tail (scan.ts): a valid record after a bad one that vouches past it proves the
+//            bad one had been durable.
 //   16  u64  seq of the first batch (batch i has seq + i): the record's position
 //   24  u64  server timestamp, ms
 //   32  32B  BLAKE3 of the previous record's bytes (the audit chain; zeros for the first)
@@ -55,6 +58,8 @@ export interface BatchInput {
 
 export interface RecordInput {
   firstSeq: number;
+  /** Offset in the record's segment below which everything was durable when it was placed. */
+  vouchedEnd: number;
   timestampMs: number;
   prevHash: Uint8Array;
   clientId: bigint;
@@ -77,7 +82,7 @@ export function encodeRecord(w: Writer, r: RecordInput): Uint8Array {
   w.u8(RECORD_KIND_WRITE);
   w.u8(0);
   w.u16(r.batches.length);
-  w.u32(0);
+  w.u32(r.vouchedEnd);
   w.u64n(r.firstSeq);
   w.u64n(r.timestampMs);
   w.bytes(r.prevHash);
@@ -102,6 +107,7 @@ export function encodeRecord(w: Writer, r: RecordInput): Uint8Array {
 
 export interface RecordHeader {
   length: number;
+  vouchedEnd: number;
   batchCount: number;
   firstSeq: number;
   timestampMs: number;
@@ -133,7 +139,7 @@ export function checkRecord(buf: Uint8Array, at: number, available: number): Rec
   const r = new Reader(buf, at + 10, at + length - RECORD_TRAILER_BYTES);
   try {
     const batchCount = r.u16('batch count');
-    r.u32('reserved');
+    const vouchedEnd = r.u32('vouched end');
     const firstSeq = r.u64n('seq');
     const timestampMs = r.u64n('timestamp');
     const prevHash = r.bytes(HASH_BYTES, 'previous hash');
@@ -144,7 +150,7 @@ export function checkRecord(buf: Uint8Array, at: number, available: number): Rec
       r.bytes(n, 'events');
     }
     r.done('the record');
-    return { ok: true, header: { length, batchCount, firstSeq, timestampMs, prevHash, clientId } };
+    return { ok: true, header: { length, vouchedEnd, batchCount, firstSeq, timestampMs, prevHash, clientId } };
   } catch (e) {
     return { ok: false, why: `malformed record: ${(e as Error).message}` };
   }

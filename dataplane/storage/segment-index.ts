@@ -8,7 +8,8 @@
 // fails its checksum, it is rebuilt from the segment at the next start.
 //
 // Sidecar layout (big-endian): u32 CRC32C of the rest | u32 magic "CIDX" | u32 entry count |
-// u32 reserved | entries of 12 bytes (u64 hash, u32 record offset), sorted by hash.
+// u32 end offset of the segment it indexes (a sidecar that does not match its segment's end is
+// stale and rebuilt) | entries of 12 bytes (u64 hash, u32 record offset), sorted by hash.
 // A hash collision (two keys, one 52-bit hash) only costs a fallback: the caller checks the key in
 // the record it reads and scans the segment when it is not the one it wanted.
 import { closeSync, fsyncSync, openSync, writeSync, renameSync } from 'node:fs';
@@ -26,12 +27,13 @@ export function sidecarPath(segmentPath: string): string {
 }
 
 /** Writes the sorted index of a sealed segment (write to a temp file, fsync, rename). */
-export function writeSidecar(path: string, index: Map<number, number>): SealedIndex {
+export function writeSidecar(path: string, index: Map<number, number>, segmentEnd: number): SealedIndex {
   const entries = [...index.entries()].sort((a, b) => a[0] - b[0]);
   const buf = new Uint8Array(IDX_HEADER_BYTES + entries.length * ENTRY_BYTES);
   const v = new DataView(buf.buffer);
   v.setUint32(4, IDX_MAGIC);
   v.setUint32(8, entries.length);
+  v.setUint32(12, segmentEnd);
   let at = IDX_HEADER_BYTES;
   for (const [h, off] of entries) {
     v.setBigUint64(at, BigInt(h));
@@ -70,8 +72,8 @@ export class SealedIndex {
     return new SealedIndex(path, sorted.length, fences);
   }
 
-  /** Loads a sidecar; null when it is missing or damaged (then the caller rebuilds it). */
-  static async load(path: string): Promise<SealedIndex | null> {
+  /** Loads a sidecar; null when it is missing, damaged or not for a segment ending at `segmentEnd`. */
+  static async load(path: string, segmentEnd: number): Promise<SealedIndex | null> {
     let buf: Uint8Array;
     try {
       buf = await readFile(path);
@@ -82,6 +84,7 @@ export class SealedIndex {
     const v = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
     if (v.getUint32(4) !== IDX_MAGIC) return null;
     const count = v.getUint32(8);
+    if (v.getUint32(12) !== segmentEnd) return null;
     if (buf.length !== IDX_HEADER_BYTES + count * ENTRY_BYTES) return null;
     if (v.getUint32(0) !== crc32c(buf.subarray(4))) return null;
     const pages = Math.ceil(count / ENTRIES_PER_PAGE);

@@ -109,66 +109,71 @@ export class ShardLog {
       .map(parseSegmentFileName)
       .filter((n): n is number => n !== null)
       .sort((a, b) => a - b);
-    let seq = 1;
-    let tip: Uint8Array = ZERO_HASH;
+    // Pass 1: headers. A trailing segment that was created but never written (a crash during
+    // rotation, even before its zero fill) is removed; the segment before it is the active one.
+    const opened: { index: number; path: string; file: SegmentFile; h: SegmentHeader }[] = [];
     for (let i = 0; i < indexes.length; i++) {
       const index = indexes[i]!;
       const path = segmentPath(dir, index);
-      if (index !== (indexes[0] ?? 1) + i) throw new CorruptionError(`shard ${this.opts.shard}: segment ${index} follows segment ${indexes[i - 1]}; a segment file is missing`);
+      if (index !== indexes[0]! + i) throw new CorruptionError(`shard ${this.opts.shard}: segment ${index} follows segment ${indexes[i - 1]}; a segment file is missing`);
       const file = await io.openSegment(path, { create: false, sizeBytes: 0 });
-      const parsed = decodeSegmentHeader(await file.read(0, SEGMENT_HEADER_BYTES));
+      const block = await file.read(0, SEGMENT_HEADER_BYTES);
+      const parsed = decodeSegmentHeader(block);
       if (!parsed.ok) {
-        const last = i === indexes.length - 1;
-        if (parsed.zero && last) {
-          // A crash between creating the file and writing its first header: nothing was committed in it.
+        await file.close();
+        if (i === indexes.length - 1 && block.every((b) => b === 0)) {
           this.opts.log(`shard ${this.opts.shard}: removing segment ${index}, created but never written (crash during rotation)`);
-          await file.close();
           await rm(path);
+          await rm(sidecarPath(path), { force: true });
           break;
         }
-        await file.close();
+        for (const o of opened) await o.file.close();
         throw new CorruptionError(`shard ${this.opts.shard} segment ${index} (${path}): ${parsed.why}`);
       }
-      const h = parsed.header;
-      this.checkIdentity(h, path);
-      if (i === 0) {
-        seq = h.firstSeq;
-        tip = h.prevHash;
-      } else if (h.firstSeq !== seq || hex(h.prevHash) !== hex(tip)) {
-        await file.close();
-        throw new CorruptionError(`shard ${this.opts.shard} segment ${index}: starts at seq ${h.firstSeq} but the previous segment ends before seq ${seq} (or its chain link differs)`);
+      this.checkIdentity(parsed.header, path);
+      opened.push({ index, path, file, h: parsed.header });
+    }
+    // Pass 2: every record's CRC, seq and chain link; blooms and key indexes.
+    let seq = opened[0]?.h.firstSeq ?? 1;
+    let tip: Uint8Array = opened[0]?.h.prevHash ?? ZERO_HASH;
+    for (let i = 0; i < opened.length; i++) {
+      const { index, path, file, h } = opened[i]!;
+      const sealed = i < opened.length - 1;
+      const fail = async (why: string): Promise<never> => {
+        for (const o of opened) await o.file.close();
+        throw new CorruptionError(`shard ${this.opts.shard} segment ${index} (${path}) ${why}; committed data is damaged (run celer verify)`);
+      };
+      if (i > 0 && (h.firstSeq !== seq || hex(h.prevHash) !== hex(tip))) {
+        await fail(`starts at seq ${h.firstSeq} but the previous segment ends before seq ${seq} (or its chain link differs)`);
       }
       const bloom = new Bloom(SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES);
-      const isLast = i === indexes.length - 1;
-      const sealed = isLast ? null : await SealedIndex.load(sidecarPath(path));
-      const keys = sealed ? null : new Map<number, number>();
-      const res = await scanSegment(file, h, { seq, prevHash: tip }, (rec, rh, offset) => {
-        for (const b of batchesOf(rec, rh)) {
-          bloom.add(b.key);
-          keys?.set(hash52(b.key), offset);
-        }
-      });
-      if (res.corrupt) {
-        await file.close();
-        const where = res.stop ? `at offset ${res.stop.offset}: ${res.stop.why}` : `committed data ends early at ${res.end}`;
-        throw new CorruptionError(`shard ${this.opts.shard} segment ${index} (${path}) ${where}; committed data is damaged (run celer verify)`);
-      }
-      if (res.stop && i < indexes.length - 1) {
-        await file.close();
-        throw new CorruptionError(`shard ${this.opts.shard} segment ${index}: sealed segment ends with a bad record at offset ${res.stop.offset}: ${res.stop.why}`);
-      }
-      if (res.stop) {
-        this.opts.log(`shard ${this.opts.shard}: discarding torn tail of segment ${index} at offset ${res.stop.offset} (${res.stop.why})`);
-      }
+      const keys = new Map<number, number>();
+      const res = await scanSegment(
+        file,
+        h,
+        { seq, prevHash: tip },
+        (rec, rh, offset) => {
+          for (const b of batchesOf(rec, rh)) {
+            bloom.add(b.key);
+            keys.set(hash52(b.key), offset);
+          }
+        },
+        sealed,
+      );
+      if (res.corrupt) await fail(res.stop ? `at offset ${res.stop.offset}: ${res.stop.why}` : `committed data ends early at ${res.end}`);
+      if (sealed && res.end !== h.committedEnd) await fail(`is sealed at ${h.committedEnd} but its records end at ${res.end}`);
+      if (res.stop) this.opts.log(`shard ${this.opts.shard}: discarding torn tail of segment ${index} at offset ${res.stop.offset} (${res.stop.why})`);
       seq = res.nextSeq;
       tip = res.tipHash;
       const tailFrom = alignDown(res.end);
       const tail = tailFrom < res.end ? (await file.read(tailFrom, res.end - tailFrom)).slice() : new Uint8Array(0);
-      const seg: Segment = { index, file, header: h, bloom, end: res.end, tail, path, keys, sealed };
-      if (!isLast && keys !== null) {
-        this.opts.log(`shard ${this.opts.shard}: rebuilding the key index of segment ${index}`);
-        seg.sealed = writeSidecar(sidecarPath(path), keys);
+      const seg: Segment = { index, file, header: h, bloom, end: res.end, tail, path, keys, sealed: null };
+      if (sealed) {
+        // The sidecar must describe exactly this segment (it is derived data: rebuilt when not).
+        seg.sealed = (await SealedIndex.load(sidecarPath(path), res.end)) ?? this.rebuildSidecar(seg);
         seg.keys = null;
+      } else {
+        await rm(sidecarPath(path), { force: true }); // an active segment's index lives in memory
       }
       this.segments.set(index, seg);
     }
@@ -181,9 +186,21 @@ export class ShardLog {
     this.placeTip = tip;
     this.placeSegment = this.active.index;
     this.placeOffset = this.active.end;
-    this.headerEnd = this.active.header.committedEnd;
-    this.headerSeq = this.active.header.committedSeq;
+    // Make what recovery kept durable before serving it (a killed process may have left writes
+    // the device had not flushed), and record it as committed.
+    const a = this.active;
+    encodeSegmentHeader(this.headerBuf, { ...a.header, committedEnd: a.end, committedSeq: this.durableSeq });
+    await a.file.writeAndSync([{ offset: 0, buf: this.headerBuf }]);
+    a.header = { ...a.header, committedEnd: a.end, committedSeq: this.durableSeq };
+    this.headerEnd = a.end;
+    this.headerSeq = this.durableSeq;
   }
+
+  private rebuildSidecar(seg: Segment): SealedIndex {
+    this.opts.log(`shard ${this.opts.shard}: rebuilding the key index of segment ${seg.index}`);
+    return writeSidecar(sidecarPath(seg.path), seg.keys!, seg.end);
+  }
+
 
   private checkIdentity(h: SegmentHeader, path: string): void {
     const o = this.opts;
@@ -236,6 +253,11 @@ export class ShardLog {
     return this.placeTip;
   }
 
+  /** Largest record that fits in a segment. */
+  get recordBytesMax(): number {
+    return this.opts.segmentBytes - SEGMENT_HEADER_BYTES;
+  }
+
   get queuedRecords(): number {
     return this.queue.length;
   }
@@ -249,7 +271,7 @@ export class ShardLog {
    * first seq and the hash it must link to. Call `commitPlacement` with the encoded bytes next,
    * synchronously.
    */
-  reserve(length: number): { segment: number; offset: number; firstSeq: number; prevHash: Uint8Array } {
+  reserve(length: number): { segment: number; offset: number; firstSeq: number; prevHash: Uint8Array; vouchedEnd: number } {
     if (SEGMENT_HEADER_BYTES + length > this.opts.segmentBytes) {
       throw new RangeError(`a record of ${length} bytes does not fit in a ${this.opts.segmentBytes}-byte segment`);
     }
@@ -258,7 +280,9 @@ export class ShardLog {
       this.placeOffset = SEGMENT_HEADER_BYTES;
       this.pendingStart = { firstSeq: this.placeSeq, prevHash: this.placeTip };
     }
-    return { segment: this.placeSegment, offset: this.placeOffset, firstSeq: this.placeSeq, prevHash: this.placeTip };
+    // What the record can vouch for: the durable end of its own segment right now.
+    const vouchedEnd = this.placeSegment === this.active.index ? this.active.end : SEGMENT_HEADER_BYTES;
+    return { segment: this.placeSegment, offset: this.placeOffset, firstSeq: this.placeSeq, prevHash: this.placeTip, vouchedEnd };
   }
 
   /** Queues the encoded record placed by the last `reserve`; `batches` = its batch count. */
@@ -375,7 +399,7 @@ export class ShardLog {
     await old.file.writeAndSync([{ offset: 0, buf: header }]);
     old.header = { ...old.header, committedEnd: old.end, committedSeq: this.durableSeq };
     if (old.keys !== null) {
-      old.sealed = writeSidecar(sidecarPath(old.path), old.keys);
+      old.sealed = writeSidecar(sidecarPath(old.path), old.keys, old.end);
       old.keys = null;
     }
     this.active = await this.createSegment(index, start.firstSeq, start.prevHash);
