@@ -71,6 +71,25 @@ test('a torn tail at any byte after the committed end recovers to the records wh
       }
     }
     assert.ok(cases > 100);
+    // Damage to a record after the header's committed end that a later record vouches for (it was
+    // placed after the damaged one was durable) is corruption too, not a torn tail.
+    const v = join(dir, 'vouched');
+    await mkdir(v);
+    await copyFile(join(src, segName), join(v, segName));
+    const vh = await open(join(v, segName), 'r+');
+    const head = new Uint8Array(SEGMENT_HEADER_BYTES);
+    await vh.read(head, 0, SEGMENT_HEADER_BYTES, 0);
+    const parsed = decodeSegmentHeader(head);
+    assert.ok(parsed.ok);
+    encodeSegmentHeader(head, { ...parsed.header, committedEnd: committedAt, committedSeq: 4 });
+    await vh.write(head, 0, SEGMENT_HEADER_BYTES, 0);
+    const payloadByte = ends[6]! - 6; // inside record 8's event payload, before its trailer
+    const b = new Uint8Array(1);
+    await vh.read(b, 0, 1, payloadByte);
+    b[0]! ^= 0x40;
+    await vh.write(b, 0, 1, payloadByte);
+    await vh.close();
+    await assert.rejects(ShardLog.open({ ...opts, dir: v }), (e: Error) => e instanceof CorruptionError && /vouches/.test(e.message));
     // A cut inside the committed region is corruption.
     const d = join(dir, 'committed-cut');
     await mkdir(d);
