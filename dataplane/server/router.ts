@@ -49,10 +49,12 @@ function error(code: number, message: string, detail: Record<string, unknown> = 
 export class Router implements Dispatcher {
   readonly cfg: RouterConfig;
   private readonly workers: WorkerHandle[] = [];
-  private readonly pending = new Map<number, (r: DispatchResult) => void>();
+  /** Requests sent to a worker and not answered yet: id → [resolve, worker index]. */
+  private readonly pending = new Map<number, [(r: DispatchResult) => void, number]>();
   private nextId = 1;
   private readonly shards = new Map<number, ShardInfo>();
   io = '';
+  private closing = false;
 
   private constructor(cfg: RouterConfig) {
     this.cfg = cfg;
@@ -102,7 +104,19 @@ export class Router implements Dispatcher {
           worker.on('error', (e) => {
             cfg.log(`worker ${i} crashed: ${e.stack ?? e.message}`);
             reject(e);
-            r.failAll(`worker ${i} crashed: ${e.message}`);
+          });
+          worker.on('exit', (code) => {
+            if (r.closing) return;
+            // Its shards are gone until the node restarts: say so in /status and /readyz, answer
+            // their requests with 9200, and fail what was waiting (outcome unknown for writes).
+            const why = `worker thread ${i} exited (code ${code}); restart the node`;
+            cfg.log(why);
+            reject(new Error(why));
+            for (let shard = i; shard < cfg.numShards; shard += cfg.workers) {
+              const info = r.shards.get(shard);
+              r.shards.set(shard, { shard, state: 'failed', reason: why, writeSeq: info?.writeSeq ?? '0', commitSeq: info?.commitSeq ?? '0' });
+            }
+            r.failAll(why, i);
           });
         }),
       );
@@ -122,10 +136,10 @@ export class Router implements Dispatcher {
         const all = new Uint8Array(m.buf);
         for (let i = 0; i < m.items.length; i += RES_ITEM_WIDTH) {
           const id = m.items[i]!;
-          const done = this.pending.get(id);
-          if (done === undefined) continue;
+          const p = this.pending.get(id);
+          if (p === undefined) continue;
           this.pending.delete(id);
-          done({ op: m.items[i + 1]!, body: all.subarray(m.items[i + 2]!, m.items[i + 2]! + m.items[i + 3]!) });
+          p[0]({ op: m.items[i + 1]!, body: all.subarray(m.items[i + 2]!, m.items[i + 2]! + m.items[i + 3]!) });
         }
         break;
       }
@@ -144,9 +158,13 @@ export class Router implements Dispatcher {
     }
   }
 
-  private failAll(why: string): void {
-    for (const done of this.pending.values()) done(error(ErrorCode.ShardUnavailable, why));
-    this.pending.clear();
+  /** Fails the requests waiting on `worker` (all workers when undefined). */
+  private failAll(why: string, worker?: number): void {
+    for (const [id, [done, w]] of this.pending) {
+      if (worker !== undefined && w !== worker) continue;
+      this.pending.delete(id);
+      done(error(ErrorCode.ShardUnavailable, why));
+    }
   }
 
   shardOf(key: NormalizedKey): number {
@@ -218,7 +236,8 @@ export class Router implements Dispatcher {
       h.scheduled = true;
       setImmediate(() => this.flush(h));
     }
-    return new Promise<DispatchResult>((resolve) => this.pending.set(id, resolve));
+    const workerIndex = shard % this.workers.length;
+    return new Promise<DispatchResult>((resolve) => this.pending.set(id, [resolve, workerIndex]));
   }
 
   private flush(h: WorkerHandle): void {
@@ -233,6 +252,7 @@ export class Router implements Dispatcher {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     await Promise.all(
       this.workers.map(
         (h) =>
