@@ -3,10 +3,14 @@
 // CRC32C: records are usually 100–300 bytes; below 512 B an in-tree slicing-by-8 loop beats a
 // native call (42 ns vs 92 ns at 64 B, node24-microbench §3); above it @node-rs/crc32 wins
 // (4–6 GB/s, prebuilt, nothing to compile).
-// BLAKE3: hash-wasm's reused hasher is the fastest for inputs up to a few KiB (0.24 µs at 64 B);
-// blake3-wasm 3.x does not install and 2.1.5 is slower (see dataplane/storage/hash.bench.ts).
+// BLAKE3: measured with dataplane/storage/hash.bench.ts: hash-wasm's reused hasher is the fastest
+// for records up to ~2 KiB (1.0 µs at 64 B vs 1.2 µs for blake3-wasm 2.1.5 and 3.9 µs for the native
+// @napi-rs/blake-hash, whose per-call cost dominates small inputs); from 4 KiB up the native one wins
+// (6.4 µs vs 10.5 µs at 4 KiB, 12x at 1 MiB), so large records go there. blake3-wasm 3.x does not
+// install at all (unpublished dependencies).
 import { crc32c as nativeCrc32c } from '@node-rs/crc32';
 import { createBLAKE3, type IHasher } from 'hash-wasm';
+import { blake3 as nativeBlake3 } from '@napi-rs/blake-hash';
 
 const TABLES: Int32Array[] = (() => {
   const t: Int32Array[] = [];
@@ -61,8 +65,12 @@ export async function initHashing(): Promise<void> {
   hasher ??= await createBLAKE3();
 }
 
+/** From this size up the native BLAKE3 is faster than the wasm one (see above). */
+const NATIVE_BLAKE3_MIN_BYTES = 4096;
+
 /** BLAKE3-256 of `buf` (synchronous after initHashing). */
 export function blake3(buf: Uint8Array): Uint8Array {
+  if (buf.length >= NATIVE_BLAKE3_MIN_BYTES) return nativeBlake3(Buffer.from(buf.buffer, buf.byteOffset, buf.byteLength));
   if (hasher === undefined) throw new Error('initHashing() was not awaited on this thread');
   hasher.init();
   hasher.update(buf);
