@@ -2,7 +2,7 @@
 # Installs the Debian packages the build and tests need. Idempotent: does nothing when present.
 set -euo pipefail
 need=()
-for p in liburing-dev prometheus; do
+for p in liburing-dev prometheus postgresql; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
