@@ -26,7 +26,7 @@ export interface BenchResult {
 /** Latency samples kept (uniform reservoir), enough for a stable p99.9. */
 const LATENCY_SAMPLES_MAX = 1_000_000;
 /** The W1 payload: a "Hello World"-sized event (Celeriant's benchmark used ~25 bytes). */
-const PAYLOAD = new TextEncoder().encode('{"hello":"world","n":42}!');
+export const PAYLOAD = new TextEncoder().encode('{"hello":"world","n":42}!');
 
 export function percentile(sorted: Float64Array, p: number): number {
   if (sorted.length === 0) return 0;
@@ -71,6 +71,21 @@ async function grpcAppender(o: BenchOptions, run: bigint): Promise<{ append: App
 export async function runBench(o: BenchOptions): Promise<BenchResult> {
   const run = BigInt(Date.now()) * 1000n + BigInt(randomInt(1000));
   const client = o.transport === 'grpc' ? await grpcAppender(o, run) : await nativeAppender(o, run);
+  const header = `W1 against ${o.address} over ${o.transport}: ${o.writers} writers, one ${PAYLOAD.length}-byte event per write, ${o.warmupS}s warm-up + ${o.durationS}s measured, ${o.connections} connections`;
+  try {
+    return await runClosedLoop(o, 'bench', header, (i) => client.append(BigInt(i)));
+  } finally {
+    await client.close();
+  }
+}
+
+export type LoopOptions = Pick<BenchOptions, 'writers' | 'durationS' | 'warmupS' | 'out'>;
+
+/**
+ * The W1 closed loop, shared with the PostgreSQL peer (bench-postgres.ts): writer i calls append(i)
+ * and waits for it before the next; only writes that finish inside the measured window count.
+ */
+export async function runClosedLoop(o: LoopOptions, label: string, header: string, append: (writer: number) => Promise<unknown>): Promise<BenchResult> {
   const samples = new Float64Array(LATENCY_SAMPLES_MAX);
   let n = 0;
   let seen = 0;
@@ -78,13 +93,12 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
   let measuring = false;
   let stop = false;
   const t0 = performance.now();
-  o.out(`bench: W1 against ${o.address} over ${o.transport}: ${o.writers} writers, one ${PAYLOAD.length}-byte event per write, ${o.warmupS}s warm-up + ${o.durationS}s measured, ${o.connections} connections`);
+  o.out(`${label}: ${header}`);
   const writer = async (i: number): Promise<void> => {
-    const id = BigInt(i);
     while (!stop) {
       const s = performance.now();
       try {
-        await client.append(id);
+        await append(i);
       } catch {
         errors++;
         continue;
@@ -103,14 +117,13 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
   await new Promise((r) => setTimeout(r, o.warmupS * 1000));
   measuring = true;
   const m0 = performance.now();
-  const progress = setInterval(() => o.out(`bench: ${((performance.now() - m0) / 1000).toFixed(0)}s ${seen} writes`), 5000);
+  const progress = setInterval(() => o.out(`${label}: ${((performance.now() - m0) / 1000).toFixed(0)}s ${seen} writes`), 5000);
   await new Promise((r) => setTimeout(r, o.durationS * 1000));
   measuring = false;
   const seconds = (performance.now() - m0) / 1000;
   clearInterval(progress);
   stop = true;
   await Promise.all(all);
-  await client.close();
   const sorted = samples.slice(0, n).sort();
   const result: BenchResult = {
     writes: seen,
@@ -121,7 +134,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
   };
   const l = result.latencyMs;
   o.out(
-    `bench: ${result.writesPerSecond.toFixed(0)} writes/s (${seen} durable writes in ${seconds.toFixed(1)}s, ${errors} errors); ` +
+    `${label}: ${result.writesPerSecond.toFixed(0)} writes/s (${seen} durable writes in ${seconds.toFixed(1)}s, ${errors} errors); ` +
       `latency ms p50 ${l.p50.toFixed(2)} p90 ${l.p90.toFixed(2)} p99 ${l.p99.toFixed(2)} p99.9 ${l.p999.toFixed(2)} max ${l.max.toFixed(2)} (total ${((performance.now() - t0) / 1000).toFixed(1)}s)`,
   );
   return result;
