@@ -1,0 +1,20 @@
+// Limits of the native protocol. The server enforces them; the client checks before sending.
+
+/** Protocol limits. The server enforces them; the client checks before sending. */
+export const Limits = {
+  /** Largest frame body; checked against the length prefix before any allocation. 16 MiB, as Celeriant. */
+  frameBytesMax: 16 * 1024 * 1024,
+  /** Largest event payload (data + metadata). 1 MiB keeps one write well inside a segment. */
+  eventBytesMax: 1024 * 1024,
+  /** Events in one aggregate write. */
+  eventsPerWriteMax: 10_000,
+  /** Aggregates in one multi-aggregate write. */
+  writesPerRequestMax: 1_000,
+  /** Event type name, UTF-8 bytes (SPEC §1). */
+  eventTypeBytesMax: 255,
+  /** Event types in a read filter. */
+  readTypesMax: 64,
+  /** Default and largest read page. */
+  readPageBytesDefault: 1024 * 1024,
+  readPageBytesMax: 8 * 1024 * 1024,
+} as const;
