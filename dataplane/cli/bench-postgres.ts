@@ -89,11 +89,7 @@ function postgresIds(): { uid: number; gid: number } {
 /** initdb + start a throw-away cluster on 127.0.0.1 at a free port. The caller must call stop(). */
 export async function startPostgres(o: StartOptions = {}): Promise<PostgresCluster> {
   const bin = o.binDir ?? POSTGRES_BIN_DIR;
-  for (const b of ['initdb', 'pg_ctl', 'postgres']) {
-    if (!existsSync(join(bin, b))) {
-      throw new PostgresUnavailableError(`PostgreSQL 15 not found (${join(bin, b)} is missing); install the Debian package \`postgresql\` (apt-get install -y postgresql)`);
-    }
-  }
+  checkBinaries(bin);
   const asPostgres = process.getuid?.() === 0;
   const dir = mkdtempSync(join(tmpdir(), 'celer-bench-pg-'));
   const data = join(dir, 'data');
@@ -141,6 +137,15 @@ export async function startPostgres(o: StartOptions = {}): Promise<PostgresClust
   } catch (e) {
     cluster.stop(true);
     throw e;
+  }
+}
+
+/** Throws PostgresUnavailableError, naming the Debian package, when the server binaries are absent. */
+export function checkBinaries(bin: string = POSTGRES_BIN_DIR): void {
+  for (const b of ['initdb', 'pg_ctl', 'postgres']) {
+    if (!existsSync(join(bin, b))) {
+      throw new PostgresUnavailableError(`PostgreSQL 15 not found (${join(bin, b)} is missing); install the Debian package \`postgresql\` (apt-get install -y postgresql)`);
+    }
   }
 }
 

@@ -23,6 +23,7 @@ usage:
   celer details [--addr HOST:PORT] KEY
   celer verify  --data-dir DIR
   celer bench   [--addr HOST:PORT] [--transport native|grpc] [--writers N] [--duration-s S] [--warmup-s S] [--connections N]
+                [--vs postgres]   (then the same workload against a throw-away local PostgreSQL 15, and the ratio)
 
 KEY is org/type/id, each part decimal or a UUID. --addr defaults to 127.0.0.1:7400.
 Run "celer COMMAND --help" for the flags of one command.`;
@@ -200,19 +201,43 @@ async function verify(args: string[]): Promise<number> {
 }
 
 async function bench(args: string[]): Promise<number> {
-  const { values } = parse(args, { addr: { type: 'string' }, transport: { type: 'string' }, writers: { type: 'string' }, 'duration-s': { type: 'string' }, 'warmup-s': { type: 'string' }, connections: { type: 'string' } });
+  const { values } = parse(args, { addr: { type: 'string' }, transport: { type: 'string' }, writers: { type: 'string' }, 'duration-s': { type: 'string' }, 'warmup-s': { type: 'string' }, connections: { type: 'string' }, vs: { type: 'string' } });
   const transport = values.transport ?? 'native';
   if (transport !== 'native' && transport !== 'grpc') throw new UsageError(`--transport must be native or grpc; got "${transport}"`);
+  if (values.vs !== undefined && values.vs !== 'postgres') throw new UsageError(`--vs accepts only postgres; got "${values.vs}"`);
+  const writers = int(values.writers, '--writers', 1) ?? 64;
+  const durationS = int(values['duration-s'], '--duration-s', 1) ?? 10;
+  const warmupS = int(values['warmup-s'], '--warmup-s', 0) ?? 2;
+  const pgBench = values.vs === 'postgres' ? await import('./bench-postgres.ts') : undefined;
+  if (pgBench !== undefined) {
+    // Fail on the peer's preconditions before spending the Celer run.
+    try {
+      pgBench.checkWriters(writers);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+    pgBench.checkBinaries();
+  }
   const { runBench } = await import('./bench.ts');
-  await runBench({
+  const celer = await runBench({
     address: values.addr ?? (transport === 'grpc' ? '127.0.0.1:7402' : '127.0.0.1:7400'),
     transport,
-    writers: int(values.writers, '--writers', 1) ?? 64,
-    durationS: int(values['duration-s'], '--duration-s', 1) ?? 10,
-    warmupS: int(values['warmup-s'], '--warmup-s', 0) ?? 2,
+    writers,
+    durationS,
+    warmupS,
     connections: int(values.connections, '--connections', 1) ?? 4,
     out,
   });
+  if (pgBench === undefined) return 0;
+  const pg = await pgBench.runPostgresBench({ writers, durationS, warmupS, out });
+  const row = (name: string, r: typeof celer): string =>
+    `${name.padEnd(10)} ${r.writesPerSecond.toFixed(0).padStart(9)} ${r.latencyMs.p50.toFixed(2).padStart(8)} ${r.latencyMs.p99.toFixed(2).padStart(8)} ${String(r.errors).padStart(7)}`;
+  out(`vs: W1, ${writers} writers, ${durationS}s measured after ${warmupS}s warm-up, same machine, same run`);
+  out(`vs: ${'system'.padEnd(10)} ${'writes/s'.padStart(9)} ${'p50 ms'.padStart(8)} ${'p99 ms'.padStart(8)} ${'errors'.padStart(7)}`);
+  out(`vs: ${row('celer', celer)}`);
+  out(`vs: ${row('postgres', pg)}`);
+  const ratio = pg.writesPerSecond > 0 ? (celer.writesPerSecond / pg.writesPerSecond).toFixed(2) : 'n/a (PostgreSQL completed no writes)';
+  out(`vs: Celer ÷ PostgreSQL writes/s = ${ratio}; PostgreSQL here has no standby — a synchronous standby would make it slower`);
   return 0;
 }
 
