@@ -73,9 +73,23 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
     throw e;
   }
   o.log(`data ${o.dataDir}: ${meta.numShards} shards routed by ${meta.routing}, ${workers} worker threads, disk I/O ${router.io}`);
-  const native = await startNativeServer(router, o.listen, o.log);
+  // If a listener cannot start (address in use), stop what did start, so the process exits.
+  const started: { close(): Promise<void> }[] = [];
+  const startOrUnwind = async <T extends { close(): Promise<void> }>(what: string, start: () => Promise<T>): Promise<T> => {
+    try {
+      const h = await start();
+      started.push(h);
+      return h;
+    } catch (e) {
+      for (const h of started.reverse()) await h.close().catch(() => {});
+      await router.close();
+      unlock();
+      throw new ConfigError(`cannot listen for ${what}: ${(e as Error).message}`);
+    }
+  };
+  const native = await startOrUnwind('the native protocol', () => startNativeServer(router, o.listen, o.log));
   const grpcAddr = o.grpc === 'off' ? null : (o.grpc ?? sibling(o.listen, 2));
-  const grpc = grpcAddr === null ? null : await startGrpcServer(router, grpcAddr);
+  const grpc = grpcAddr === null ? null : await startOrUnwind('gRPC', () => startGrpcServer(router, grpcAddr));
   const status = (): NodeStatus => {
     const shards = router.shardInfo().map((s) => ({ ...s }));
     return {
@@ -95,7 +109,7 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
   };
   let httpAddress = '';
   const stepDown = (): Promise<StepDownResult> => Promise.resolve({ steppedDown: false, reason: 'this node runs --standalone: there is no other node to hand leadership to' });
-  const http = await startHttpServer({ address: o.http ?? sibling(o.listen, 1), status, stepDown });
+  const http = await startOrUnwind('HTTP', () => startHttpServer({ address: o.http ?? sibling(o.listen, 1), status, stepDown }));
   httpAddress = http.address;
   setNodeState({ role: 'standalone', epoch: 0, leaseExpiresAtMs: null, lagRecords: null });
   let closing: Promise<void> | null = null;

@@ -245,3 +245,14 @@ test('a data directory where O_DIRECT is not honoured is refused unless --unsafe
     await removeDir(d);
   }
 });
+
+test('a node whose address is taken says so and exits instead of hanging', async () => {
+  const d = await tempDir('celer-e2e-port-');
+  try {
+    const r = await runCeler(['serve', '--standalone', '--data-dir', d, '--listen', node.native]);
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /cannot listen for the native protocol: .*EADDRINUSE/);
+  } finally {
+    await removeDir(d);
+  }
+});
