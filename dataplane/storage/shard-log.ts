@@ -86,7 +86,6 @@ export class ShardLog {
   /** The committed offset last written into the active segment's header. */
   private headerEnd = 0;
   private headerAtMs = 0;
-  private headerSeq = 0;
   /** Set by reserve() when the reserved record opens a new segment. */
   private pendingStart: Placed['startsSegment'] = null;
 
@@ -188,12 +187,24 @@ export class ShardLog {
     this.placeOffset = this.active.end;
     // Make what recovery kept durable before serving it (a killed process may have left writes
     // the device had not flushed), and record it as committed.
-    const a = this.active;
-    encodeSegmentHeader(this.headerBuf, { ...a.header, committedEnd: a.end, committedSeq: this.durableSeq });
-    await a.file.writeAndSync([{ offset: 0, buf: this.headerBuf }]);
-    a.header = { ...a.header, committedEnd: a.end, committedSeq: this.durableSeq };
-    this.headerEnd = a.end;
-    this.headerSeq = this.durableSeq;
+    await this.commitHeader(this.active);
+  }
+
+  /** The header block of `seg` saying everything before `end` is committed (in the shared buffer). */
+  private headerBlock(seg: Segment, end: number): Uint8Array {
+    encodeSegmentHeader(this.headerBuf, { ...seg.header, committedEnd: end, committedSeq: this.durableSeq });
+    return this.headerBuf;
+  }
+
+  /** Writes and fdatasyncs `seg`'s header with its durable end as the committed end. */
+  private async commitHeader(seg: Segment): Promise<void> {
+    const end = seg.end;
+    await seg.file.writeAndSync([{ offset: 0, buf: this.headerBlock(seg, end) }]);
+    seg.header = { ...seg.header, committedEnd: end, committedSeq: this.durableSeq };
+    if (seg === this.active) {
+      this.headerEnd = end;
+      this.headerAtMs = performance.now();
+    }
   }
 
   private rebuildSidecar(seg: Segment): SealedIndex {
@@ -341,14 +352,10 @@ export class ShardLog {
       const now = performance.now();
       const writes = [{ offset: blockStart, buf }];
       const refreshHeader = this.headerEnd !== seg.end && now - this.headerAtMs >= HEADER_REFRESH_MS;
-      if (refreshHeader) {
-        encodeSegmentHeader(this.headerBuf, { ...seg.header, committedEnd: seg.end, committedSeq: this.durableSeq });
-        writes.unshift({ offset: 0, buf: this.headerBuf });
-      }
+      if (refreshHeader) writes.unshift({ offset: 0, buf: this.headerBlock(seg, seg.end) });
       await seg.file.writeAndSync(writes);
       if (refreshHeader) {
         this.headerEnd = seg.end;
-        this.headerSeq = this.durableSeq;
         this.headerAtMs = now;
       }
       for (const p of group) {
@@ -375,13 +382,7 @@ export class ShardLog {
     if (this.headerEnd === seg.end) return;
     this.flushing = true;
     try {
-      const end = seg.end;
-      const seq = this.durableSeq;
-      const header = this.opts.io.allocAligned(SEGMENT_HEADER_BYTES);
-      encodeSegmentHeader(header, { ...seg.header, committedEnd: end, committedSeq: seq });
-      await seg.file.writeAndSync([{ offset: 0, buf: header }]);
-      this.headerEnd = end;
-      this.headerSeq = seq;
+      await this.commitHeader(seg);
     } finally {
       this.flushing = false;
     }
@@ -394,17 +395,13 @@ export class ShardLog {
   /** Seals the active segment (its header gets its final committed end) and opens the next. */
   private async rotate(index: number, start: { firstSeq: number; prevHash: Uint8Array }): Promise<void> {
     const old = this.active;
-    const header = this.opts.io.allocAligned(SEGMENT_HEADER_BYTES);
-    encodeSegmentHeader(header, { ...old.header, committedEnd: old.end, committedSeq: this.durableSeq });
-    await old.file.writeAndSync([{ offset: 0, buf: header }]);
-    old.header = { ...old.header, committedEnd: old.end, committedSeq: this.durableSeq };
+    await this.commitHeader(old);
     if (old.keys !== null) {
       old.sealed = writeSidecar(sidecarPath(old.path), old.keys, old.end);
       old.keys = null;
     }
     this.active = await this.createSegment(index, start.firstSeq, start.prevHash);
     this.headerEnd = SEGMENT_HEADER_BYTES;
-    this.headerSeq = this.durableSeq;
   }
 
   /** Reads and checks the durable record at a location. Throws CorruptionError when it fails its checks. */
