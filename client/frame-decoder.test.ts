@@ -24,18 +24,7 @@ import {
   Expect,
   type Frame,
 } from './wire.ts';
-
-/** mulberry32: small, fast, and the same sequence for the same seed on every machine. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4_294_967_296;
-  };
-}
+import { prng } from '../test/lib/prng.ts';
 
 const fixedSeed = process.env.CELER_SEED === undefined ? undefined : Number(process.env.CELER_SEED);
 /** Seeds to run: the one asked for, or `n` fresh ones (printed on failure). */

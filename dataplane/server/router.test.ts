@@ -9,6 +9,7 @@ import { join } from 'node:path';
 import { decodeError, encodeReadRequest, encodeWriteRequest, Expect, Op } from '../../client/wire.ts';
 import { openDataMeta } from '../storage/meta.ts';
 import { Router } from './router.ts';
+import { prng } from '../../test/lib/prng.ts';
 
 let dir: string;
 let router: Router;
@@ -33,18 +34,6 @@ after(async () => {
   await router?.close();
   await rm(dir, { recursive: true, force: true });
 });
-
-/** Mulberry32: a small seeded PRNG, so a failing case can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const KNOWN_CODES = new Set([1000, 1001, 2002, 2003, 2012, 2013, 9001, 9100, 9200]);
 const OK_OPS: number[] = [Op.WriteOk, Op.ReadOk, Op.DetailsOk, Op.Pong];
