@@ -1,8 +1,15 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the build and tests need. Idempotent: does nothing when present.
+# Installs the Debian packages Celer needs. Idempotent: does nothing when they are present.
+#   hack/deps.sh          what running a node needs: liburing-dev (the io_uring addon's build)
+#   hack/deps.sh --test   plus what the tests need: prometheus (promtool; the Prometheus e2e) and
+#                         postgresql (the peer of `celer bench --vs postgres` and its test)
 set -euo pipefail
+packages=(liburing-dev)
+if [ "${1:-}" = "--test" ]; then
+  packages+=(prometheus postgresql)
+fi
 need=()
-for p in liburing-dev prometheus postgresql; do
+for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then

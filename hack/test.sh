@@ -7,7 +7,7 @@ export PATH="$PWD/node_modules/.bin:$PATH"
 stage() { printf '\n=== %s (%s) ===\n' "$1" "$(date +%T)"; }
 
 stage "system packages"
-bash hack/deps.sh
+bash hack/deps.sh --test
 
 stage "native addon"
 bash hack/build-native.sh
