@@ -1,0 +1,81 @@
+// Shared by the addon's translation units: limits, the request/op records, error and
+// memory-pinning helpers. See celer_io.cc for what the addon exports and why.
+#pragma once
+
+#include <napi.h>
+#include <uv.h>
+#include <liburing.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace celer {
+
+
+// Alignment of buffers handed out by allocAligned; equals IO_ALIGN_BYTES in
+// dataplane/storage/io.ts (the largest logical block size O_DIRECT is expected to need).
+constexpr size_t kAlignBytes = 4096;
+
+// Fallback submission-queue size when JS passes none; io.ts passes its own named constant.
+constexpr unsigned kDefaultSqEntries = 256;
+
+// Retry delay after io_uring_enter reported EAGAIN/EBUSY with nothing in flight to wake us: the
+// kernel is short of memory, so back off briefly rather than spin (1 ms = one loop timer tick).
+constexpr uint64_t kSubmitRetryMs = 1;
+
+// Largest transfer of one read/write: Linux's MAX_RW_COUNT (INT_MAX rounded down to a page);
+// anything longer would be cut short by the kernel, and a CQE result is an int anyway.
+constexpr size_t kMaxIoBytes = 0x7ffff000;
+
+enum class OpKind { kWrite, kFsync, kRead };
+
+struct Request;
+
+// One SQE's worth of work. Its address is the SQE's user_data.
+struct Op {
+  Request* req;
+  OpKind kind;
+  int fd;
+  void* data;
+  unsigned len;
+  uint64_t offset;
+};
+
+// One JS call (one promise). Freed when its last op completes.
+struct Request {
+  napi_deferred deferred = nullptr;
+  std::unique_ptr<Op[]> ops;
+  size_t opCount = 0;
+  size_t remaining = 0;
+  // What keeps every buffer alive until the kernel is done with it: a pin for memory from
+  // allocAligned, a strong reference for any other buffer.
+  std::vector<void*> pins;
+  std::vector<napi_ref> refs;
+  int err = 0;  // first failure, positive errno
+  const char* errSyscall = nullptr;
+  bool shortWrite = false;
+  bool isRead = false;
+  int64_t bytesRead = 0;
+};
+
+// Errors shaped like Node's fs errors (memory.cc).
+napi_value ErrnoErrorValue(napi_env env, int err, const char* syscall, const char* detail);
+void ThrowErrno(napi_env env, int err, const char* syscall);
+
+// allocAligned memory and the pins that keep it alive under in-flight I/O (memory.cc).
+bool PinAllocation(void* base);
+void UnpinAllocation(void* base);
+void ReleaseBuffers(napi_env env, Request* req);
+Napi::Value AllocAligned(const Napi::CallbackInfo& info);
+
+}  // namespace celer
