@@ -44,21 +44,26 @@ test('a torn tail at any byte after the committed end recovers to the records wh
     const segName = (await readdir(src)).find((f) => f.endsWith('.seg'))!;
     const committedAt = ends[3]!; // pretend the header was last written after the 4th record
     const lastEnd = ends[ends.length - 1]!;
+    /** A copy of the segment in `d` whose header says only the first 4 records are committed. */
+    const copyWithLaggingHeader = async (d: string) => {
+      await rm(d, { recursive: true, force: true });
+      await mkdir(d);
+      await copyFile(join(src, segName), join(d, segName));
+      const fh = await open(join(d, segName), 'r+');
+      const head = new Uint8Array(SEGMENT_HEADER_BYTES);
+      await fh.read(head, 0, SEGMENT_HEADER_BYTES, 0);
+      const h = decodeSegmentHeader(head);
+      assert.ok(h.ok);
+      encodeSegmentHeader(head, { ...h.header, committedEnd: committedAt, committedSeq: 4 });
+      await fh.write(head, 0, SEGMENT_HEADER_BYTES, 0);
+      return fh;
+    };
     let cases = 0;
     // Every byte from the committed end to past the last record, cut by zeros or by garbage.
     for (let cut = committedAt; cut <= lastEnd + 8; cut += 3) {
       for (const fill of ['zeros', 'garbage'] as const) {
         const d = join(dir, `c${cut}-${fill}`);
-        await rm(d, { recursive: true, force: true });
-        await mkdir(d);
-        await copyFile(join(src, segName), join(d, segName));
-        const fh = await open(join(d, segName), 'r+');
-        const head = new Uint8Array(SEGMENT_HEADER_BYTES);
-        await fh.read(head, 0, SEGMENT_HEADER_BYTES, 0);
-        const h = decodeSegmentHeader(head);
-        assert.ok(h.ok);
-        encodeSegmentHeader(head, { ...h.header, committedEnd: committedAt, committedSeq: 4 });
-        await fh.write(head, 0, SEGMENT_HEADER_BYTES, 0);
+        const fh = await copyWithLaggingHeader(d);
         const tail = new Uint8Array(lastEnd + 64 - cut);
         if (fill === 'garbage') for (let i = 0; i < tail.length; i++) tail[i] = (i * 37 + cut) & 0xff;
         await fh.write(tail, 0, tail.length, cut);
@@ -74,15 +79,7 @@ test('a torn tail at any byte after the committed end recovers to the records wh
     // Damage to a record after the header's committed end that a later record vouches for (it was
     // placed after the damaged one was durable) is corruption too, not a torn tail.
     const v = join(dir, 'vouched');
-    await mkdir(v);
-    await copyFile(join(src, segName), join(v, segName));
-    const vh = await open(join(v, segName), 'r+');
-    const head = new Uint8Array(SEGMENT_HEADER_BYTES);
-    await vh.read(head, 0, SEGMENT_HEADER_BYTES, 0);
-    const parsed = decodeSegmentHeader(head);
-    assert.ok(parsed.ok);
-    encodeSegmentHeader(head, { ...parsed.header, committedEnd: committedAt, committedSeq: 4 });
-    await vh.write(head, 0, SEGMENT_HEADER_BYTES, 0);
+    const vh = await copyWithLaggingHeader(v);
     const payloadByte = ends[6]! - 6; // inside record 8's event payload, before its trailer
     const b = new Uint8Array(1);
     await vh.read(b, 0, 1, payloadByte);
