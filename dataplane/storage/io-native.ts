@@ -9,7 +9,10 @@ export interface NativeIo {
   ringAcquire(sqEntries: number): void;
   /** Drops a reference; the ring is torn down once unreferenced and idle. */
   ringRelease(): void;
-  /** N writes then one fdatasync (IOSQE_IO_DRAIN); resolves after the fdatasync completed. */
+  /**
+   * N writes linked (IOSQE_IO_LINK) to one fdatasync; resolves after the fdatasync completed. A failed
+   * or short write cancels the rest, and the promise rejects with that write's errno Error.
+   */
   writevFsync(fd: number, offsets: number[], bufs: Uint8Array[]): Promise<void>;
   /** Resolves with the bytes read (short only at end of file). */
   read(fd: number, buf: Uint8Array, offset: number): Promise<number>;

@@ -4,9 +4,10 @@ import type { NativeIo } from './io-native.ts';
 
 /**
  * Submission-queue entries per thread's ring. Group commit sends up to 64 writes + 1 fsync per
- * batch (the batch size feasibility §3 measured at ~100 k writes/s), so 256 holds several batches;
- * more would not help, because each drained fsync already serialises the batches behind it.
- * Submissions beyond this wait in the addon's queue instead of failing.
+ * batch (the batch size feasibility §3 measured at ~100 k writes/s), and each batch is one linked
+ * chain that must fit in the ring whole, so 256 holds several batches plus the reads between them.
+ * Submissions beyond this wait in the addon's queue instead of failing; a single call longer than
+ * the ring is split there (writes first, the fsync once they all succeeded).
  */
 export const IO_URING_SQ_ENTRIES = 256;
 

@@ -11,8 +11,10 @@
 //                                       refuses io_uring (EPERM/ENOSYS under seccomp, ...).
 //   ringRelease()                     -> undefined; drops a reference; the ring is torn down once
 //                                       unreferenced and idle.
-//   writevFsync(fd, offsets, bufs)    -> Promise<void>; N IORING_OP_WRITE then one
-//                                       IORING_OP_FSYNC(DATASYNC) flagged IOSQE_IO_DRAIN.
+//   writevFsync(fd, offsets, bufs)    -> Promise<void>; N IORING_OP_WRITE linked (IOSQE_IO_LINK)
+//                                       to one IORING_OP_FSYNC(DATASYNC): the fsync runs only
+//                                       after this call's writes all succeeded, and nothing else
+//                                       on the ring waits for it.
 //   read(fd, buf, offset)             -> Promise<number> (bytes read; short only at end of file).
 //   allocAligned(size)                -> ArrayBuffer, 4096-aligned, zeroed, freed by its finalizer.
 //

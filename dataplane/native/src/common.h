@@ -49,6 +49,16 @@ struct Op {
   void* data;
   unsigned len;
   uint64_t offset;
+  // Set when submitted as a non-first member of a chain (linked to the SQE before it).
+  bool linkedToPrev = false;
+};
+
+// Consecutive ops of one request that enter the submission queue together: all of them or none.
+// With count > 1 each but the last carries IOSQE_IO_LINK, so the kernel starts op i+1 only after
+// op i succeeded, and cancels the rest (-ECANCELED) once one fails or writes short.
+struct Unit {
+  Op* first;
+  unsigned count;
 };
 
 // One JS call (one promise). Freed when its last op completes.
@@ -66,6 +76,11 @@ struct Request {
   bool shortWrite = false;
   bool isRead = false;
   int64_t bytesRead = 0;
+  // The fsync (the request's last op) does not ride in one chain with the writes, so it is
+  // submitted alone once every write has completed successfully: for requests longer than the
+  // ring, and for a chain the kernel split (see Ring::NoteSplitChain).
+  bool fsyncAfterWrites = false;
+  bool fsyncQueued = false;
 };
 
 // Errors shaped like Node's fs errors (memory.cc).

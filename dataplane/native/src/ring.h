@@ -95,40 +95,56 @@ class Ring {
     MaybeTeardown();
   }
 
-  // Queues every op of req and submits as many as fit in one io_uring_enter.
+  // Queues req and submits what fits. A request that fits in the ring is one unit (for
+  // writevFsync: its writes linked to its fsync). A longer one cannot be one chain, because a chain
+  // must enter the kernel in one io_uring_enter: its writes go as separate units, and the fsync,
+  // its last op, only once they all succeeded.
   void Enqueue(Request* req) {
-    for (size_t i = 0; i < req->opCount; i++) backlog_.push_back(&req->ops[i]);
+    unsigned count = static_cast<unsigned>(req->opCount);
+    if (count <= capacity_) {
+      backlog_.push_back(Unit{&req->ops[0], count});
+    } else {
+      for (unsigned i = 0; i + 1 < count; i++) backlog_.push_back(Unit{&req->ops[i], 1});
+      req->fsyncAfterWrites = true;
+      req->remaining = count - 1;
+    }
     Pump();
   }
 
  private:
   Ring() = default;
 
-  // Moves backlog ops into free SQ slots (never more than capacity_ in the kernel at once, so the
-  // completion queue, twice the SQ size, cannot overflow) and submits them.
+  // Moves backlog units into free SQ slots (never more than capacity_ in the kernel at once, so
+  // the completion queue, twice the SQ size, cannot overflow) and submits them. Units go in FIFO
+  // order, each whole: a chain cut at the end of the SQ would be submitted as two chains, and the
+  // fsync ending the second would no longer wait for the writes of the first.
   void Pump() {
     unsigned added = 0;
-    while (!backlog_.empty() && inKernel_ + added < capacity_) {
-      io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-      if (sqe == nullptr) break;
-      Op* op = backlog_.front();
+    while (!backlog_.empty()) {
+      Unit u = backlog_.front();
+      if (inKernel_ + added + u.count > capacity_ || io_uring_sq_space_left(&ring_) < u.count) break;
       backlog_.pop_front();
-      switch (op->kind) {
-        case OpKind::kWrite:
-          io_uring_prep_write(sqe, op->fd, op->data, op->len, op->offset);
-          break;
-        case OpKind::kRead:
-          io_uring_prep_read(sqe, op->fd, op->data, op->len, op->offset);
-          break;
-        case OpKind::kFsync:
-          io_uring_prep_fsync(sqe, op->fd, IORING_FSYNC_DATASYNC);
-          // DRAIN: starts only after every earlier SQE (this request's writes, and any earlier
-          // request's) has completed, so the fdatasync covers them.
-          sqe->flags |= IOSQE_IO_DRAIN;
-          break;
+      for (unsigned i = 0; i < u.count; i++) {
+        Op* op = u.first + i;
+        io_uring_sqe* sqe = io_uring_get_sqe(&ring_);  // not null: the space was checked above
+        switch (op->kind) {
+          case OpKind::kWrite:
+            io_uring_prep_write(sqe, op->fd, op->data, op->len, op->offset);
+            break;
+          case OpKind::kRead:
+            io_uring_prep_read(sqe, op->fd, op->data, op->len, op->offset);
+            break;
+          case OpKind::kFsync:
+            // No IOSQE_IO_DRAIN: ordered only after its own writes (the link), so reads and other
+            // files' writes on this ring never wait for this flush.
+            io_uring_prep_fsync(sqe, op->fd, IORING_FSYNC_DATASYNC);
+            break;
+        }
+        if (i + 1 < u.count) sqe->flags |= IOSQE_IO_LINK;
+        op->linkedToPrev = i > 0;
+        io_uring_sqe_set_data(sqe, op);
       }
-      io_uring_sqe_set_data(sqe, op);
-      added++;
+      added += u.count;
     }
     inKernel_ += added;
     if (inKernel_ > 0) StartPoll();
@@ -141,8 +157,12 @@ class Ring {
     do {
       rc = io_uring_submit(&ring_);
     } while (rc == -EINTR);
-    if (rc >= 0) return;
-    if (rc == -EAGAIN || rc == -EBUSY) {
+    if (rc >= 0) {
+      if (io_uring_sq_ready(&ring_) == 0) return;
+      // The kernel took only part of the SQ (it stops early when it cannot allocate a request).
+      NoteSplitChain();
+    }
+    if (rc >= 0 || rc == -EAGAIN || rc == -EBUSY) {
       // SQEs stay in the ring and go with the next submit: after the next completion, or after a
       // short timer when nothing is in flight to produce one.
       if (!uv_is_active(reinterpret_cast<uv_handle_t*>(timer_))) {
@@ -154,6 +174,17 @@ class Ring {
     // withdrawn, so continuing would leave promises pending forever.
     std::string msg = std::string("celer io_uring: io_uring_enter failed: ") + strerror(-rc);
     napi_fatal_error("celer_io", NAPI_AUTO_LENGTH, msg.c_str(), NAPI_AUTO_LENGTH);
+  }
+
+  // After a partial submit: if the first SQE left in the ring is in the middle of a chain, the
+  // kernel has already started the chain's first part on its own, and the fsync at the end of the
+  // rest will not wait for it. That request then gets one more fsync, submitted alone once all it
+  // submitted has completed (Complete), so it still resolves only after its writes were synced.
+  void NoteSplitChain() {
+    unsigned head = io_uring_smp_load_acquire(ring_.sq.khead);
+    const io_uring_sqe* sqe = &ring_.sq.sqes[ring_.sq.array[head & ring_.sq.ring_mask]];
+    Op* op = reinterpret_cast<Op*>(static_cast<uintptr_t>(sqe->user_data));
+    if (op != nullptr && op->linkedToPrev) op->req->fsyncAfterWrites = true;
   }
 
   void StartPoll() {
@@ -222,28 +253,43 @@ class Ring {
     inKernel_ -= seen;
   }
 
-  // settle=false during environment teardown: JS can no longer run, buffers are just released.
-  void Complete(Op* op, int res, bool settle) {
-    Request* req = op->req;
+  static void RecordResult(Request* req, const Op* op, int res) {
+    int err = 0;
+    bool shortWrite = false;
     if (res < 0) {
-      if (req->err == 0) {
-        req->err = -res;
-        req->errSyscall = op->kind == OpKind::kWrite   ? "io_uring write"
-                          : op->kind == OpKind::kFsync ? "io_uring fsync"
-                                                       : "io_uring read";
-      }
+      err = -res;
     } else if (op->kind == OpKind::kWrite && static_cast<unsigned>(res) != op->len) {
       // Regular files only write short on a full disk or an I/O error; report it as EIO rather
-      // than resubmitting the tail.
-      if (req->err == 0) {
-        req->err = EIO;
-        req->errSyscall = "io_uring write";
-        req->shortWrite = true;
-      }
+      // than resubmitting the tail. The kernel treats it as a failure and cancels the chain.
+      err = EIO;
+      shortWrite = true;
     } else if (op->kind == OpKind::kRead) {
       req->bytesRead = res;
     }
+    if (err == 0) return;
+    // ECANCELED is the kernel cancelling the rest of a chain after one op failed; the failure
+    // itself is what the caller must see, whichever of the CQEs is reaped first.
+    if (req->err != 0 && !(req->err == ECANCELED && err != ECANCELED)) return;
+    req->err = err;
+    req->shortWrite = shortWrite;
+    req->errSyscall = op->kind == OpKind::kWrite   ? "io_uring write"
+                      : op->kind == OpKind::kFsync ? "io_uring fsync"
+                                                   : "io_uring read";
+  }
+
+  // settle=false during environment teardown: JS can no longer run, buffers are just released.
+  void Complete(Op* op, int res, bool settle) {
+    Request* req = op->req;
+    RecordResult(req, op, res);
     if (--req->remaining > 0) return;
+    if (settle && req->err == 0 && req->fsyncAfterWrites && !req->fsyncQueued) {
+      // Every write succeeded: now the fsync (the request's last op), ahead of newer work. The
+      // caller (Reap) pumps the backlog afterwards.
+      req->fsyncQueued = true;
+      req->remaining = 1;
+      backlog_.push_front(Unit{&req->ops[req->opCount - 1], 1});
+      return;
+    }
     if (settle) {
       // A failed value creation means the environment is going away: leave the promise pending.
       napi_value value = nullptr;
@@ -311,9 +357,9 @@ class Ring {
       r->Complete(op, res, false);
     }
     while (!r->backlog_.empty()) {
-      Op* op = r->backlog_.front();
+      Unit u = r->backlog_.front();
       r->backlog_.pop_front();
-      r->Complete(op, -ECANCELED, false);
+      for (unsigned i = 0; i < u.count; i++) r->Complete(u.first + i, -ECANCELED, false);
     }
     r->DestroyAsyncContext();
     r->BeginClose(true);
@@ -328,7 +374,7 @@ class Ring {
   uv_timer_t* timer_ = nullptr;
   napi_async_context asyncCtx_ = nullptr;
   napi_async_cleanup_hook_handle cleanupHandle_ = nullptr;
-  std::deque<Op*> backlog_;
+  std::deque<Unit> backlog_;
   unsigned inKernel_ = 0;
   unsigned capacity_ = 0;
   unsigned refs_ = 0;
