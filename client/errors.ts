@@ -7,6 +7,8 @@ export const ErrorCode = {
   AggregateNotFound: 1001,
   AlreadyApplied: 2002,
   WrongExpectedVersion: 2003,
+  NotAcknowledged: 2007,
+  StorageFailed: 2008,
   NotLeader: 2011,
   ServerBusy: 2012,
   DuplicateInFlight: 2013,
@@ -26,6 +28,9 @@ export interface ErrorDetail {
   numShards?: number;
   shards?: number[];
   validator?: string;
+  /** 2008: true when the disk is full (writes resume once space is freed), false after a failed fsync. */
+  diskFull?: boolean;
+  shard?: number;
 }
 
 export class CelerError extends Error {
@@ -53,6 +58,17 @@ export class WrongExpectedVersionError extends CelerError {
   /** The aggregate's version when the guard failed (0 = it does not exist). */
   get currentVersion(): bigint {
     return BigInt(this.detail.currentVersion ?? '0');
+  }
+}
+/** 2007: the write was not acknowledged (replication failed, or the leader was fenced): outcome unknown; retry with the same clientSeq. */
+export class NotAcknowledgedError extends CelerError {
+  override name = 'NotAcknowledgedError';
+}
+/** 2008: the write could not be stored: the disk is full (`diskFull`; writes resume when space is freed, reads go on), or an fsync failed (that shard takes no more writes). */
+export class StorageWriteError extends CelerError {
+  override name = 'StorageWriteError';
+  get diskFull(): boolean {
+    return this.detail.diskFull === true;
   }
 }
 export class NotLeaderError extends CelerError {
@@ -105,6 +121,8 @@ const classes: Record<number, new (code: number, message: string, detail?: Error
   1001: AggregateNotFoundError,
   2002: AlreadyAppliedError,
   2003: WrongExpectedVersionError,
+  2007: NotAcknowledgedError,
+  2008: StorageWriteError,
   2011: NotLeaderError,
   2012: ServerBusyError,
   2013: DuplicateInFlightError,

@@ -171,6 +171,49 @@ export function skipEvent(r: Reader): void {
   if (r.pos > r.end) throw new WireError('event runs past the end of its message');
 }
 
+/** The parts of one event, as views into its message. */
+export interface WireEventFields {
+  type: Uint8Array;
+  data: Uint8Array;
+  metadata?: Uint8Array | undefined;
+  schema?: { major: number; minor: number } | undefined;
+  iv?: Uint8Array | undefined;
+}
+
+/** Reads one already-validated event as views (the shard transcodes these to its disk encoding). */
+export function readEventFields(r: Reader): WireEventFields {
+  const mask = r.u8('mask');
+  const type = r.bytes(r.u8('typeLen'), 'type');
+  const data = r.bytes(r.u32('dataLen'), 'data');
+  const f: WireEventFields = { type, data };
+  if (mask & EV_METADATA) f.metadata = r.bytes(r.u32('metaLen'), 'metadata');
+  if (mask & EV_SCHEMA) f.schema = { major: r.u32('major'), minor: r.u32('minor') };
+  if (mask & EV_IV) f.iv = r.bytes(IV_BYTES, 'iv');
+  return f;
+}
+
+/** Writes one event from its parts (the inverse of readEventFields). */
+export function writeEventFields(w: Writer, f: WireEventFields): void {
+  let mask = 0;
+  if (f.metadata !== undefined) mask |= EV_METADATA;
+  if (f.schema !== undefined) mask |= EV_SCHEMA;
+  if (f.iv !== undefined) mask |= EV_IV;
+  w.u8(mask);
+  w.u8(f.type.length);
+  w.bytes(f.type);
+  w.u32(f.data.length);
+  w.bytes(f.data);
+  if (f.metadata !== undefined) {
+    w.u32(f.metadata.length);
+    w.bytes(f.metadata);
+  }
+  if (f.schema !== undefined) {
+    w.u32(f.schema.major);
+    w.u32(f.schema.minor);
+  }
+  if (f.iv !== undefined) w.bytes(f.iv);
+}
+
 /** The type of an encoded event at `at` (trusted bytes), without decoding the rest. */
 export function peekEventType(buf: Uint8Array, at: number): string {
   const len = buf[at + 1]!;

@@ -10,6 +10,12 @@ export const SEGMENT_BYTES_MIN = 64 * 1024;
 /** Segment header block: one 4 KiB O_DIRECT sector. */
 export const SEGMENT_HEADER_BYTES = 4096;
 
+/** A shard keeps its next segment made ahead of need (zero-filled, under a temporary name). When
+ * that fails (a full disk), it retries with a backoff from MIN doubling to MAX: half a second
+ * makes writes resume promptly once space is freed, 10 s keeps a full disk from being hammered. */
+export const SPARE_RETRY_MS_MIN = 500;
+export const SPARE_RETRY_MS_MAX = 10_000;
+
 /** Writes waiting for the next group commit, per shard; beyond it writes get 2012 (busy). */
 export const SHARD_QUEUE_WRITES_MAX = 20_000;
 /** Bytes of records in one group commit (one write + fdatasync). 8 MiB: large groups gain nothing
@@ -57,3 +63,23 @@ export const STATS_INTERVAL_MS = 1000;
 
 /** Native protocol: bytes a connection may have queued for sending before it is paused. */
 export const CONNECTION_WRITE_BUFFER_BYTES_MAX = 64 * 1024 * 1024;
+
+/** Requests one client connection may have in flight (dispatched, not yet answered), on the native
+ * protocol and on gRPC. 4096: the TypeScript client's own default (client/options.ts
+ * maxInFlightPerConnection), so it never meets this bound; enough for one connection to fill
+ * several group commits of a few hundred writes each; and 1/24 of DISPATCH_IN_FLIGHT_MAX, so one
+ * client that pipelines without limit holds at most 4% of the node's request slots.
+ * Beyond it the server stops reading that connection until a request is answered (backpressure,
+ * as Kafka mutes a channel and Cassandra stops reading a connection over its in-flight limit);
+ * gRPC advertises it as HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS, and clients queue further calls.
+ * Not 2012: refusing request N while accepting N+1 would let a pipelining client's writes land
+ * out of the order it sent them, and TCP flow control slows the sender without any retries. */
+export const CONNECTION_REQUESTS_IN_FLIGHT_MAX = 4096;
+/** Request body bytes the node has accepted and not yet answered, over every connection and front
+ * end; beyond it new requests get 2012. 256 MiB: 16 requests of the largest frame (16 MiB) at
+ * once, so any one request fits when the node is idle (asserted in router.ts); 32 group commits
+ * (GROUP_COMMIT_BYTES_MAX) queued, about 0.25 s of sequential writing on i4i-class NVMe
+ * (~1 GB/s), so a longer queue adds latency and memory but no throughput. At ~200 B per request
+ * it allows ~1.3 million requests, so DISPATCH_IN_FLIGHT_MAX binds first for small requests; this
+ * bound is for large ones, where 100 000 requests of 16 MiB would otherwise be 1.6 TiB. */
+export const DISPATCH_BYTES_IN_FLIGHT_MAX = 256 * 1024 * 1024;

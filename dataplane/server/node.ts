@@ -66,6 +66,7 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
       memoryBudgetBytes: o.memoryBudgetBytes ?? defaultMemoryBudgetBytes(),
       unsafeNoDirectIo: o.unsafeNoDirectIo ?? false,
       forceSyncIo: o.forceSyncIo ?? false,
+      nodeId: meta.nodeId,
       log: o.log,
     });
   } catch (e) {

@@ -24,6 +24,10 @@ export interface ShardStatus {
   writeSeq: string;
   /** Highest position committed (visible to reads), as a decimal string. */
   commitSeq: string;
+  /** The three watermarks (placed ≥ durable ≥ committed), as decimal strings: reserved in the log, fdatasync'd, committed. */
+  placedSeq?: string;
+  durableSeq?: string;
+  committedSeq?: string;
 }
 
 export interface NodeStatus {

@@ -1,20 +1,44 @@
 // One shard: the semantics of SPEC §3–§4 on top of its log. Runs on the worker thread that owns
 // the shard and nowhere else, so its state needs no locks: every check-and-place below runs in one
-// synchronous section, and awaits only happen before it (cold loads) or after it (durability).
-import { Writer, Expect, Op, encodeError, encodeDetailsOk, writeBatchHeader, skipEvent, Reader } from '../../client/wire.ts';
+// synchronous section, and awaits only happen before it (cold loads) or after it (durability and
+// commit).
+//
+// Three watermarks, placed ≥ durable ≥ committed (asserted after every change):
+//   placed    — records reserved in the log; guards and exactly-once floors see these;
+//   durable   — fdatasync'd locally (the log's group commit);
+//   committed — passed the commit step after the fdatasync (standalone: nothing more; a cluster:
+//               the follower has them too, or S3 does). Reads, details, cold state loads, the 2002
+//               answer and acknowledgements see only committed records.
+import { Writer, Expect, Op, encodeError, encodeDetailsOk, writeBatchHeader } from '../../client/wire.ts';
 import { ErrorCode } from '../../client/errors.ts';
 import { COLD_LOADS_MAX, HEADER_CATCH_UP_IDLE_MS, READ_AHEAD_SHARE, RECENT_CACHE_SHARE, WALK_ENTRY_BYTES_ESTIMATE, SHARD_QUEUE_WRITES_MAX, STATE_ENTRY_BYTES_ESTIMATE, STATE_LOAD_ATTEMPTS_MAX } from '../constants.ts';
+import { isDiskFull } from '../storage/disk.ts';
 import { Lru } from '../storage/lru.ts';
-import { batchesOf, encodeRecord, recordSize, type BatchInput, type BatchLoc, type BatchView, type RecordHeader } from '../storage/record.ts';
-import { CorruptionError, ShardLog, type ShardLogOptions } from '../storage/shard-log.ts';
+import { batchesOf, checkRecord, encodeRecord, recordSize, type BatchInput, type BatchView, type RecordHeader } from '../storage/record.ts';
+import { CorruptionError, DiskFullError, FormatError, ShardLog, type RecordAt, type ShardLogOptions } from '../storage/shard-log.ts';
 import type { ShardState } from '../server/status.ts';
-import { keyString, newState, setFloor, type AggState } from './state.ts';
+import { keyString, newState, setFloor, type AggState, type BatchLoc } from './state.ts';
 import { decodeKeyTrusted, decodeReadTrusted, decodeWriteTrusted, describeKey, type TrustedWrite } from './requests.ts';
+import { diskEventAt, wireToDisk, writeWireEvent } from './events.ts';
 
-export interface ShardOptions extends ShardLogOptions {
+/**
+ * What "committed" requires after the local fdatasync. Called once per group commit, in seq
+ * order, with the group's seq range; the promise resolves when those records are committed (for
+ * a cluster: the follower fdatasync'd them, or they are in S3) and rejects when they cannot be.
+ * Standalone has none: records commit at their fdatasync.
+ */
+export interface CommitStep {
+  commit(fromSeq: number, toSeq: number): Promise<void>;
+}
+
+export interface ShardOptions extends Omit<ShardLogOptions, 'ackAtDurable'> {
   /** This shard's share of the node's memory budget. */
   memoryBudgetBytes: number;
-  now?: () => number;
+  /** The writing node's id (16 bytes, a UUID), carried by every record it writes. */
+  nodeId: Uint8Array;
+  /** The writer's epoch, carried by every record (0 standalone). */
+  epoch?: number;
+  commitStep?: CommitStep;
 }
 
 export interface ShardResult {
@@ -38,6 +62,11 @@ interface Waiter {
   lastSeq: number;
   done: () => void;
   fail: (e: Error) => void;
+}
+
+/** Thrown when the three watermarks are out of order: a bug, and the shard stops rather than serve on. */
+export class WatermarkError extends Error {
+  override name = 'WatermarkError';
 }
 
 export interface FsyncSample {
@@ -74,18 +103,22 @@ export class Shard {
   private readonly coldWaiters: (() => void)[] = [];
   private waiters: Waiter[] = [];
   private committing = false;
-  private idleTimer: NodeJS.Timeout | null = null;
+  private cancelIdle: (() => void) | null = null;
   private syncingHeader: Promise<void> | null = null;
-  private readonly now: () => number;
-  private readonly recordWriter = new Writer(64 * 1024);
   private readonly responseWriter = new Writer(1024);
+  /** The committed watermark. */
+  committedSeq = 0;
+  /** Commit steps in flight resolve in seq order through this chain. */
+  private commitChain: Promise<void> = Promise.resolve();
+  private durableSent = 0;
+  /** Set after a failed fdatasync: no more writes on this shard, reads go on. */
+  private writesStopped: string | null = null;
   /** Samples for metrics, drained by the worker. */
   fsyncSamples: FsyncSample[] = [];
 
   private constructor(opts: ShardOptions) {
     this.opts = opts;
     this.id = opts.shard;
-    this.now = opts.now ?? Date.now;
     const recentBytes = Math.floor(opts.memoryBudgetBytes * RECENT_CACHE_SHARE);
     const readAheadBytes = Math.floor(opts.memoryBudgetBytes * READ_AHEAD_SHARE);
     const stateEntries = Math.max(16, Math.floor((opts.memoryBudgetBytes - recentBytes - readAheadBytes) / STATE_ENTRY_BYTES_ESTIMATE));
@@ -98,21 +131,44 @@ export class Shard {
   static async open(opts: ShardOptions): Promise<Shard> {
     const s = new Shard(opts);
     try {
-      s.log = await ShardLog.open(opts);
+      s.log = await ShardLog.open(s.logOptions());
+      s.committedSeq = s.opts.commitStep === undefined ? s.log.durableSeq : s.log.barrierSeq;
+      s.durableSent = s.log.durableSeq;
+      s.checkWatermarks();
       s.state = 'serving';
     } catch (e) {
-      s.state = e instanceof CorruptionError ? 'corrupt' : 'failed';
+      s.state = e instanceof CorruptionError || e instanceof FormatError ? 'corrupt' : 'failed';
       s.reason = (e as Error).message;
       opts.log(`shard ${opts.shard} is not served: ${s.reason}`);
     }
     return s;
   }
 
+  private logOptions(): ShardLogOptions {
+    return { ...this.opts, ackAtDurable: this.opts.commitStep === undefined };
+  }
+
+  /** Placed watermark: the last seq reserved in the log. */
+  get placedSeq(): number {
+    return this.log ? this.log.placedSeq : 0;
+  }
+  /** Durable watermark: the last seq fdatasync'd. */
+  get durableSeq(): number {
+    return this.log?.durableSeq ?? 0;
+  }
   get writeSeq(): number {
-    return this.log ? this.log.nextSeq - 1 : 0;
+    return this.durableSeq;
   }
   get commitSeq(): number {
-    return this.log?.durableSeq ?? 0;
+    return this.committedSeq;
+  }
+
+  /** placed ≥ durable ≥ committed, always; a violation stops the shard. */
+  private checkWatermarks(): void {
+    const p = this.placedSeq;
+    const d = this.durableSeq;
+    const c = this.committedSeq;
+    if (!(p >= d && d >= c && c >= 0)) throw new WatermarkError(`shard ${this.id}: watermarks out of order: placed ${p}, durable ${d}, committed ${c}`);
   }
   /** Bytes held and allowed per cache (the state cache counts entries at their size estimate). */
   get cacheUsage(): Record<'aggregate_state' | 'recent_records' | 'read_ahead', { bytes: number; capacityBytes: number }> {
@@ -133,6 +189,9 @@ export class Shard {
     try {
       switch (op) {
         case Op.Write:
+          if (this.writesStopped !== null) {
+            return err(ErrorCode.StorageFailed, `shard ${this.id} takes no more writes: ${this.writesStopped}; reads of committed data go on; restart the node to recover from the log`, { shard: this.id, diskFull: false });
+          }
           return await this.write(decodeWriteTrusted(body));
         case Op.Read:
           return await this.read(body);
@@ -143,7 +202,7 @@ export class Shard {
       }
     } catch (e) {
       if (e instanceof Refusal) return e.result;
-      if (e instanceof CorruptionError) {
+      if (e instanceof CorruptionError || e instanceof WatermarkError) {
         this.fail('corrupt', e.message);
         return err(ErrorCode.ShardUnavailable, `shard ${this.id} stopped serving: ${e.message}`, { shard: this.id });
       }
@@ -185,44 +244,65 @@ export class Shard {
         const f = s.floors.get(req.clientId);
         if (f !== undefined && w.clientSeq <= f.seq) {
           const detail = { lastClientSeq: f.seq.toString(), attemptedClientSeq: w.clientSeq.toString() };
-          if (f.atSeq > log.durableSeq) {
+          if (f.atSeq > this.committedSeq) {
             return err(ErrorCode.DuplicateInFlight, `clientSeq ${w.clientSeq} of this client on ${describeKey(w.key)} is still being written (last ${f.seq}); retry later`, detail);
           }
           return err(ErrorCode.AlreadyApplied, `clientSeq ${w.clientSeq} of this client on ${describeKey(w.key)} was already applied (last ${f.seq})`, detail);
         }
       }
     }
-    const batches: BatchInput[] = req.writes.map((w, i) => ({
-      key: w.key,
-      fromVersion: states[i]!.version + 1,
-      clientSeq: w.clientSeq,
-      eventCount: w.eventCount,
-      prev: states[i]!.lastLoc,
-      events: w.events,
-    }));
+    const batches: BatchInput[] = req.writes.map((w, i) => {
+      const ev = wireToDisk(w.events, w.eventCount);
+      return {
+        key: w.key,
+        fromVersion: states[i]!.version + 1,
+        clientSeq: w.clientSeq,
+        eventCount: w.eventCount,
+        prevSeq: states[i]!.lastSeq,
+        eventsBytes: ev.size,
+        writeEvents: ev.write,
+      };
+    });
     const len = recordSize(batches);
     if (len > log.recordBytesMax) {
       return err(ErrorCode.BadRequest, `this write needs a ${len}-byte record; a record must fit in one segment (at most ${log.recordBytesMax} bytes with --segment-mb ${log.opts.segmentBytes / 1048576}); split it or use larger segments`);
     }
-    const place = log.reserve(len);
-    const ts = this.now();
-    // Encode into a reused buffer and keep an exact copy: one allocation per record.
-    const w = this.recordWriter;
-    w.pos = 0;
-    const bytes = encodeRecord(w, { firstSeq: place.firstSeq, vouchedEnd: place.vouchedEnd, timestampMs: ts, prevHash: place.prevHash, clientId: req.clientId, batches }).slice();
+    let place: ReturnType<ShardLog['reserve']>;
+    try {
+      place = log.reserve(len);
+    } catch (e) {
+      if (e instanceof DiskFullError) return err(ErrorCode.StorageFailed, e.message, { shard: this.id, diskFull: true });
+      throw e;
+    }
+    const ts = this.opts.clock.nowMs();
+    const bytes = encodeRecord({
+      shard: this.id,
+      firstSeq: place.firstSeq,
+      epoch: this.opts.epoch ?? 0,
+      nodeId: this.opts.nodeId,
+      vouchedEnd: place.vouchedEnd,
+      timestampMs: ts,
+      prevHash: place.prevHash,
+      clientId: req.clientId,
+      batches,
+    });
     log.commitPlacement(bytes, batches.map((b) => b.key), batches.length);
     const lastSeq = place.firstSeq + batches.length - 1;
     for (let i = 0; i < batches.length; i++) {
       const s = states[i]!;
       const wr = req.writes[i]!;
       s.version += wr.eventCount;
-      s.lastLoc = { segment: place.segment, offset: place.offset, index: i };
+      s.lastSeq = place.firstSeq + i;
       s.pending++;
-      if (wr.clientSeq > 0n) setFloor(s, req.clientId, { seq: wr.clientSeq, atSeq: place.firstSeq + i }, log.durableSeq);
+      if (wr.clientSeq > 0n) setFloor(s, req.clientId, { seq: wr.clientSeq, atSeq: place.firstSeq + i }, this.committedSeq);
     }
     // ---- end of the synchronous section ----
-    await this.durable(lastSeq);
-    const header: RecordHeader = { length: len, vouchedEnd: place.vouchedEnd, batchCount: batches.length, firstSeq: place.firstSeq, timestampMs: ts, prevHash: place.prevHash, clientId: req.clientId };
+    try {
+      await this.committed(lastSeq);
+    } finally {
+      for (const s of states) s.pending--;
+    }
+    const header = checkedHeader(bytes);
     this.recent.set(`${place.segment}:${place.offset}`, { bytes, header }, len);
     const ok = this.responseWriter;
     ok.pos = 0;
@@ -232,7 +312,6 @@ export class Shard {
     for (let i = 0; i < batches.length; i++) {
       const s = states[i]!;
       const b = batches[i]!;
-      s.pending--;
       const seq = place.firstSeq + i;
       if (seq > s.cSeq) {
         s.cVersion = b.fromVersion + b.eventCount - 1;
@@ -276,11 +355,11 @@ export class Shard {
     );
   }
 
-  /** Resolves once every record up to `lastSeq` is durable; starts a group commit if none runs. */
-  private durable(lastSeq: number): Promise<void> {
+  /** Resolves once every record up to `lastSeq` is committed (and its ack barrier durable); starts a group commit if none runs. */
+  private committed(lastSeq: number): Promise<void> {
     return new Promise<void>((done, fail) => {
-      if (this.state !== 'serving') {
-        fail(new Refusal(err(ErrorCode.ShardUnavailable, `shard ${this.id} stopped serving: ${this.reason ?? ''}`)));
+      if (this.state !== 'serving' || this.writesStopped !== null) {
+        fail(new Refusal(err(ErrorCode.ShardUnavailable, `shard ${this.id} stopped serving: ${this.reason ?? this.writesStopped ?? ''}`)));
         return;
       }
       this.waiters.push({ lastSeq, done, fail });
@@ -291,42 +370,118 @@ export class Shard {
   private async commitLoop(): Promise<void> {
     const log = this.log!;
     this.committing = true;
-    if (this.idleTimer) {
-      clearTimeout(this.idleTimer);
-      this.idleTimer = null;
-    }
+    this.cancelIdle?.();
+    this.cancelIdle = null;
     try {
       // An idle header catch-up may still be writing; the log does one write at a time.
       if (this.syncingHeader) await this.syncingHeader;
-      while (log.queuedRecords > 0 && this.state === 'serving') {
+      while (log.queuedRecords > 0 && this.state === 'serving' && this.writesStopped === null) {
         const t0 = performance.now();
         const durableSeq = await log.flush();
         if (durableSeq === null) break;
-        let n = 0;
-        while (n < this.waiters.length && this.waiters[n]!.lastSeq <= durableSeq) n++;
-        const done = this.waiters.splice(0, n);
-        this.fsyncSamples.push({ seconds: (performance.now() - t0) / 1000, records: done.length });
+        this.fsyncSamples.push({ seconds: (performance.now() - t0) / 1000, records: durableSeq - this.durableSent });
         if (this.fsyncSamples.length > 1000) this.fsyncSamples.splice(0, this.fsyncSamples.length - 1000);
-        for (const w of done) w.done();
+        this.afterDurable(durableSeq);
+        this.releaseWaiters();
       }
     } catch (e) {
-      // After a failed fdatasync the kernel may have dropped the dirty data: nothing placed since
-      // the last good fsync can be trusted, and neither can retrying (fsyncgate). Stop the shard.
-      this.fail('failed', `write to disk failed: ${(e as Error).message}; restart the node to recover from the log`);
+      if (isDiskFull(e)) {
+        // Nothing of the queued writes is durable, and the disk took none of it: refuse them, put
+        // the log back at its durable end, and forget the write-ahead state they made.
+        this.rewindToDurable(`the disk is full (${(e as Error).message}); writes resume by themselves once space is freed`, true);
+      } else {
+        // After a failed fdatasync the kernel may have dropped the dirty data: nothing placed
+        // since the last good fsync can be trusted, and retrying the fsync cannot tell (fsyncgate).
+        // Writes stop on this shard; committed data stays readable.
+        this.stopWrites(`a write to disk failed (${(e as Error).message})`);
+      }
     } finally {
       this.committing = false;
     }
-    if (this.state === 'serving' && log.headerBehind) {
-      this.idleTimer = setTimeout(() => {
-        this.idleTimer = null;
-        if (this.committing || this.state !== 'serving') return;
+    if (this.state === 'serving' && this.writesStopped === null && log.headerBehind) {
+      this.cancelIdle = this.opts.clock.after(this.opts.commitStep === undefined ? HEADER_CATCH_UP_IDLE_MS : 0, () => {
+        this.cancelIdle = null;
+        if (this.committing || this.state !== 'serving' || this.writesStopped !== null) return;
         this.syncingHeader = log
           .syncHeader()
-          .catch((e: Error) => this.fail('failed', `header write failed: ${e.message}`))
+          .then(() => this.releaseWaiters())
+          .catch((e: Error) => this.stopWrites(`a header write failed (${e.message})`))
           .finally(() => (this.syncingHeader = null));
-      }, HEADER_CATCH_UP_IDLE_MS);
-      this.idleTimer.unref();
+      });
     }
+  }
+
+  /** A group became durable: run the commit step (standalone: none) in seq order. */
+  private afterDurable(durableSeq: number): void {
+    const from = this.durableSent + 1;
+    this.durableSent = durableSeq;
+    const step = this.opts.commitStep;
+    if (step === undefined) {
+      this.advanceCommitted(durableSeq);
+      return;
+    }
+    const p = step.commit(from, durableSeq);
+    this.commitChain = this.commitChain
+      .then(() => p)
+      .then(
+        () => {
+          this.advanceCommitted(durableSeq);
+          this.log!.setAcked(this.committedSeq);
+          // The barrier must be durable before the acks: a header write, with the next group or alone.
+          if (!this.committing && this.state === 'serving') void this.commitLoop();
+        },
+        (e: Error) => this.failWaitersAbove(this.committedSeq, e),
+      );
+  }
+
+  private advanceCommitted(seq: number): void {
+    if (seq > this.committedSeq) this.committedSeq = seq;
+    this.checkWatermarks();
+  }
+
+  /** Acknowledges every waiter whose records are committed and covered by a durable ack barrier. */
+  private releaseWaiters(): void {
+    const limit = this.opts.commitStep === undefined ? this.committedSeq : Math.min(this.committedSeq, this.log!.barrierDurableSeq);
+    let n = 0;
+    while (n < this.waiters.length && this.waiters[n]!.lastSeq <= limit) n++;
+    if (n === 0) return;
+    const done = this.waiters.splice(0, n);
+    for (const w of done) w.done();
+  }
+
+  /** The commit step failed: those writes are not acknowledged (2007: outcome unknown). */
+  private failWaitersAbove(seq: number, e: Error): void {
+    const keep: Waiter[] = [];
+    for (const w of this.waiters) {
+      if (w.lastSeq <= seq) keep.push(w);
+      else w.fail(new Refusal(err(ErrorCode.NotAcknowledged, `shard ${this.id}: not acknowledged: ${e.message}; the outcome is unknown, retry with the same clientSeq`)));
+    }
+    this.waiters = keep;
+  }
+
+  /** Refuses every queued write with 2008 and puts the log and the state back at the durable end. */
+  private rewindToDurable(why: string, diskFull: boolean): void {
+    this.opts.log(`shard ${this.id}: refusing queued writes: ${why}`);
+    this.log!.discardQueued();
+    const waiters = this.waiters;
+    this.waiters = [];
+    // Placed states are ahead of the log now: drop every cached state; they reload from disk.
+    this.states.clear();
+    this.readAhead.clear();
+    for (const w of waiters) w.fail(new Refusal(err(ErrorCode.StorageFailed, `shard ${this.id}: this write was not stored: ${why}`, { shard: this.id, diskFull })));
+  }
+
+  private stopWrites(why: string): void {
+    if (this.writesStopped === null) this.opts.log(`shard ${this.id} takes no more writes: ${why}; reads of committed data go on`);
+    this.writesStopped ??= why;
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w.fail(new Refusal(err(ErrorCode.StorageFailed, `shard ${this.id}: this write was not acknowledged: ${why}; restart the node to recover from the log`, { shard: this.id, diskFull: false })));
+  }
+
+  /** Why writes are refused on this shard, when they are (a failed fdatasync). */
+  get writesRefused(): string | null {
+    return this.writesStopped;
   }
 
   private fail(state: ShardState, reason: string): void {
@@ -390,15 +545,26 @@ export class Shard {
     await this.coldSlot();
     try {
       const found = await this.log!.findLatest(key);
+      // The committed view must not show a durable batch that is not committed yet (a speculative
+      // tail kept from before a restart): walk back to the newest committed one.
+      let c: { loc: BatchLoc; batch: BatchView; header: RecordHeader } | null = found ? { loc: { segment: found.segment, offset: found.offset, index: found.batch.index }, batch: found.batch, header: found.header } : null;
+      while (c !== null && c.batch.seq > this.committedSeq) {
+        const prev = await this.locBySeq(c.batch.prevSeq);
+        c = prev === null ? null : { loc: prev, ...(await this.batchAt(prev)) };
+      }
       const present = this.states.peek(ks);
       if (present) return present;
       const s = newState(key);
       if (found) {
-        s.version = s.cVersion = found.batch.toVersion;
-        s.lastLoc = s.cLoc = found.loc;
-        s.cSeq = found.batch.seq;
-        s.cClientId = found.header.clientId;
-        s.cTimestampMs = found.header.timestampMs;
+        s.version = found.batch.toVersion;
+        s.lastSeq = found.batch.seq;
+      }
+      if (c !== null) {
+        s.cVersion = c.batch.toVersion;
+        s.cLoc = c.loc;
+        s.cSeq = c.batch.seq;
+        s.cClientId = c.header.clientId;
+        s.cTimestampMs = c.header.timestampMs;
       }
       this.states.set(ks, s);
       return s;
@@ -407,24 +573,37 @@ export class Shard {
     }
   }
 
-  /** Finds this writer's highest clientSeq on the aggregate by walking its durable batches back. */
+  /**
+   * Finds this writer's highest clientSeq on the aggregate by walking its durable batches back
+   * from the newest durable one (a durable batch not yet committed still counts: its retry is 2013).
+   */
   private async loadFloor(s: AggState, clientId: bigint): Promise<void> {
-    let loc = s.cLoc;
     let floor = { seq: 0n, atSeq: 0 };
     await this.coldSlot();
     try {
-      while (loc !== null) {
+      let seq = s.pending > 0 ? s.cSeq : s.lastSeq;
+      while (seq > 0) {
+        const loc = await this.locBySeq(seq);
+        if (loc === null) break;
         const { batch, header } = await this.batchAt(loc);
         if (header.clientId === clientId && batch.clientSeq > 0n) {
           floor = { seq: batch.clientSeq, atSeq: batch.seq };
           break;
         }
-        loc = batch.prev;
+        seq = batch.prevSeq;
       }
     } finally {
       this.releaseColdSlot();
     }
-    if (!s.floors.has(clientId)) setFloor(s, clientId, floor, this.log!.durableSeq);
+    if (!s.floors.has(clientId)) setFloor(s, clientId, floor, this.committedSeq);
+  }
+
+  /** Where the durable batch `seq` lies (null for 0 or a seq that is not durable). */
+  private async locBySeq(seq: number): Promise<BatchLoc | null> {
+    if (seq === 0) return null;
+    const at = await this.log!.locate(seq);
+    if (at === null) throw new CorruptionError(`shard ${this.id}: batch seq ${seq} is linked to but not in the log`);
+    return { segment: at.segment, offset: at.offset, index: seq - at.firstSeq };
   }
 
   private async coldSlot(): Promise<void> {
@@ -505,15 +684,15 @@ export class Shard {
       });
       const evCountAt = w.pos - 4;
       let n = 0;
-      const r = new Reader(batch.events);
+      let at = 0;
       for (let i = 0; i < batch.eventCount; i++) {
-        const at = r.pos;
-        skipEvent(r);
+        const ev = diskEventAt(batch.events, at);
+        at = ev.next;
         const version = batch.fromVersion + i;
         if (version < from || version > to) continue;
-        if (types !== null && !types.has(eventType(batch.events, at))) continue;
+        if (types !== null && !types.has(td.decode(ev.fields.type))) continue;
         w.u64(BigInt(version));
-        w.bytes(batch.events.subarray(at, r.pos));
+        writeWireEvent(w, ev.fields);
         n++;
       }
       if (n === 0) {
@@ -536,7 +715,7 @@ export class Shard {
       const e: WalkEntry = { loc, fromVersion: batch.fromVersion, toVersion: batch.toVersion, seq: batch.seq };
       if (stop(e)) break;
       out.push(e);
-      loc = batch.prev;
+      loc = await this.locBySeq(batch.prevSeq);
     }
     return out.reverse();
   }
@@ -559,8 +738,37 @@ export class Shard {
     };
   }
 
+  /**
+   * Durably removes the records after `seq` (a speculative tail; never at or below the ack
+   * barrier: TruncateRefusedError), then reopens the log, so indexes, blooms, caches and
+   * exactly-once floors are exactly as if those records had never been written. Writes must not
+   * be in flight (the caller stops them first).
+   */
+  async truncateAfter(seq: number): Promise<void> {
+    const log = this.log;
+    if (log === null) throw new Error(`shard ${this.id} is not open`);
+    if (this.waiters.length > 0 || this.committing || log.queuedRecords > 0) throw new Error(`shard ${this.id}: truncateAfter needs writes to be stopped first`);
+    if (this.syncingHeader) await this.syncingHeader;
+    await log.truncateAfter(seq);
+    await log.close();
+    this.log = null;
+    this.states.clear();
+    this.recent.clear();
+    this.readAhead.clear();
+    this.log = await ShardLog.open(this.logOptions());
+    this.committedSeq = Math.min(this.committedSeq, this.log.durableSeq);
+    this.durableSent = this.log.durableSeq;
+    this.checkWatermarks();
+  }
+
+  /** Committed records from `fromSeq` in position order, up to about `maxBytes` (at least one). */
+  async readCommitted(fromSeq: number, maxBytes: number): Promise<RecordAt[]> {
+    if (this.log === null || fromSeq > this.committedSeq) return [];
+    return this.log.readFrom(fromSeq, this.committedSeq, maxBytes);
+  }
+
   async close(): Promise<void> {
-    if (this.idleTimer) clearTimeout(this.idleTimer);
+    this.cancelIdle?.();
     while (this.committing) await new Promise((r) => setTimeout(r, 1));
     if (this.syncingHeader) await this.syncingHeader;
     if (this.state === 'serving' && this.log?.headerBehind) await this.log.syncHeader();
@@ -569,7 +777,9 @@ export class Shard {
 }
 
 const td = new TextDecoder();
-function eventType(events: Uint8Array, at: number): string {
-  const len = events[at + 1]!;
-  return td.decode(events.subarray(at + 2, at + 2 + len));
+
+function checkedHeader(bytes: Uint8Array): RecordHeader {
+  const c = checkRecord(bytes, 0, bytes.length);
+  if (!c.ok) throw new Error('internal: a record just encoded fails its own check');
+  return c.header;
 }

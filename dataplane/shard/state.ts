@@ -1,7 +1,13 @@
-// Per-aggregate state a shard keeps in its LRU: the write-ahead view (includes writes placed but
-// not yet durable; guards and exactly-once are checked against it) and the committed view
-// (durable; what reads and details see).
-import type { BatchLoc } from '../storage/record.ts';
+// Per-aggregate state a shard keeps in its LRU: the write-ahead view (the placed watermark:
+// includes writes placed but not yet durable or committed; guards and exactly-once are checked
+// against it) and the committed view (what reads and details see).
+
+/** Where a committed batch lies on this node: segment, record offset, batch index in the record. */
+export interface BatchLoc {
+  segment: number;
+  offset: number;
+  index: number;
+}
 
 /** Most distinct writers' floors kept per aggregate; older durable ones are reloaded from the log. */
 export const FLOORS_PER_AGGREGATE_MAX = 64;
@@ -9,16 +15,16 @@ export const FLOORS_PER_AGGREGATE_MAX = 64;
 export interface Floor {
   /** Highest clientSeq of this writer that landed on this aggregate. */
   seq: bigint;
-  /** Position (seq) of the batch that carried it; in flight while above the durable seq. */
+  /** Position (seq) of the batch that carried it; in flight while above the committed seq. */
   atSeq: number;
 }
 
 export interface AggState {
   key: Uint8Array;
-  /** Write-ahead version and newest batch (placed, maybe not durable). */
+  /** Write-ahead version and the seq of the newest placed batch (0 = none). */
   version: number;
-  lastLoc: BatchLoc | null;
-  /** Committed view. */
+  lastSeq: number;
+  /** Committed view: version, where its newest batch lies, its seq. */
   cVersion: number;
   cLoc: BatchLoc | null;
   cSeq: number;
@@ -35,7 +41,7 @@ export function newState(key: Uint8Array): AggState {
   return {
     key,
     version: 0,
-    lastLoc: null,
+    lastSeq: 0,
     cVersion: 0,
     cLoc: null,
     cSeq: 0,
@@ -48,13 +54,13 @@ export function newState(key: Uint8Array): AggState {
 }
 
 /** Records a floor, dropping the oldest durable ones beyond the bound. */
-export function setFloor(s: AggState, clientId: bigint, f: Floor, durableSeq: number): void {
+export function setFloor(s: AggState, clientId: bigint, f: Floor, committedSeq: number): void {
   s.floors.delete(clientId);
   s.floors.set(clientId, f);
   if (s.floors.size <= FLOORS_PER_AGGREGATE_MAX) return;
   for (const [id, fl] of s.floors) {
     if (s.floors.size <= FLOORS_PER_AGGREGATE_MAX) break;
-    if (fl.atSeq <= durableSeq && id !== clientId) s.floors.delete(id);
+    if (fl.atSeq <= committedSeq && id !== clientId) s.floors.delete(id);
   }
 }
 

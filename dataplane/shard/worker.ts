@@ -18,6 +18,9 @@ import { encodeError, Op, Writer } from '../../client/wire.ts';
 import { STATS_INTERVAL_MS } from '../constants.ts';
 import { initHashing } from '../storage/checksum.ts';
 import { openFileIo } from '../storage/io.ts';
+import { systemClock } from '../storage/disk.ts';
+import { RealDisk } from '../storage/real-disk.ts';
+import { nodeIdBytes } from '../storage/meta.ts';
 import { WorkerStatsBuffer } from '../server/metrics.ts';
 import type { ShardState } from '../server/status.ts';
 import { Shard, type ShardResult } from './shard.ts';
@@ -32,6 +35,7 @@ export interface WorkerConfig {
   memoryBudgetPerShardBytes: number;
   unsafeNoDirectIo: boolean;
   forceSyncIo: boolean;
+  nodeId: string;
 }
 
 export interface ShardInfo {
@@ -40,6 +44,9 @@ export interface ShardInfo {
   reason?: string;
   writeSeq: string;
   commitSeq: string;
+  placedSeq?: string;
+  durableSeq?: string;
+  committedSeq?: string;
 }
 
 /** Numbers per request in a 'req' message's items, and per response in a 'res' message's. */
@@ -57,12 +64,16 @@ async function main(): Promise<void> {
   const log = (msg: string): void => port.postMessage({ t: 'log', msg });
   await initHashing();
   const io = await openFileIo({ dir: cfg.dataDir, unsafeNoDirectIo: cfg.unsafeNoDirectIo, forceSync: cfg.forceSyncIo, log: cfg.index === 0 ? log : () => {} });
+  const disk = new RealDisk(io);
+  const nodeId = nodeIdBytes(cfg.nodeId);
   const shards = new Map<number, Shard>();
   for (let s = cfg.index; s < cfg.numShards; s += cfg.workers) {
     shards.set(
       s,
       await Shard.open({
-        io,
+        disk,
+        clock: systemClock,
+        nodeId,
         dir: shardDir(cfg.dataDir, s),
         shard: s,
         numShards: cfg.numShards,
@@ -78,8 +89,12 @@ async function main(): Promise<void> {
       shard: s.id,
       state: s.state,
       ...(s.reason !== undefined ? { reason: s.reason } : {}),
+      ...(s.reason === undefined && s.writesRefused !== null ? { reason: `writes refused: ${s.writesRefused}` } : {}),
       writeSeq: String(s.writeSeq),
       commitSeq: String(s.commitSeq),
+      placedSeq: String(s.placedSeq),
+      durableSeq: String(s.durableSeq),
+      committedSeq: String(s.committedSeq),
     }));
 
   // Reused across ticks: only the used bytes are copied out and transferred.

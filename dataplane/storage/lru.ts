@@ -50,6 +50,12 @@ export class Lru<K, V> {
     this.map.delete(k);
   }
 
+  /** Drops every entry, pinned ones included. */
+  clear(): void {
+    this.map.clear();
+    this.used = 0;
+  }
+
   get size(): number {
     return this.map.size;
   }

@@ -9,12 +9,15 @@ import type { Routing } from './segment.ts';
 
 export const META_FILE = 'celer.json';
 export const LOCK_FILE = 'celer.lock';
-export const META_FORMAT = 1;
+/** Format of the data directory: 2 = record and segment format 2 (storage/record.ts, segment.ts). */
+export const META_FORMAT = 2;
 /** Largest shard count: one worker per core; beyond a few hundred shards per node nothing is gained. */
 export const SHARDS_MAX = 1024;
 
 export interface DataMeta {
   format: number;
+  /** Size of segments when the data was created; each segment's own size is in its header. */
+  segmentBytes?: number;
   numShards: number;
   routing: Routing;
   nodeId: string;
@@ -23,6 +26,13 @@ export interface DataMeta {
 
 export class ConfigError extends Error {
   override name = 'ConfigError';
+}
+
+/** A node id (UUID text) as the 16 bytes records carry. */
+export function nodeIdBytes(id: string): Uint8Array {
+  const hexs = id.replace(/-/g, '');
+  if (!/^[0-9a-fA-F]{32}$/.test(hexs)) throw new ConfigError(`node id ${id} is not a UUID`);
+  return Uint8Array.from(Buffer.from(hexs, 'hex'));
 }
 
 export function isRouting(s: string): s is Routing {
@@ -43,7 +53,14 @@ export function openDataMeta(dir: string, requested: { numShards?: number | unde
     } catch (e) {
       throw new ConfigError(`${path} is not valid JSON (${(e as Error).message}); it records the shard count and routing rule of this data and must not be edited`);
     }
-    if (meta.format !== META_FORMAT) throw new ConfigError(`${path} has format ${meta.format}; this version of Celer reads format ${META_FORMAT}`);
+    if (meta.format !== META_FORMAT) {
+      throw new ConfigError(
+        meta.format < META_FORMAT
+          ? `refusing to start: ${dir} holds data in storage format ${meta.format}, written by an older Celer; this version reads storage format ${META_FORMAT} only (records hashed by content, sealed-segment footers). ` +
+              'Start the Celer version that wrote it, or move the directory aside and start on an empty one.'
+          : `refusing to start: ${dir} holds data in storage format ${meta.format}, newer than this Celer (format ${META_FORMAT}); upgrade Celer`,
+      );
+    }
     const diffs: string[] = [];
     if (requested.numShards !== undefined && requested.numShards !== meta.numShards) diffs.push(`--shards ${requested.numShards} (the data has ${meta.numShards})`);
     if (requested.routing !== undefined && requested.routing !== meta.routing) diffs.push(`--routing ${requested.routing} (the data has ${meta.routing})`);

@@ -1,49 +1,49 @@
-// The log record: one committed write (one or more batches, one per aggregate) of one shard.
+// The log record, format 2: one committed write (one or more batches, one per aggregate) of one
+// shard.
 //
-// Layout (big-endian, like the wire):
+// Layout (big-endian):
 //   0   u32  CRC32C of bytes [4, length)
-//   4   u32  length of the whole record, trailer included
-//   8   u8   kind (1 = write)
-//   9   u8   reserved (0)
-//   10  u16  batch count
-//   12  u32  vouched end: when this record was placed, every byte of its segment before this
-//            offset was already durable. Recovery uses it to tell damage to committed data from a
-//            torn tail (scan.ts): a valid record after a bad one that vouches past it proves the
-//            bad one had been durable.
-//   16  u64  seq of the first batch (batch i has seq + i): the record's position
-//   24  u64  server timestamp, ms
-//   32  32B  BLAKE3 of the previous record's bytes (the audit chain; zeros for the first)
+//   4   u32  length of the whole record, trailer included (≤ RECORD_BYTES_MAX)
+//   8   u64  vouched end (LOCAL: where this copy lies, not hashed): when this record was placed,
+//            every byte of its segment before this offset was already durable. Recovery uses it
+//            to tell damage to durable data from a torn tail (scan.ts).
+//   --- the logical record: bytes [16, length-4), the only bytes the chain hash covers ---
+//   16  u8   kind (1 = write)
+//   17  u8   record format (2)
+//   18  u16  batch count
+//   20  u32  shard
+//   24  u64  seq of the first batch (batch i has seq + i): the record's position
+//   32  u64  epoch of the writer (0 standalone)
+//   40  u64  server timestamp, ms
+//   48  16B  id of the node that wrote it (a UUID)
 //   64  u128 clientId
-//   80  batches, each:
+//   80  32B  chain hash of the previous record (zeros for the first)
+//   112 batches, each:
 //         0   48B  key (org, type, id; 16 B each)
 //         48  u64  fromVersion
 //         56  u64  clientSeq (0 = no deduplication)
 //         64  u32  event count
-//         68  u32  previous batch of this aggregate: segment index (NO_LINK = none)
-//         72  u32  ... its record's offset in that segment
-//         76  u16  ... its index inside that record
-//         78  u16  reserved (0)
-//         80  u32  bytes of events
-//         84  events, encoded exactly as on the wire (client/wire.ts writeEvent)
+//         68  u64  seq of the previous batch of this aggregate (0 = none): a logical link, so a
+//                  copy of the log on another node links the same way
+//         76  u32  bytes of events
+//         80  events in the disk encoding (event-codec.ts)
 //   length-4  u32 length again (trailer), so the log can be walked backwards.
 //
-// The hash of a record covers all of its bytes, including the previous record's hash, so every
-// record commits to the whole history of its shard before it.
-import { Reader, Writer } from '../../client/wire.ts';
-import { crc32c, HASH_BYTES } from './checksum.ts';
+// The chain hash of a record is BLAKE3 over its logical bytes, which include the previous record's
+// hash: every record commits to the whole history of its shard, and any node holding the same
+// records computes the same hashes, wherever in its files they lie.
+import { crc32c, blake3, HASH_BYTES } from './checksum.ts';
 
 export const RECORD_KIND_WRITE = 1;
-export const RECORD_HEADER_BYTES = 80;
-export const BATCH_HEADER_BYTES = 84;
+export const RECORD_FORMAT = 2;
+export const RECORD_HEADER_BYTES = 112;
+export const BATCH_HEADER_BYTES = 80;
 export const RECORD_TRAILER_BYTES = 4;
-export const NO_LINK = 0xffff_ffff;
-
-/** Where a batch lives: segment index, record offset in the segment, batch index in the record. */
-export interface BatchLoc {
-  segment: number;
-  offset: number;
-  index: number;
-}
+/** Start of the hashed (logical) part of a record. */
+export const RECORD_LOGICAL_START = 16;
+/** Largest record: 64 MiB. Lengths are u32 on disk; this bound keeps every offset arithmetic exact. */
+export const RECORD_BYTES_MAX = 64 * 1024 * 1024;
+export const NODE_ID_BYTES = 16;
 
 export interface BatchInput {
   /** The 48 key bytes (org | type | id, big-endian). */
@@ -51,66 +51,92 @@ export interface BatchInput {
   fromVersion: number;
   clientSeq: bigint;
   eventCount: number;
-  prev: BatchLoc | null;
-  /** Encoded events (wire encoding). */
-  events: Uint8Array;
+  /** Seq of the aggregate's previous batch, 0 when this is its first. */
+  prevSeq: number;
+  /** Length of the batch's events in the disk encoding. */
+  eventsBytes: number;
+  /** Writes exactly `eventsBytes` bytes of disk-encoded events at `dst[at..]`. */
+  writeEvents(dst: Uint8Array, at: number): void;
 }
 
 export interface RecordInput {
+  shard: number;
   firstSeq: number;
-  /** Offset in the record's segment below which everything was durable when it was placed. */
+  epoch: number;
+  nodeId: Uint8Array;
   vouchedEnd: number;
   timestampMs: number;
   prevHash: Uint8Array;
   clientId: bigint;
-  batches: BatchInput[];
+  batches: readonly BatchInput[];
 }
 
-export function recordSize(batches: readonly { events: Uint8Array }[]): number {
+export function recordSize(batches: readonly { eventsBytes: number }[]): number {
   let n = RECORD_HEADER_BYTES + RECORD_TRAILER_BYTES;
-  for (const b of batches) n += BATCH_HEADER_BYTES + b.events.length;
+  for (const b of batches) n += BATCH_HEADER_BYTES + b.eventsBytes;
   return n;
 }
 
-/** Encodes a record into `w` at its current position; returns the record's bytes (a view). */
-export function encodeRecord(w: Writer, r: RecordInput): Uint8Array {
-  const start = w.pos;
+function setU128(v: DataView, at: number, x: bigint): void {
+  v.setBigUint64(at, x >> 64n);
+  v.setBigUint64(at + 8, x & 0xffff_ffff_ffff_ffffn);
+}
+
+/** Encodes a record into a new exact-size buffer. */
+export function encodeRecord(r: RecordInput): Uint8Array {
   const len = recordSize(r.batches);
-  w.ensure(len);
-  w.u32(0); // CRC, patched below
-  w.u32(len);
-  w.u8(RECORD_KIND_WRITE);
-  w.u8(0);
-  w.u16(r.batches.length);
-  w.u32(r.vouchedEnd);
-  w.u64n(r.firstSeq);
-  w.u64n(r.timestampMs);
-  w.bytes(r.prevHash);
-  w.u128(r.clientId);
+  if (len > RECORD_BYTES_MAX) throw new RangeError(`a record of ${len} bytes exceeds the ${RECORD_BYTES_MAX}-byte maximum`);
+  const buf = new Uint8Array(len);
+  const v = new DataView(buf.buffer);
+  v.setUint32(4, len);
+  v.setBigUint64(8, BigInt(r.vouchedEnd));
+  buf[16] = RECORD_KIND_WRITE;
+  buf[17] = RECORD_FORMAT;
+  v.setUint16(18, r.batches.length);
+  v.setUint32(20, r.shard);
+  v.setBigUint64(24, BigInt(r.firstSeq));
+  v.setBigUint64(32, BigInt(r.epoch));
+  v.setBigUint64(40, BigInt(r.timestampMs));
+  buf.set(r.nodeId.subarray(0, NODE_ID_BYTES), 48);
+  setU128(v, 64, r.clientId);
+  buf.set(r.prevHash, 80);
+  let at = RECORD_HEADER_BYTES;
   for (const b of r.batches) {
-    w.bytes(b.key);
-    w.u64n(b.fromVersion);
-    w.u64(b.clientSeq);
-    w.u32(b.eventCount);
-    w.u32(b.prev?.segment ?? NO_LINK);
-    w.u32(b.prev?.offset ?? 0);
-    w.u16(b.prev?.index ?? 0);
-    w.u16(0);
-    w.u32(b.events.length);
-    w.bytes(b.events);
+    buf.set(b.key, at);
+    v.setBigUint64(at + 48, BigInt(b.fromVersion));
+    v.setBigUint64(at + 56, b.clientSeq);
+    v.setUint32(at + 64, b.eventCount);
+    v.setBigUint64(at + 68, BigInt(b.prevSeq));
+    v.setUint32(at + 76, b.eventsBytes);
+    b.writeEvents(buf, at + BATCH_HEADER_BYTES);
+    at += BATCH_HEADER_BYTES + b.eventsBytes;
   }
-  w.u32(len);
-  const bytes = w.buf.subarray(start, start + len);
-  w.view.setUint32(start, crc32c(bytes.subarray(4)));
-  return bytes;
+  v.setUint32(len - 4, len);
+  v.setUint32(0, crc32c(buf.subarray(4)));
+  return buf;
+}
+
+/** The chain hash of a checked record: BLAKE3 of its logical bytes (never of where it lies). */
+export function recordHash(rec: Uint8Array, length: number): Uint8Array {
+  return blake3(rec.subarray(RECORD_LOGICAL_START, length - RECORD_TRAILER_BYTES));
+}
+
+/** Rewrites the local part of a record (its vouched end) and its CRC, in place. The hash is unchanged. */
+export function relocateRecord(rec: Uint8Array, vouchedEnd: number): void {
+  const v = new DataView(rec.buffer, rec.byteOffset, rec.byteLength);
+  v.setBigUint64(8, BigInt(vouchedEnd));
+  v.setUint32(0, crc32c(rec.subarray(4, v.getUint32(4))));
 }
 
 export interface RecordHeader {
   length: number;
   vouchedEnd: number;
   batchCount: number;
+  shard: number;
   firstSeq: number;
+  epoch: number;
   timestampMs: number;
+  nodeId: Uint8Array;
   prevHash: Uint8Array;
   clientId: bigint;
 }
@@ -119,10 +145,16 @@ export type RecordCheck =
   | { ok: true; header: RecordHeader }
   | { ok: false; why: string };
 
+function u64(v: DataView, at: number): number {
+  const x = v.getBigUint64(at);
+  if (x > BigInt(Number.MAX_SAFE_INTEGER)) throw new RangeError(`a 64-bit field at ${at} holds ${x}, above 2^53`);
+  return Number(x);
+}
+
 /**
- * Checks the record that starts at `at` in `buf` (length, CRC, kind, trailer, batch layout).
- * `available` is how many bytes of `buf` from `at` are present; a record longer than that is
- * reported as `incomplete` so the caller can read more.
+ * Checks the record that starts at `at` in `buf` (length, CRC, kind, format, trailer, batch
+ * layout). `available` is how many bytes of `buf` from `at` are present; a record longer than that
+ * is reported as `incomplete` so the caller can read more.
  */
 export function checkRecord(buf: Uint8Array, at: number, available: number): RecordCheck | { ok: false; incomplete: number } {
   if (available < 8) return { ok: false, incomplete: 8 };
@@ -130,27 +162,37 @@ export function checkRecord(buf: Uint8Array, at: number, available: number): Rec
   const length = v.getUint32(4);
   if (length === 0 && v.getUint32(0) === 0) return { ok: false, why: 'end of data (zeros)' };
   if (length < RECORD_HEADER_BYTES + RECORD_TRAILER_BYTES) return { ok: false, why: `record length ${length} is below the minimum` };
+  if (length > RECORD_BYTES_MAX) return { ok: false, why: `record length ${length} is above the maximum ${RECORD_BYTES_MAX}` };
   if (length > available) return { ok: false, incomplete: length };
   const stored = v.getUint32(0);
   const actual = crc32c(buf.subarray(at + 4, at + length));
   if (stored !== actual) return { ok: false, why: `checksum mismatch (stored ${hex32(stored)}, computed ${hex32(actual)})` };
-  if (buf[at + 8] !== RECORD_KIND_WRITE) return { ok: false, why: `unknown record kind ${buf[at + 8]}` };
+  if (buf[at + 16] !== RECORD_KIND_WRITE) return { ok: false, why: `unknown record kind ${buf[at + 16]}` };
+  if (buf[at + 17] !== RECORD_FORMAT) return { ok: false, why: `record format ${buf[at + 17]}; this version reads format ${RECORD_FORMAT}` };
   if (v.getUint32(length - 4) !== length) return { ok: false, why: 'trailer length does not match the header' };
-  const r = new Reader(buf, at + 10, at + length - RECORD_TRAILER_BYTES);
   try {
-    const batchCount = r.u16('batch count');
-    const vouchedEnd = r.u32('vouched end');
-    const firstSeq = r.u64n('seq');
-    const timestampMs = r.u64n('timestamp');
-    const prevHash = r.bytes(HASH_BYTES, 'previous hash');
-    const clientId = r.u128('clientId');
+    const batchCount = v.getUint16(18);
+    let p = RECORD_HEADER_BYTES;
     for (let i = 0; i < batchCount; i++) {
-      r.pos += BATCH_HEADER_BYTES - 4;
-      const n = r.u32('events length');
-      r.bytes(n, 'events');
+      if (p + BATCH_HEADER_BYTES > length - RECORD_TRAILER_BYTES) return { ok: false, why: `malformed record: batch ${i} header runs past the record` };
+      p += BATCH_HEADER_BYTES + v.getUint32(p + 76);
     }
-    r.done('the record');
-    return { ok: true, header: { length, vouchedEnd, batchCount, firstSeq, timestampMs, prevHash, clientId } };
+    if (p !== length - RECORD_TRAILER_BYTES) return { ok: false, why: `malformed record: batches end at ${p}, the record at ${length - RECORD_TRAILER_BYTES}` };
+    return {
+      ok: true,
+      header: {
+        length,
+        vouchedEnd: u64(v, 8),
+        batchCount,
+        shard: v.getUint32(20),
+        firstSeq: u64(v, 24),
+        epoch: u64(v, 32),
+        timestampMs: u64(v, 40),
+        nodeId: buf.subarray(at + 48, at + 64),
+        prevHash: buf.subarray(at + 80, at + 80 + HASH_BYTES),
+        clientId: (v.getBigUint64(64) << 64n) | v.getBigUint64(72),
+      },
+    };
   } catch (e) {
     return { ok: false, why: `malformed record: ${(e as Error).message}` };
   }
@@ -169,33 +211,43 @@ export interface BatchView {
   toVersion: number;
   clientSeq: bigint;
   eventCount: number;
-  prev: BatchLoc | null;
+  /** Seq of the aggregate's previous batch, 0 = none. */
+  prevSeq: number;
+  /** Disk-encoded events. */
   events: Uint8Array;
 }
 
 /** Walks the batches of a record that checkRecord accepted. */
 export function* batchesOf(rec: Uint8Array, header: RecordHeader): Generator<BatchView> {
-  const r = new Reader(rec, RECORD_HEADER_BYTES, header.length - RECORD_TRAILER_BYTES);
+  const v = new DataView(rec.buffer, rec.byteOffset, header.length);
+  let p = RECORD_HEADER_BYTES;
   for (let i = 0; i < header.batchCount; i++) {
-    const key = r.bytes(48, 'key');
-    const fromVersion = r.u64n('fromVersion');
-    const clientSeq = r.u64('clientSeq');
-    const eventCount = r.u32('eventCount');
-    const segment = r.u32('prev segment');
-    const offset = r.u32('prev offset');
-    const index = r.u16('prev index');
-    r.u16('reserved');
-    const events = r.bytes(r.u32('events length'), 'events');
+    const fromVersion = u64(v, p + 48);
+    const eventCount = v.getUint32(p + 64);
+    const n = v.getUint32(p + 76);
     yield {
       index: i,
       seq: header.firstSeq + i,
-      key,
+      key: rec.subarray(p, p + 48),
       fromVersion,
       toVersion: fromVersion + eventCount - 1,
-      clientSeq,
+      clientSeq: v.getBigUint64(p + 56),
       eventCount,
-      prev: segment === NO_LINK ? null : { segment, offset, index },
-      events,
+      prevSeq: u64(v, p + 68),
+      events: rec.subarray(p + BATCH_HEADER_BYTES, p + BATCH_HEADER_BYTES + n),
     };
+    p += BATCH_HEADER_BYTES + n;
   }
+}
+
+/** The keys of a checked record's batches (views). */
+export function keysOf(rec: Uint8Array, header: RecordHeader): Uint8Array[] {
+  const v = new DataView(rec.buffer, rec.byteOffset, header.length);
+  const out: Uint8Array[] = [];
+  let p = RECORD_HEADER_BYTES;
+  for (let i = 0; i < header.batchCount; i++) {
+    out.push(rec.subarray(p, p + 48));
+    p += BATCH_HEADER_BYTES + v.getUint32(p + 76);
+  }
+  return out;
 }

@@ -2,12 +2,14 @@
 // every record's CRC32C, its seq (gapless), and its link in the BLAKE3 chain.
 //
 // Where the scan stops decides what the stop means:
-//   - before the header's committed end: committed data is damaged → corruption (refuse);
-//   - at or after it: the tail of a group commit that was cut short → torn tail (discard).
+//   - before the header's durable end, or at a seq at or below its ack barrier: durable,
+//     acknowledged data is damaged → corruption (refuse);
+//   - after both: the tail of a group commit that was cut short → torn tail (discard), unless a
+//     valid record after it vouches that it had been durable.
 import { GROUP_COMMIT_BYTES_MAX, SCAN_CHUNK_BYTES, SEGMENT_HEADER_BYTES } from '../constants.ts';
-import { blake3, equalBytes, hex } from './checksum.ts';
-import { checkRecord, RECORD_HEADER_BYTES, RECORD_TRAILER_BYTES, type RecordHeader } from './record.ts';
-import type { SegmentHeader } from './segment.ts';
+import { equalBytes, hex } from './checksum.ts';
+import { checkRecord, recordHash, RECORD_HEADER_BYTES, RECORD_TRAILER_BYTES, type RecordHeader } from './record.ts';
+import { dataLimit, type SegmentHeader } from './segment.ts';
 
 /** Anything that can read a byte range of a file. */
 export interface ByteSource {
@@ -36,18 +38,20 @@ export interface ScanResult {
 export type RecordVisitor = (rec: Uint8Array, header: RecordHeader, offset: number) => void;
 
 /**
- * Scans one segment. A sealed segment (`sealed`) is read only up to its header's committed end,
- * which sealing wrote exactly: bytes after it (say, a torn tail that rotation sealed over) are not
- * part of the log.
+ * Scans one segment. A sealed segment is read only up to `sealedEnd` (its footer's records end,
+ * which sealing wrote exactly): bytes after it are not part of the log. A truncation in progress
+ * (header `truncatedAt`) ends the log there too.
  */
 export async function scanSegment(
   src: ByteSource,
   seg: SegmentHeader,
   start: ScanStart,
   visit: RecordVisitor,
-  sealed = false,
+  sealedEnd: number | null = null,
 ): Promise<ScanResult> {
-  const limit = sealed ? Math.min(seg.committedEnd, seg.sizeBytes) : seg.sizeBytes;
+  let limit = sealedEnd ?? dataLimit(seg.sizeBytes);
+  if (seg.truncatedAt > 0) limit = Math.min(limit, seg.truncatedAt);
+  const committedEnd = sealedEnd ?? Math.min(seg.durableEnd, limit);
   let offset = SEGMENT_HEADER_BYTES;
   let seq = start.seq;
   let tip = start.prevHash;
@@ -55,7 +59,8 @@ export async function scanSegment(
   let chunk: Uint8Array = new Uint8Array(0);
   let chunkAt = offset;
   const stopAt = async (why: string): Promise<ScanResult> => {
-    let corrupt = offset < seg.committedEnd;
+    let corrupt = offset < committedEnd || seq <= seg.ackedSeq;
+    if (corrupt && offset >= committedEnd) why += `; seq ${seq} is at or below the ack barrier ${seg.ackedSeq} (it was acknowledged)`;
     if (!corrupt) {
       const v = await vouchAfter(src, offset, limit);
       if (v !== null && v.vouchedEnd > offset) {
@@ -84,7 +89,8 @@ export async function scanSegment(
     }
     if (!c.ok) {
       if ('why' in c && c.why === 'end of data (zeros)') {
-        return { end: offset, nextSeq: seq, tipHash: tip, records, stop: null, corrupt: offset < seg.committedEnd };
+        if (offset < committedEnd || seq <= seg.ackedSeq) return stopAt('zeros where durable records must be');
+        return { end: offset, nextSeq: seq, tipHash: tip, records, stop: null, corrupt: false };
       }
       return stopAt((c as { why: string }).why);
     }
@@ -93,12 +99,13 @@ export async function scanSegment(
     if (!equalBytes(h.prevHash, tip)) return stopAt(`chain broken: record links to ${hex(h.prevHash).slice(0, 16)}…, previous record hashes to ${hex(tip).slice(0, 16)}…`);
     const rec = chunk.subarray(rel, rel + h.length);
     visit(rec, h, offset);
-    tip = blake3(rec);
+    tip = recordHash(rec, h.length);
     seq += h.batchCount;
     offset += h.length;
     records++;
   }
-  return { end: offset, nextSeq: seq, tipHash: tip, records, stop: null, corrupt: offset < seg.committedEnd };
+  if (offset < committedEnd || seq <= seg.ackedSeq) return stopAt('the segment ends before its durable records do');
+  return { end: offset, nextSeq: seq, tipHash: tip, records, stop: null, corrupt: false };
 }
 
 /** How far past a stop the scan looks for a vouching record: one group commit and a block. */

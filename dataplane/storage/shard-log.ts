@@ -1,49 +1,96 @@
-// One shard's append-only log: recovery at open, group commit, record reads, cold reverse scans.
-// Owned by exactly one worker thread; nothing here is shared.
+// One shard's append-only log: recovery at open, group commit, rotation with a preallocated spare,
+// sealing with a footer, reads by location, by seq and by key, and truncateAfter. Owned by exactly
+// one worker thread; nothing here is shared. All disk access goes through `Disk`, all time
+// through `Clock` (disk.ts), so the same code runs on the simulated disk of the power-loss tests.
 //
-// Appends are two-phase. `place` assigns a record its seq range, its location and its link in the
-// hash chain at once (in memory, when the write is validated), so later writes in the same group
-// can refer to it. `flush` then writes everything placed so far with one write + fdatasync
-// (group commit). Only after flush resolves is a record durable, and only then may it be acked.
-import { mkdir, readdir, rm } from 'node:fs/promises';
-import { GROUP_COMMIT_BYTES_MAX, HEADER_REFRESH_MS, SCAN_CHUNK_BYTES, SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES, SEGMENT_HEADER_BYTES } from '../constants.ts';
-import { Bloom, hash52 } from './bloom.ts';
-import { SealedIndex, sidecarPath, writeSidecar } from './segment-index.ts';
-import { blake3, hex, ZERO_HASH } from './checksum.ts';
-import { IO_ALIGN_BYTES, type FileIo, type SegmentFile } from './io.ts';
-import { batchesOf, checkRecord, RECORD_HEADER_BYTES, type BatchLoc, type BatchView, type RecordHeader } from './record.ts';
+// Appends are two-phase. `reserve` + `commitPlacement` assign a record its seq range, its location
+// and its link in the hash chain at once (in memory, when the write is validated): that is the
+// *placed* watermark. `flush` writes everything placed so far with one write + fdatasync (group
+// commit): the *durable* watermark. What the shard acknowledges (*committed*) is decided above, in
+// shard.ts; the log only keeps the ack barrier it is told (`setAcked`) and makes it durable in the
+// segment header.
+import { GROUP_COMMIT_BYTES_MAX, HEADER_REFRESH_MS, SCAN_CHUNK_BYTES, SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES, SEGMENT_HEADER_BYTES, SPARE_RETRY_MS_MAX, SPARE_RETRY_MS_MIN } from '../constants.ts';
+import { hash52 } from './bloom.ts';
+import { equalBytes, hex, ZERO_HASH } from './checksum.ts';
+import { isDiskFull, type Clock, type Disk, type SegmentFile } from './disk.ts';
+import { IO_ALIGN_BYTES } from './io.ts';
+import { batchesOf, checkRecord, keysOf, recordHash, RECORD_BYTES_MAX, RECORD_HEADER_BYTES, type BatchView, type RecordHeader } from './record.ts';
 import { scanSegment } from './scan.ts';
-import { decodeSegmentHeader, encodeSegmentHeader, parseSegmentFileName, segmentPath, type SegmentHeader } from './segment.ts';
+import { ActiveIndex, encodeSidecar, SealedIndex, sidecarPath, SidecarDamagedError } from './segment-index.ts';
+import {
+  dataLimit,
+  decodeSegmentFooter,
+  decodeSegmentHeader,
+  encodeSegmentFooter,
+  encodeSegmentHeader,
+  newSegmentPath,
+  parseSegmentFileName,
+  segmentPath,
+  SEGMENT_FOOTER_BYTES,
+  type SegmentFooter,
+  type SegmentHeader,
+} from './segment.ts';
 
-/** Committed data failed its checks: the shard must not be served. */
+/** Durable data failed its checks: the shard must not be served. */
 export class CorruptionError extends Error {
   override name = 'CorruptionError';
 }
 
+/** The data is in a format this version does not read (not damage: say what to do). */
+export class FormatError extends Error {
+  override name = 'FormatError';
+}
+
+/** A write could not get disk space (a new segment could not be made). Nothing was placed. */
+export class DiskFullError extends Error {
+  override name = 'DiskFullError';
+  readonly diskFull = true;
+}
+
+/** truncateAfter was asked to cut acknowledged records. */
+export class TruncateRefusedError extends Error {
+  override name = 'TruncateRefusedError';
+}
+
 export interface ShardLogOptions {
-  io: FileIo;
+  disk: Disk;
+  clock: Clock;
   dir: string;
   shard: number;
   numShards: number;
   routing: number;
+  /** Size of new segments; existing ones keep the size they were made with. */
   segmentBytes: number;
   log: (msg: string) => void;
+  /**
+   * True when records are acknowledged at their local fdatasync (standalone): then every durable
+   * record recovery finds intact was committed, and the ack barrier is the durable end. False when
+   * a commit step follows the fdatasync (cluster): the barrier is what `setAcked` recorded, durable
+   * in the header before the ack.
+   */
+  ackAtDurable: boolean;
 }
 
 interface Segment {
   index: number;
   file: SegmentFile;
+  path: string;
   header: SegmentHeader;
-  bloom: Bloom;
+  sizeBytes: number;
   /** Durable end: every byte before it is on disk (fdatasync returned). */
   end: number;
+  /** Highest byte ever written into the file by this process or a torn group before it. */
+  writtenHigh: number;
   /** Bytes of the last, partial 4 KiB block before `end` (rewritten by the next group commit). */
   tail: Uint8Array;
-  path: string;
-  /** Key hash → offset of the newest record with that key: in memory while active... */
-  keys: Map<number, number> | null;
-  /** ...and in the sidecar file once sealed (see segment-index.ts). */
+  firstSeq: number;
+  /** Last durable seq in this segment (firstSeq - 1 when empty). */
+  lastSeq: number;
+  /** In memory while active (and for a sealed segment whose sidecar could not be written)... */
+  active: ActiveIndex | null;
+  /** ...in the sidecar once sealed. */
   sealed: SealedIndex | null;
+  footer: SegmentFooter | null;
 }
 
 interface Placed {
@@ -51,14 +98,26 @@ interface Placed {
   offset: number;
   bytes: Uint8Array;
   keys: Uint8Array[];
+  firstSeq: number;
   lastSeq: number;
   /** Set on the first record of a new segment: what that segment's header must say. */
   startsSegment: { firstSeq: number; prevHash: Uint8Array } | null;
 }
 
+interface Spare {
+  index: number;
+  path: string;
+  file: SegmentFile;
+}
+
 export interface RecordRead {
   bytes: Uint8Array;
   header: RecordHeader;
+}
+
+export interface RecordAt extends RecordRead {
+  segment: number;
+  offset: number;
 }
 
 function alignDown(n: number): number {
@@ -68,12 +127,21 @@ function alignUp(n: number): number {
   return Math.ceil(n / IO_ALIGN_BYTES) * IO_ALIGN_BYTES;
 }
 
+/** Zero-write chunk used by truncation and torn-tail cleanup. */
+const ZERO_CHUNK_BYTES = 1024 * 1024;
+
 export class ShardLog {
   readonly opts: ShardLogOptions;
   private readonly segments = new Map<number, Segment>();
+  /** Segment indexes, ascending (for locating a seq). */
+  private order: number[] = [];
   private active!: Segment;
-  /** Seq of the last durable record batch (0 = none). */
+  /** Seq of the last durable batch (0 = none). */
   durableSeq = 0;
+  /** The ack barrier as told by setAcked (or the durable seq when acking at durability). */
+  private ackedSeq = 0;
+  /** The ack barrier as last written in a header that was fdatasync'd. */
+  barrierDurableSeq = 0;
   /** Placement cursor (ahead of the durable state by whatever is queued). */
   private placeSegment = 0;
   private placeOffset = 0;
@@ -83,180 +151,337 @@ export class ShardLog {
   private groupBuf: Uint8Array = new Uint8Array(0);
   private headerBuf!: Uint8Array;
   private flushing = false;
-  /** The committed offset last written into the active segment's header. */
+  /** The durable end last written into the active segment's header. */
   private headerEnd = 0;
-  private headerAtMs = 0;
-  /** Set by reserve() when the reserved record opens a new segment. */
+  private headerAtMs = -Infinity;
   private pendingStart: Placed['startsSegment'] = null;
+  private spare: Spare | null = null;
+  private spareMaking: Promise<void> | null = null;
+  private spareError: Error | null = null;
+  private spareRetryMs = 0;
+  private cancelSpareRetry: (() => void) | null = null;
+  private closed = false;
 
   private constructor(opts: ShardLogOptions) {
     this.opts = opts;
   }
 
-  /** Opens (or creates) the shard's log and recovers its tail. Throws CorruptionError. */
+  /** Opens (or creates) the shard's log and recovers its tail. Throws CorruptionError or FormatError. */
   static async open(opts: ShardLogOptions): Promise<ShardLog> {
+    if (!Number.isSafeInteger(opts.segmentBytes) || opts.segmentBytes % IO_ALIGN_BYTES !== 0 || opts.segmentBytes < SEGMENT_HEADER_BYTES + SEGMENT_FOOTER_BYTES + IO_ALIGN_BYTES) {
+      throw new RangeError(`segment size ${opts.segmentBytes} must be a multiple of ${IO_ALIGN_BYTES} and hold a header, a footer and a block`);
+    }
     const log = new ShardLog(opts);
-    log.headerBuf = opts.io.allocAligned(SEGMENT_HEADER_BYTES);
-    await log.recover();
+    log.headerBuf = opts.disk.allocAligned(SEGMENT_HEADER_BYTES);
+    try {
+      await log.recover();
+    } catch (e) {
+      await log.close();
+      throw e;
+    }
+    log.ensureSpare();
     return log;
   }
 
-  private async recover(): Promise<void> {
-    const { dir, io } = this.opts;
-    await mkdir(dir, { recursive: true });
-    const indexes = (await readdir(dir))
-      .map(parseSegmentFileName)
-      .filter((n): n is number => n !== null)
-      .sort((a, b) => a - b);
-    // Pass 1: headers. A trailing segment that was created but never written (a crash during
-    // rotation, even before its zero fill) is removed; the segment before it is the active one.
-    const opened: { index: number; path: string; file: SegmentFile; h: SegmentHeader }[] = [];
-    for (let i = 0; i < indexes.length; i++) {
-      const index = indexes[i]!;
-      const path = segmentPath(dir, index);
-      if (index !== indexes[0]! + i) throw new CorruptionError(`shard ${this.opts.shard}: segment ${index} follows segment ${indexes[i - 1]}; a segment file is missing`);
-      const file = await io.openSegment(path, { create: false, sizeBytes: 0 });
-      const block = await file.read(0, SEGMENT_HEADER_BYTES);
-      const parsed = decodeSegmentHeader(block);
-      if (!parsed.ok) {
-        await file.close();
-        if (i === indexes.length - 1 && block.every((b) => b === 0)) {
-          this.opts.log(`shard ${this.opts.shard}: removing segment ${index}, created but never written (crash during rotation)`);
-          await rm(path);
-          await rm(sidecarPath(path), { force: true });
-          break;
-        }
-        for (const o of opened) await o.file.close();
-        throw new CorruptionError(`shard ${this.opts.shard} segment ${index} (${path}): ${parsed.why}`);
-      }
-      this.checkIdentity(parsed.header, path);
-      opened.push({ index, path, file, h: parsed.header });
-    }
-    // Pass 2: every record's CRC, seq and chain link; blooms and key indexes.
-    let seq = opened[0]?.h.firstSeq ?? 1;
-    let tip: Uint8Array = opened[0]?.h.prevHash ?? ZERO_HASH;
-    for (let i = 0; i < opened.length; i++) {
-      const { index, path, file, h } = opened[i]!;
-      const sealed = i < opened.length - 1;
-      const fail = async (why: string): Promise<never> => {
-        for (const o of opened) await o.file.close();
-        throw new CorruptionError(`shard ${this.opts.shard} segment ${index} (${path}) ${why}; committed data is damaged (run celer verify)`);
-      };
-      if (i > 0 && (h.firstSeq !== seq || hex(h.prevHash) !== hex(tip))) {
-        await fail(`starts at seq ${h.firstSeq} but the previous segment ends before seq ${seq} (or its chain link differs)`);
-      }
-      const bloom = new Bloom(SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES);
-      const keys = new Map<number, number>();
-      const res = await scanSegment(
-        file,
-        h,
-        { seq, prevHash: tip },
-        (rec, rh, offset) => {
-          for (const b of batchesOf(rec, rh)) {
-            bloom.add(b.key);
-            keys.set(hash52(b.key), offset);
-          }
-        },
-        sealed,
-      );
-      if (res.corrupt) await fail(res.stop ? `at offset ${res.stop.offset}: ${res.stop.why}` : `committed data ends early at ${res.end}`);
-      if (sealed && res.end !== h.committedEnd) await fail(`is sealed at ${h.committedEnd} but its records end at ${res.end}`);
-      if (res.stop) this.opts.log(`shard ${this.opts.shard}: discarding torn tail of segment ${index} at offset ${res.stop.offset} (${res.stop.why})`);
-      seq = res.nextSeq;
-      tip = res.tipHash;
-      const tailFrom = alignDown(res.end);
-      const tail = tailFrom < res.end ? (await file.read(tailFrom, res.end - tailFrom)).slice() : new Uint8Array(0);
-      const seg: Segment = { index, file, header: h, bloom, end: res.end, tail, path, keys, sealed: null };
-      if (sealed) {
-        // The sidecar must describe exactly this segment (it is derived data: rebuilt when not).
-        seg.sealed = (await SealedIndex.load(sidecarPath(path), res.end)) ?? this.rebuildSidecar(seg);
-        seg.keys = null;
-      } else {
-        await rm(sidecarPath(path), { force: true }); // an active segment's index lives in memory
-      }
-      this.segments.set(index, seg);
-    }
-    if (this.segments.size === 0) {
-      await this.createSegment(1, 1, ZERO_HASH);
-    }
-    this.active = this.segments.get(Math.max(...this.segments.keys()))!;
-    this.durableSeq = seq - 1;
-    this.placeSeq = seq;
-    this.placeTip = tip;
-    this.placeSegment = this.active.index;
-    this.placeOffset = this.active.end;
-    // Make what recovery kept durable before serving it (a killed process may have left writes
-    // the device had not flushed), and record it as committed.
-    await this.commitHeader(this.active);
+  private corrupt(index: number, why: string): CorruptionError {
+    return new CorruptionError(`shard ${this.opts.shard} segment ${index} (${segmentPath(this.opts.dir, index)}): ${why}; durable data is damaged (run celer verify)`);
   }
 
-  /** The header block of `seg` saying everything before `end` is committed (in the shared buffer). */
-  private headerBlock(seg: Segment, end: number): Uint8Array {
-    encodeSegmentHeader(this.headerBuf, { ...seg.header, committedEnd: end, committedSeq: this.durableSeq });
+  private async recover(): Promise<void> {
+    const { dir, disk } = this.opts;
+    await disk.mkdirp(dir);
+    const names = await disk.list(dir);
+    // Leftovers of an interrupted rotation or sidecar write: never part of the log.
+    let cleaned = false;
+    for (const n of names) {
+      if (n.endsWith('.seg.new') || n.endsWith('.tmp')) {
+        await disk.remove(`${dir}/${n}`);
+        cleaned = true;
+      }
+    }
+    if (cleaned) await disk.syncDir(dir);
+    let indexes = names.map(parseSegmentFileName).filter((n): n is number => n !== null).sort((a, b) => a - b);
+    for (let i = 1; i < indexes.length; i++) {
+      if (indexes[i] !== indexes[i - 1]! + 1) throw this.corrupt(indexes[i]!, `follows segment ${indexes[i - 1]}; a segment file is missing`);
+    }
+    // Headers. A .seg always has a header (segments are renamed into place after it is written),
+    // so a zero or unreadable header is damage, wherever the segment is.
+    const opened: { index: number; file: SegmentFile; h: SegmentHeader }[] = [];
+    try {
+      for (const index of indexes) {
+        const file = await disk.openSegment(segmentPath(dir, index), { create: false, sizeBytes: 0 });
+        opened.push({ index, file, h: null as unknown as SegmentHeader });
+        const parsed = decodeSegmentHeader(await file.read(0, SEGMENT_HEADER_BYTES));
+        if (!parsed.ok) {
+          if (parsed.oldFormat) {
+            throw new FormatError(
+              `shard ${this.opts.shard}: ${segmentPath(dir, index)} is in an older storage format (${parsed.why}). ` +
+                'Start the Celer version that wrote this directory, or move it aside and start on an empty data directory.',
+            );
+          }
+          throw this.corrupt(index, parsed.zero ? 'the segment header is all zeros, but a segment file always has a header: it was wiped or damaged' : parsed.why);
+        }
+        this.checkIdentity(parsed.header, index);
+        if (parsed.header.sizeBytes !== file.sizeBytes) throw this.corrupt(index, `its header says ${parsed.header.sizeBytes} bytes but the file has ${file.sizeBytes}`);
+        opened[opened.length - 1]!.h = parsed.header;
+      }
+      // A truncation that did not finish: the segment that carries it ends the log.
+      const cut = opened.findIndex((o) => o.h.truncatedAt > 0);
+      if (cut >= 0 && cut < opened.length - 1) {
+        for (const o of opened.splice(cut + 1)) {
+          await o.file.close();
+          await disk.remove(segmentPath(dir, o.index));
+          await disk.remove(sidecarPath(segmentPath(dir, o.index)));
+        }
+        await disk.syncDir(dir);
+        indexes = opened.map((o) => o.index);
+        this.opts.log(`shard ${this.opts.shard}: finishing an interrupted truncation in segment ${opened[cut]!.index}`);
+      }
+      let seq = opened[0]?.h.firstSeq ?? 1;
+      let tip: Uint8Array = opened[0]?.h.prevHash ?? ZERO_HASH;
+      for (let i = 0; i < opened.length; i++) {
+        const { index, file, h } = opened[i]!;
+        if (h.firstSeq !== seq || !equalBytes(h.prevHash, tip)) {
+          throw this.corrupt(index, `starts at seq ${h.firstSeq} linking to ${hex(h.prevHash).slice(0, 16)}…, but the log before it ends before seq ${seq} with hash ${hex(tip).slice(0, 16)}…`);
+        }
+        const last = i === opened.length - 1;
+        const fp = h.truncatedAt > 0 ? ({ ok: false, zero: true, why: '' } as const) : decodeSegmentFooter(await file.read(h.sizeBytes - SEGMENT_FOOTER_BYTES, SEGMENT_FOOTER_BYTES));
+        if (!fp.ok && !fp.zero) throw this.corrupt(index, `footer: ${fp.why}`);
+        if (!fp.ok && !last) throw this.corrupt(index, 'is followed by another segment but was never sealed (no footer)');
+        const seg: Segment = {
+          index,
+          file,
+          path: segmentPath(dir, index),
+          header: h,
+          sizeBytes: h.sizeBytes,
+          end: SEGMENT_HEADER_BYTES,
+          writtenHigh: SEGMENT_HEADER_BYTES,
+          tail: new Uint8Array(0),
+          firstSeq: h.firstSeq,
+          lastSeq: h.firstSeq - 1,
+          active: null,
+          sealed: null,
+          footer: null,
+        };
+        if (fp.ok) {
+          // Sealed: the footer vouches for the content; the records are not re-read.
+          const f = fp.footer;
+          if (f.index !== index || f.firstSeq !== h.firstSeq || f.lastSeq < h.firstSeq - 1 || f.recordsEnd < SEGMENT_HEADER_BYTES || f.recordsEnd > dataLimit(h.sizeBytes)) {
+            throw this.corrupt(index, 'its footer does not describe this segment');
+          }
+          seg.footer = f;
+          seg.end = seg.writtenHigh = f.recordsEnd;
+          seg.lastSeq = f.lastSeq;
+          seg.sealed = await SealedIndex.load(disk, sidecarPath(seg.path), f.summaryBytes, f.summaryCrc, SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES);
+          if (seg.sealed === null) await this.rebuildSealed(seg, { seq, prevHash: tip });
+          seq = f.lastSeq + 1;
+          tip = f.lastHash;
+        } else {
+          // The active segment: every record is checked (CRC, seq, chain) and indexed.
+          const idx = new ActiveIndex(SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES);
+          const res = await scanSegment(file, h, { seq, prevHash: tip }, (rec, rh, offset) => {
+            const keys = keysOf(rec, rh);
+            idx.add(rh.firstSeq, offset, keys.map(hash52), keys.map((k) => k.slice()));
+          });
+          if (res.corrupt) throw this.corrupt(index, res.stop ? `at offset ${res.stop.offset}: ${res.stop.why}` : `durable data ends early at ${res.end}`);
+          seg.active = idx;
+          seg.end = res.end;
+          seg.lastSeq = res.nextSeq - 1;
+          seg.writtenHigh = res.end;
+          if (res.stop) this.opts.log(`shard ${this.opts.shard}: discarding torn tail of segment ${index} at offset ${res.stop.offset} (${res.stop.why})`);
+          // What an interrupted group left behind (torn or whole, after a dropped sector) must not
+          // be read back later as part of the log: the window one group can span is zeroed if
+          // anything is there. A truncation in progress zeroes the rest of the segment.
+          const window = Math.min(dataLimit(h.sizeBytes), alignUp(res.end) + GROUP_COMMIT_BYTES_MAX + IO_ALIGN_BYTES);
+          if (h.truncatedAt > 0) seg.writtenHigh = h.sizeBytes;
+          else if (window > res.end && (await file.read(res.end, window - res.end)).some((b) => b !== 0)) seg.writtenHigh = window;
+          seq = res.nextSeq;
+          tip = res.tipHash;
+          const tailFrom = alignDown(res.end);
+          seg.tail = tailFrom < res.end ? (await file.read(tailFrom, res.end - tailFrom)).slice() : new Uint8Array(0);
+        }
+        this.segments.set(index, seg);
+      }
+      this.order = [...this.segments.keys()].sort((a, b) => a - b);
+      this.durableSeq = seq - 1;
+      this.placeSeq = seq;
+      this.placeTip = tip;
+      this.durableTip = tip;
+      const lastSeg = this.order.length > 0 ? this.segments.get(this.order[this.order.length - 1]!)! : null;
+      const headerAcked = lastSeg?.header.ackedSeq ?? 0;
+      this.ackedSeq = this.opts.ackAtDurable ? this.durableSeq : Math.min(headerAcked, this.durableSeq);
+      this.barrierDurableSeq = this.ackedSeq;
+      if (lastSeg === null || lastSeg.footer !== null) {
+        // No segment yet, or the last one was sealed just before a crash: open the next one.
+        const index = (lastSeg?.index ?? 0) + 1;
+        await this.makeSpare(index);
+        this.active = await this.activateSpare(seq, tip);
+      } else {
+        this.active = lastSeg;
+        if (this.active.writtenHigh > this.active.end) await this.zeroFrom(this.active, this.active.end, this.active.writtenHigh);
+      }
+      this.placeSegment = this.active.index;
+      this.placeOffset = this.active.end;
+      // Make what recovery kept durable before serving it, and record it in the header.
+      await this.commitHeader(this.active);
+    } catch (e) {
+      for (const o of opened) if (!this.segments.has(o.index)) await o.file.close().catch(() => {});
+      throw e;
+    }
+  }
+
+  /** A sealed segment whose sidecar is missing or damaged: check every record, rebuild the sidecar. */
+  private async rebuildSealed(seg: Segment, start: { seq: number; prevHash: Uint8Array }): Promise<void> {
+    const f = seg.footer!;
+    this.opts.log(`shard ${this.opts.shard}: rebuilding the index of segment ${seg.index} (sidecar missing or damaged)`);
+    const idx = new ActiveIndex(SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES);
+    const res = await scanSegment(seg.file, seg.header, start, (rec, rh, offset) => {
+      const keys = keysOf(rec, rh);
+      idx.add(rh.firstSeq, offset, keys.map(hash52), keys.map((k) => k.slice()));
+    }, f.recordsEnd);
+    if (res.corrupt || res.stop) throw this.corrupt(seg.index, res.stop ? `at offset ${res.stop.offset}: ${res.stop.why}` : 'records end early');
+    if (res.end !== f.recordsEnd || res.nextSeq - 1 !== f.lastSeq || !equalBytes(res.tipHash, f.lastHash) || res.records !== f.records) {
+      throw this.corrupt(seg.index, `its records (end ${res.end}, last seq ${res.nextSeq - 1}) differ from what its footer vouches for (end ${f.recordsEnd}, last seq ${f.lastSeq})`);
+    }
+    try {
+      const w = await SealedIndex.write(this.opts.disk, sidecarPath(seg.path), idx, seg.index, f.recordsEnd, seg.firstSeq, SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES);
+      seg.sealed = w.index;
+    } catch (e) {
+      this.opts.log(`shard ${this.opts.shard}: could not write the index of segment ${seg.index} (${(e as Error).message}); keeping it in memory`);
+      seg.active = idx;
+    }
+  }
+
+  /** The header block of `seg` saying its durable records end at its durable end (in the shared buffer). */
+  private headerBlock(seg: Segment): Uint8Array {
+    encodeSegmentHeader(this.headerBuf, { ...seg.header, durableEnd: seg.end, durableSeq: seg.lastSeq, ackedSeq: this.ackedSeq, truncatedAt: 0 });
     return this.headerBuf;
   }
 
-  /** Writes and fdatasyncs `seg`'s header with its durable end as the committed end. */
+  /** Writes and fdatasyncs `seg`'s header with its durable end and the current barrier. */
   private async commitHeader(seg: Segment): Promise<void> {
     const end = seg.end;
-    await seg.file.writeAndSync([{ offset: 0, buf: this.headerBlock(seg, end) }]);
-    seg.header = { ...seg.header, committedEnd: end, committedSeq: this.durableSeq };
+    const acked = this.ackedSeq;
+    const block = this.headerBlock(seg);
+    const h = decodeSegmentHeader(block);
+    await seg.file.writeAndSync([{ offset: 0, buf: block }]);
+    if (h.ok) seg.header = h.header;
     if (seg === this.active) {
       this.headerEnd = end;
-      this.headerAtMs = performance.now();
+      this.headerAtMs = this.opts.clock.monoMs();
+      this.barrierDurableSeq = Math.max(this.barrierDurableSeq, acked);
     }
   }
 
-  private rebuildSidecar(seg: Segment): SealedIndex {
-    this.opts.log(`shard ${this.opts.shard}: rebuilding the key index of segment ${seg.index}`);
-    return writeSidecar(sidecarPath(seg.path), seg.keys!, seg.end);
-  }
-
-
-  private checkIdentity(h: SegmentHeader, path: string): void {
+  private checkIdentity(h: SegmentHeader, index: number): void {
     const o = this.opts;
-    if (h.shard !== o.shard || h.numShards !== o.numShards || h.routing !== o.routing) {
+    if (h.shard !== o.shard || h.numShards !== o.numShards || h.routing !== o.routing || h.index !== index) {
       throw new CorruptionError(
-        `${path} belongs to shard ${h.shard} of ${h.numShards} (routing code ${h.routing}); this node expects shard ${o.shard} of ${o.numShards} (routing code ${o.routing})`,
+        `${segmentPath(o.dir, index)} belongs to shard ${h.shard} of ${h.numShards} (routing code ${h.routing}, segment ${h.index}); this node expects shard ${o.shard} of ${o.numShards} (routing code ${o.routing}, segment ${index})`,
       );
     }
   }
 
-  private async createSegment(index: number, firstSeq: number, prevHash: Uint8Array): Promise<Segment> {
-    const path = segmentPath(this.opts.dir, index);
-    const file = await this.opts.io.openSegment(path, { create: true, sizeBytes: this.opts.segmentBytes });
+  // -------------------------------------------------------------------------------------------
+  // The spare segment: made ahead of need, so a full disk refuses writes instead of failing them.
+
+  /** Starts making the next segment in the background unless it exists or is being made. */
+  private ensureSpare(): void {
+    if (this.closed || this.spare !== null || this.spareMaking !== null) return;
+    const index = this.active.index + 1;
+    this.spareMaking = this.makeSpare(index)
+      .then(() => {
+        this.spareError = null;
+        this.spareRetryMs = 0;
+      })
+      .catch((e: Error) => {
+        if (this.spareError === null || this.spareError.message !== e.message) {
+          this.opts.log(`shard ${this.opts.shard}: cannot make the next segment (${e.message})${isDiskFull(e) ? '; writes that need it get 2008 until space is freed' : ''}`);
+        }
+        this.spareError = e;
+        this.spareRetryMs = Math.min(SPARE_RETRY_MS_MAX, Math.max(SPARE_RETRY_MS_MIN, this.spareRetryMs * 2));
+        this.cancelSpareRetry = this.opts.clock.after(this.spareRetryMs, () => {
+          this.cancelSpareRetry = null;
+          this.ensureSpare();
+        });
+      })
+      .finally(() => {
+        this.spareMaking = null;
+      });
+  }
+
+  private async makeSpare(index: number): Promise<void> {
+    const path = newSegmentPath(this.opts.dir, index);
+    await this.opts.disk.remove(path);
+    let file: SegmentFile | null = null;
+    try {
+      file = await this.opts.disk.openSegment(path, { create: true, sizeBytes: this.opts.segmentBytes });
+    } catch (e) {
+      await this.opts.disk.remove(path).catch(() => {});
+      throw e;
+    }
+    if (this.closed) {
+      await file.close();
+      return;
+    }
+    this.spare = { index, path, file };
+  }
+
+  /** Turns the spare into the active segment: header first, then the rename, then the directory sync. */
+  private async activateSpare(firstSeq: number, prevHash: Uint8Array): Promise<Segment> {
+    const sp = this.spare;
+    if (sp === null) throw new Error('internal: no spare segment to activate');
     const header: SegmentHeader = {
       routing: this.opts.routing,
       shard: this.opts.shard,
       numShards: this.opts.numShards,
-      index,
+      index: sp.index,
       firstSeq,
       prevHash,
-      committedEnd: SEGMENT_HEADER_BYTES,
-      committedSeq: firstSeq - 1,
-      sizeBytes: this.opts.segmentBytes,
+      sizeBytes: sp.file.sizeBytes,
+      durableEnd: SEGMENT_HEADER_BYTES,
+      durableSeq: firstSeq - 1,
+      ackedSeq: this.ackedSeq,
+      truncatedAt: 0,
     };
-    const block = this.opts.io.allocAligned(SEGMENT_HEADER_BYTES);
-    encodeSegmentHeader(block, header);
-    await file.writeAndSync([{ offset: 0, buf: block }]);
+    encodeSegmentHeader(this.headerBuf, header);
+    await sp.file.writeAndSync([{ offset: 0, buf: this.headerBuf }]);
+    const path = segmentPath(this.opts.dir, sp.index);
+    await this.opts.disk.rename(sp.path, path);
+    await this.opts.disk.syncDir(this.opts.dir);
+    this.spare = null;
     const seg: Segment = {
-      index,
-      file,
-      header,
-      bloom: new Bloom(SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES),
-      end: SEGMENT_HEADER_BYTES,
-      tail: new Uint8Array(0),
+      index: sp.index,
+      file: sp.file,
       path,
-      keys: new Map(),
+      header,
+      sizeBytes: sp.file.sizeBytes,
+      end: SEGMENT_HEADER_BYTES,
+      writtenHigh: SEGMENT_HEADER_BYTES,
+      tail: new Uint8Array(0),
+      firstSeq,
+      lastSeq: firstSeq - 1,
+      active: new ActiveIndex(SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES),
       sealed: null,
+      footer: null,
     };
-    this.segments.set(index, seg);
+    this.segments.set(seg.index, seg);
+    this.order.push(seg.index);
+    this.headerEnd = SEGMENT_HEADER_BYTES;
     return seg;
   }
+
+  // -------------------------------------------------------------------------------------------
+  // Placement and group commit
 
   /** Seq the next placed record gets. */
   get nextSeq(): number {
     return this.placeSeq;
+  }
+
+  /** Seq of the last placed batch: the placed watermark. */
+  get placedSeq(): number {
+    return this.placeSeq - 1;
   }
 
   /** Hash of the last placed record. */
@@ -264,9 +489,9 @@ export class ShardLog {
     return this.placeTip;
   }
 
-  /** Largest record that fits in a segment. */
+  /** Largest record that fits in a new segment. */
   get recordBytesMax(): number {
-    return this.opts.segmentBytes - SEGMENT_HEADER_BYTES;
+    return Math.min(RECORD_BYTES_MAX, dataLimit(this.opts.segmentBytes) - SEGMENT_HEADER_BYTES);
   }
 
   get queuedRecords(): number {
@@ -277,33 +502,83 @@ export class ShardLog {
     return this.segments.size;
   }
 
+  /** Why the next segment cannot be made right now (null when it can or is being made). */
+  get spareProblem(): Error | null {
+    return this.spare === null ? this.spareError : null;
+  }
+
   /**
    * Reserves the location of a record of `length` bytes and returns where it will live, its
    * first seq and the hash it must link to. Call `commitPlacement` with the encoded bytes next,
-   * synchronously.
+   * synchronously. Throws DiskFullError (nothing placed) when it needs a new segment that the
+   * disk has no room for.
    */
   reserve(length: number): { segment: number; offset: number; firstSeq: number; prevHash: Uint8Array; vouchedEnd: number } {
-    if (SEGMENT_HEADER_BYTES + length > this.opts.segmentBytes) {
-      throw new RangeError(`a record of ${length} bytes does not fit in a ${this.opts.segmentBytes}-byte segment`);
+    if (length > this.recordBytesMax) throw new RangeError(`a record of ${length} bytes does not fit in a ${this.opts.segmentBytes}-byte segment`);
+    const cur = this.segments.get(this.placeSegment);
+    const limit = cur !== undefined ? dataLimit(cur.sizeBytes) : dataLimit(this.opts.segmentBytes);
+    let segment = this.placeSegment;
+    let offset = this.placeOffset;
+    let start: Placed['startsSegment'] = null;
+    if (offset + length > limit) {
+      if (this.spare === null && this.spareError !== null) {
+        const e = this.spareError;
+        throw isDiskFull(e)
+          ? new DiskFullError(`shard ${this.opts.shard}: the disk is full: no room for the next ${this.opts.segmentBytes >> 20} MiB segment (${e.message}); writes resume by themselves once space is freed`)
+          : new DiskFullError(`shard ${this.opts.shard}: cannot make the next segment: ${e.message}; writes resume once it can be made`);
+      }
+      segment += 1;
+      offset = SEGMENT_HEADER_BYTES;
+      start = { firstSeq: this.placeSeq, prevHash: this.placeTip };
     }
-    if (this.placeOffset + length > this.opts.segmentBytes) {
-      this.placeSegment += 1;
-      this.placeOffset = SEGMENT_HEADER_BYTES;
-      this.pendingStart = { firstSeq: this.placeSeq, prevHash: this.placeTip };
-    }
+    this.pendingStart = start;
+    this.pendingSegment = segment;
+    this.pendingOffset = offset;
     // What the record can vouch for: the durable end of its own segment right now.
-    const vouchedEnd = this.placeSegment === this.active.index ? this.active.end : SEGMENT_HEADER_BYTES;
-    return { segment: this.placeSegment, offset: this.placeOffset, firstSeq: this.placeSeq, prevHash: this.placeTip, vouchedEnd };
+    const vouchedEnd = segment === this.active.index ? this.active.end : SEGMENT_HEADER_BYTES;
+    return { segment, offset, firstSeq: this.placeSeq, prevHash: this.placeTip, vouchedEnd };
   }
+  private pendingSegment = 0;
+  private pendingOffset = 0;
 
   /** Queues the encoded record placed by the last `reserve`; `batches` = its batch count. */
   commitPlacement(bytes: Uint8Array, keys: Uint8Array[], batches: number): void {
-    const lastSeq = this.placeSeq + batches - 1;
-    this.queue.push({ segment: this.placeSegment, offset: this.placeOffset, bytes, keys, lastSeq, startsSegment: this.pendingStart });
+    const firstSeq = this.placeSeq;
+    const lastSeq = firstSeq + batches - 1;
+    this.placeSegment = this.pendingSegment;
+    this.placeOffset = this.pendingOffset;
+    this.queue.push({ segment: this.placeSegment, offset: this.placeOffset, bytes, keys, firstSeq, lastSeq, startsSegment: this.pendingStart });
     this.pendingStart = null;
     this.placeOffset += bytes.length;
     this.placeSeq += batches;
-    this.placeTip = blake3(bytes);
+    this.placeTip = recordHash(bytes, bytes.length);
+  }
+
+  /**
+   * Forgets every placed record that is not durable (after a write that could not reach the
+   * disk): the placement cursor goes back to the durable end. The caller fails their writes.
+   */
+  discardQueued(): void {
+    this.queue = [];
+    this.pendingStart = null;
+    this.placeSegment = this.active.index;
+    this.placeOffset = this.active.end;
+    this.placeSeq = this.durableSeq + 1;
+    this.placeTip = this.durableTip;
+  }
+
+  /** Hash of the last durable record. */
+  private durableTip: Uint8Array = ZERO_HASH;
+
+  /** Records the ack barrier: every seq ≤ `seq` has been (or is about to be) acknowledged. */
+  setAcked(seq: number): void {
+    if (seq > this.durableSeq) throw new Error(`internal: ack barrier ${seq} above the durable seq ${this.durableSeq}`);
+    if (seq > this.ackedSeq) this.ackedSeq = seq;
+  }
+
+  /** The ack barrier: records at or below it are never truncated. */
+  get barrierSeq(): number {
+    return this.ackedSeq;
   }
 
   /**
@@ -318,7 +593,7 @@ export class ShardLog {
       const first = this.queue[0]!;
       if (first.segment !== this.active.index) {
         if (first.startsSegment === null) throw new Error('internal: record for a new segment without its start');
-        await this.rotate(first.segment, first.startsSegment);
+        await this.rotate(first.startsSegment);
       }
       const seg = this.active;
       let n = 0;
@@ -332,13 +607,13 @@ export class ShardLog {
       if (startOffset !== seg.end) throw new Error(`internal: group starts at ${startOffset}, durable end is ${seg.end}`);
       const blockStart = alignDown(startOffset);
       const endOffset = startOffset + bytes;
-      // Group buffers are reused (one flush at a time): a fresh aligned buffer per fsync would be
-      // garbage that V8 only collects lazily.
+      if (endOffset > dataLimit(seg.sizeBytes)) throw new Error(`internal: group ends at ${endOffset}, past the data area of segment ${seg.index}`);
+      // Group buffers are reused (one flush at a time).
       const need = alignUp(endOffset) - blockStart;
-      if (this.groupBuf.length < need) this.groupBuf = this.opts.io.allocAligned(Math.max(need, 2 * this.groupBuf.length));
+      if (this.groupBuf.length < need) this.groupBuf = this.opts.disk.allocAligned(Math.max(need, 2 * this.groupBuf.length));
       const buf = this.groupBuf.subarray(0, need);
       buf.fill(0, startOffset - blockStart + bytes);
-      // The partial block at the tail already holds committed records: rewrite them unchanged.
+      // The partial block at the tail already holds durable records: rewrite them unchanged.
       if (seg.tail.length !== startOffset - blockStart) throw new Error('internal: tail block out of step');
       buf.set(seg.tail, 0);
       let at = startOffset - blockStart;
@@ -346,40 +621,41 @@ export class ShardLog {
         buf.set(p.bytes, at);
         at += p.bytes.length;
       }
-      // The header records the previous durable end (see segment.ts on why it lags). It rides along
-      // with a group at most every HEADER_REFRESH_MS: a second write per fdatasync costs ~40% of a
-      // single-writer's throughput here, and the idle catch-up closes the gap when writes stop.
-      const now = performance.now();
+      // The header records the previous durable end (see segment.ts on why it lags). Under load it
+      // rides along at most every HEADER_REFRESH_MS (a second write per fdatasync is costly); a new
+      // ack barrier that acknowledgements wait for rides along at once.
+      const now = this.opts.clock.monoMs();
+      const acked = this.ackedSeq;
       const writes = [{ offset: blockStart, buf }];
-      const refreshHeader = this.headerEnd !== seg.end && now - this.headerAtMs >= HEADER_REFRESH_MS;
-      if (refreshHeader) writes.unshift({ offset: 0, buf: this.headerBlock(seg, seg.end) });
+      const refreshHeader = (this.headerEnd !== seg.end && now - this.headerAtMs >= HEADER_REFRESH_MS) || (!this.opts.ackAtDurable && acked > this.barrierDurableSeq);
+      if (refreshHeader) writes.unshift({ offset: 0, buf: this.headerBlock(seg) });
+      seg.writtenHigh = Math.max(seg.writtenHigh, alignUp(endOffset));
       await seg.file.writeAndSync(writes);
       if (refreshHeader) {
         this.headerEnd = seg.end;
         this.headerAtMs = now;
+        this.barrierDurableSeq = Math.max(this.barrierDurableSeq, acked);
       }
-      for (const p of group) {
-        for (const k of p.keys) {
-          seg.bloom.add(k);
-          seg.keys?.set(hash52(k), p.offset);
-        }
-      }
+      for (const p of group) seg.active!.add(p.firstSeq, p.offset, p.keys.map(hash52), p.keys);
       seg.end = endOffset;
+      seg.lastSeq = group[n - 1]!.lastSeq;
       const tailFrom = alignDown(endOffset);
       seg.tail = buf.slice(tailFrom - blockStart, endOffset - blockStart);
       this.queue.splice(0, n);
-      this.durableSeq = group[n - 1]!.lastSeq;
+      this.durableSeq = seg.lastSeq;
+      this.durableTip = recordHash(group[n - 1]!.bytes, group[n - 1]!.bytes.length);
+      if (this.opts.ackAtDurable) this.ackedSeq = this.durableSeq;
       return this.durableSeq;
     } finally {
       this.flushing = false;
     }
   }
 
-  /** Brings the active segment's committed end up to the durable end (used when idle). */
+  /** Brings the active segment's header up to the durable end and the ack barrier (used when idle). */
   async syncHeader(): Promise<void> {
     if (this.flushing || this.queue.length > 0) return;
     const seg = this.active;
-    if (this.headerEnd === seg.end) return;
+    if (this.headerEnd === seg.end && this.barrierDurableSeq >= this.ackedSeq) return;
     this.flushing = true;
     try {
       await this.commitHeader(seg);
@@ -389,25 +665,63 @@ export class ShardLog {
   }
 
   get headerBehind(): boolean {
-    return this.headerEnd !== this.active.end;
+    return this.headerEnd !== this.active.end || this.barrierDurableSeq < this.ackedSeq;
   }
 
-  /** Seals the active segment (its header gets its final committed end) and opens the next. */
-  private async rotate(index: number, start: { firstSeq: number; prevHash: Uint8Array }): Promise<void> {
-    const old = this.active;
-    await this.commitHeader(old);
-    if (old.keys !== null) {
-      old.sealed = writeSidecar(sidecarPath(old.path), old.keys, old.end);
-      old.keys = null;
-    }
-    this.active = await this.createSegment(index, start.firstSeq, start.prevHash);
-    this.headerEnd = SEGMENT_HEADER_BYTES;
+  get busy(): boolean {
+    return this.flushing;
   }
+
+  /** Seals the active segment (sidecar, then footer + final header) and activates the spare. */
+  private async rotate(start: { firstSeq: number; prevHash: Uint8Array }): Promise<void> {
+    if (this.spare === null) {
+      if (this.spareMaking === null) this.ensureSpare();
+      if (this.spareMaking !== null) await this.spareMaking;
+      if (this.spare === null) throw this.spareError ?? new Error('the next segment could not be made');
+    }
+    const old = this.active;
+    const enc = encodeSidecar(old.active!, old.index, old.end, old.firstSeq);
+    let sealed: SealedIndex | null = null;
+    try {
+      await this.opts.disk.writeFileDurable(sidecarPath(old.path), enc.bytes);
+      sealed = await SealedIndex.load(this.opts.disk, sidecarPath(old.path), enc.summaryBytes, enc.summaryCrc, SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES);
+    } catch (e) {
+      // Derived data: without it the index stays in memory, and the next start rebuilds it.
+      this.opts.log(`shard ${this.opts.shard}: could not write the index of segment ${old.index} (${(e as Error).message}); keeping it in memory`);
+    }
+    const footer: SegmentFooter = {
+      index: old.index,
+      firstSeq: old.firstSeq,
+      lastSeq: old.lastSeq,
+      lastHash: start.prevHash,
+      recordsEnd: old.end,
+      records: old.active!.count,
+      summaryCrc: enc.summaryCrc,
+      summaryBytes: enc.summaryBytes,
+    };
+    const fblock = this.opts.disk.allocAligned(SEGMENT_FOOTER_BYTES);
+    encodeSegmentFooter(fblock, footer);
+    await old.file.writeAndSync([
+      { offset: 0, buf: this.headerBlock(old) },
+      { offset: old.sizeBytes - SEGMENT_FOOTER_BYTES, buf: fblock },
+    ]);
+    old.footer = footer;
+    if (sealed !== null) {
+      old.sealed = sealed;
+      old.active = null;
+    }
+    old.tail = new Uint8Array(0);
+    this.active = await this.activateSpare(start.firstSeq, start.prevHash);
+    this.ensureSpare();
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Reads
 
   /** Reads and checks the durable record at a location. Throws CorruptionError when it fails its checks. */
   async readRecord(segment: number, offset: number): Promise<RecordRead> {
     const seg = this.segments.get(segment);
-    if (seg === undefined || offset >= seg.end) throw new CorruptionError(`shard ${this.opts.shard}: no durable record at segment ${segment} offset ${offset}`);
+    if (seg === undefined || offset >= seg.end || offset < SEGMENT_HEADER_BYTES) throw new CorruptionError(`shard ${this.opts.shard}: no durable record at segment ${segment} offset ${offset}`);
     let buf = await seg.file.read(offset, Math.min(4096, seg.end - offset));
     let c = checkRecord(buf, 0, buf.length);
     if (!c.ok && 'incomplete' in c && offset + c.incomplete <= seg.end) {
@@ -419,26 +733,112 @@ export class ShardLog {
       throw new CorruptionError(`shard ${this.opts.shard} segment ${segment} offset ${offset}: ${why}`);
     }
     // A copy: the aligned read buffer is larger than the record, and caches must hold only the record.
-    return { bytes: buf.slice(0, c.header.length), header: c.header };
+    const bytes = buf.slice(0, c.header.length);
+    const again = checkRecord(bytes, 0, bytes.length);
+    if (!again.ok) throw new CorruptionError(`shard ${this.opts.shard} segment ${segment} offset ${offset}: record changed while copied`);
+    return { bytes, header: again.header };
+  }
+
+  /** The segment holding `seq` (binary search over the segments' first seqs). */
+  private segmentOf(seq: number): Segment | null {
+    let lo = 0;
+    let hi = this.order.length - 1;
+    if (hi < 0) return null;
+    if (seq < this.segments.get(this.order[0]!)!.firstSeq) return null;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >> 1;
+      if (this.segments.get(this.order[mid]!)!.firstSeq <= seq) lo = mid;
+      else hi = mid - 1;
+    }
+    return this.segments.get(this.order[lo]!)!;
+  }
+
+  /**
+   * Where the durable record holding `seq` lies: segment, offset and the record's first seq.
+   * O(log n): segments by first seq in memory, then the segment's seq index (in memory while
+   * active, one sidecar page read once sealed). Null when `seq` is not durable.
+   */
+  async locate(seq: number): Promise<{ segment: number; offset: number; firstSeq: number } | null> {
+    if (seq < 1 || seq > this.durableSeq) return null;
+    const seg = this.segmentOf(seq);
+    if (seg === null || seq > seg.lastSeq) return null;
+    let r: { offset: number; firstSeq: number } | null = null;
+    if (seg.active !== null) r = seg.active.locate(seq);
+    else if (seg.sealed !== null) {
+      try {
+        r = await seg.sealed.locate(seq);
+      } catch (e) {
+        if (!(e instanceof SidecarDamagedError)) throw e;
+        this.opts.log(`shard ${this.opts.shard}: ${e.message}; scanning segment ${seg.index} instead`);
+        r = await this.scanForSeq(seg, seq);
+      }
+    }
+    return r === null ? null : { segment: seg.index, offset: r.offset, firstSeq: r.firstSeq };
+  }
+
+  private async scanForSeq(seg: Segment, seq: number): Promise<{ offset: number; firstSeq: number } | null> {
+    let found: { offset: number; firstSeq: number } | null = null;
+    await scanSegment(seg.file, seg.header, { seq: seg.firstSeq, prevHash: seg.header.prevHash }, (_rec, h, offset) => {
+      if (h.firstSeq <= seq && seq < h.firstSeq + h.batchCount) found = { offset, firstSeq: h.firstSeq };
+    }, seg.end);
+    return found;
+  }
+
+  /**
+   * Durable records from the one holding `fromSeq`, in order, up to `toSeq` (inclusive) and about
+   * `maxBytes` (at least one record). Found in O(log n), then read forward.
+   */
+  async readFrom(fromSeq: number, toSeq: number, maxBytes: number): Promise<RecordAt[]> {
+    const out: RecordAt[] = [];
+    const start = await this.locate(fromSeq);
+    if (start === null) return out;
+    let segIdx = start.segment;
+    let offset = start.offset;
+    let bytes = 0;
+    for (;;) {
+      const seg = this.segments.get(segIdx);
+      if (seg === undefined) break;
+      if (offset >= seg.end) {
+        segIdx++;
+        offset = SEGMENT_HEADER_BYTES;
+        continue;
+      }
+      const r = await this.readRecord(segIdx, offset);
+      if (r.header.firstSeq > toSeq) break;
+      out.push({ ...r, segment: segIdx, offset });
+      bytes += r.header.length;
+      offset += r.header.length;
+      if (bytes >= maxBytes) break;
+    }
+    return out;
   }
 
   /**
    * Finds the newest durable batch of `key`, newest segment first, skipping segments whose bloom
-   * rules the key out and walking each candidate backwards record by record (trailers).
+   * rules the key out.
    */
-  async findLatest(key: Uint8Array): Promise<{ loc: BatchLoc; batch: BatchView; header: RecordHeader } | null> {
-    const indexes = [...this.segments.keys()].sort((a, b) => b - a);
-    for (const index of indexes) {
-      const seg = this.segments.get(index)!;
-      if (!seg.bloom.mayContain(key)) continue;
+  async findLatest(key: Uint8Array): Promise<{ segment: number; offset: number; batch: BatchView; header: RecordHeader } | null> {
+    for (let i = this.order.length - 1; i >= 0; i--) {
+      const seg = this.segments.get(this.order[i]!)!;
+      const bloom = seg.active?.bloom ?? seg.sealed?.bloom;
+      if (bloom !== undefined && !bloom.mayContain(key)) continue;
       const h = hash52(key);
-      const offset = seg.keys !== null ? (seg.keys.get(h) ?? null) : seg.sealed !== null ? await seg.sealed.lookup(h) : -1;
+      let offset: number | null = -1;
+      if (seg.active !== null) offset = seg.active.keys.get(h) ?? null;
+      else if (seg.sealed !== null) {
+        try {
+          offset = await seg.sealed.lookupKey(h);
+        } catch (e) {
+          if (!(e instanceof SidecarDamagedError)) throw e;
+          offset = -1;
+        }
+      }
       if (offset === null) continue; // the index says the key is not in this segment
       if (offset >= 0) {
         const r = await this.readRecord(seg.index, offset);
         let match: BatchView | null = null;
         for (const b of batchesOf(r.bytes, r.header)) if (sameKey(b.key, key)) match = b;
-        if (match) return { loc: { segment: seg.index, offset, index: match.index }, batch: match, header: r.header };
+        if (match) return { segment: seg.index, offset, batch: match, header: r.header };
         // A 52-bit hash collision: another key owns this index entry. Scan the segment.
       }
       const found = await this.scanBackward(seg, key);
@@ -447,14 +847,13 @@ export class ShardLog {
     return null;
   }
 
-  private async scanBackward(seg: Segment, key: Uint8Array): Promise<{ loc: BatchLoc; batch: BatchView; header: RecordHeader } | null> {
+  private async scanBackward(seg: Segment, key: Uint8Array): Promise<{ segment: number; offset: number; batch: BatchView; header: RecordHeader } | null> {
     let end = seg.end;
     while (end > SEGMENT_HEADER_BYTES) {
       const from = Math.max(SEGMENT_HEADER_BYTES, end - SCAN_CHUNK_BYTES);
       const chunk = await seg.file.read(from, end - from);
       let p = end - from;
-      while (p > 0) {
-        if (p < 4) break;
+      while (p >= 4) {
         const len = new DataView(chunk.buffer, chunk.byteOffset + p - 4, 4).getUint32(0);
         if (len < RECORD_HEADER_BYTES || len > p) break;
         const start = p - len;
@@ -463,17 +862,18 @@ export class ShardLog {
         const rec = chunk.subarray(start, p);
         let match: BatchView | null = null;
         for (const b of batchesOf(rec, c.header)) if (sameKey(b.key, key)) match = b;
-        if (match) return { loc: { segment: seg.index, offset: from + start, index: match.index }, batch: match, header: c.header };
+        if (match) {
+          const r = await this.readRecord(seg.index, from + start);
+          for (const b of batchesOf(r.bytes, r.header)) if (b.index === match.index) return { segment: seg.index, offset: from + start, batch: b, header: r.header };
+        }
         p = start;
       }
       if (p === end - from) {
         // A single record larger than the window: read it whole.
-        const len = new DataView((await seg.file.read(end - 4, 4)).buffer).getUint32(0);
+        const len = new DataView((await seg.file.read(end - 4, 4)).slice().buffer).getUint32(0);
         if (len < RECORD_HEADER_BYTES || len > end - SEGMENT_HEADER_BYTES) throw new CorruptionError(`shard ${this.opts.shard} segment ${seg.index}: bad record trailer before offset ${end}`);
         const r = await this.readRecord(seg.index, end - len);
-        let match: BatchView | null = null;
-        for (const b of batchesOf(r.bytes, r.header)) if (sameKey(b.key, key)) match = b;
-        if (match) return { loc: { segment: seg.index, offset: end - len, index: match.index }, batch: match, header: r.header };
+        for (const b of batchesOf(r.bytes, r.header)) if (sameKey(b.key, key)) return { segment: seg.index, offset: end - len, batch: b, header: r.header };
         end -= len;
       } else {
         end = from + p;
@@ -482,7 +882,102 @@ export class ShardLog {
     return null;
   }
 
+  // -------------------------------------------------------------------------------------------
+  // truncateAfter
+
+  /**
+   * Durably removes every record after `seq` (a speculative tail): `seq` must end a record, be at or
+   * above the ack barrier, and nothing may be queued or flushing. The log must be reopened after it
+   * (ShardLog.open), which rebuilds every index exactly as if those records had never been written.
+   */
+  async truncateAfter(seq: number): Promise<void> {
+    if (this.flushing || this.queue.length > 0) throw new Error('internal: truncateAfter while writes are queued or flushing');
+    if (seq < this.ackedSeq) {
+      throw new TruncateRefusedError(`shard ${this.opts.shard}: refusing to truncate after seq ${seq}: records up to seq ${this.ackedSeq} were acknowledged (the ack barrier)`);
+    }
+    if (seq >= this.durableSeq) return;
+    const at = await this.locate(seq + 1);
+    if (at === null) throw new Error(`internal: seq ${seq + 1} is durable but cannot be located`);
+    if (at.firstSeq !== seq + 1) throw new RangeError(`shard ${this.opts.shard}: seq ${seq} is inside a record (which starts at seq ${at.firstSeq}); truncate at a record boundary`);
+    this.flushing = true;
+    try {
+      const seg = this.segments.get(at.segment)!;
+      const lastIndex = this.order[this.order.length - 1]!;
+      // 1. Mark the cut in the segment's header: from here on, recovery ends the log there.
+      encodeSegmentHeader(this.headerBuf, {
+        ...seg.header,
+        durableEnd: Math.min(seg.header.durableEnd, at.offset),
+        durableSeq: Math.min(seg.header.durableSeq, seq),
+        ackedSeq: this.ackedSeq,
+        truncatedAt: at.offset,
+      });
+      await seg.file.writeAndSync([{ offset: 0, buf: this.headerBuf }]);
+      seg.lastSeq = seq;
+      // 2. Later segments, and this one's sidecar, go.
+      for (let i = at.segment + 1; i <= lastIndex; i++) {
+        const s = this.segments.get(i)!;
+        await s.file.close();
+        this.segments.delete(i);
+        await this.opts.disk.remove(s.path);
+        await this.opts.disk.remove(sidecarPath(s.path));
+      }
+      if (this.spare !== null) {
+        await this.spare.file.close();
+        await this.opts.disk.remove(this.spare.path);
+        this.spare = null;
+      }
+      await this.opts.disk.remove(sidecarPath(seg.path));
+      await this.opts.disk.syncDir(this.opts.dir);
+      // 3. Zero what lay after the cut (footer included), so no old record can be read back.
+      const to = seg.footer !== null ? seg.sizeBytes : Math.max(seg.writtenHigh, alignUp(seg.end));
+      await this.zeroFrom(seg, at.offset, to);
+      // 4. The cut is complete.
+      seg.end = at.offset;
+      seg.footer = null;
+      seg.header = { ...seg.header, durableEnd: Math.min(seg.header.durableEnd, at.offset) };
+      encodeSegmentHeader(this.headerBuf, { ...seg.header, durableEnd: at.offset, durableSeq: seq, ackedSeq: this.ackedSeq, truncatedAt: 0 });
+      await seg.file.writeAndSync([{ offset: 0, buf: this.headerBuf }]);
+      this.opts.log(`shard ${this.opts.shard}: truncated after seq ${seq} (removed seqs ${seq + 1}..${this.durableSeq})`);
+    } finally {
+      this.flushing = false;
+    }
+  }
+
+  /** Writes zeros over [from, to) of a segment (the partial block at `from` keeps its prefix), then fdatasync. */
+  private async zeroFrom(seg: Segment, from: number, to: number): Promise<void> {
+    const blockStart = alignDown(from);
+    let at = blockStart;
+    const end = alignUp(to);
+    const writes: { offset: number; buf: Uint8Array }[] = [];
+    if (from > blockStart) {
+      const head = this.opts.disk.allocAligned(IO_ALIGN_BYTES);
+      head.set((await seg.file.read(blockStart, from - blockStart)).subarray(0, from - blockStart));
+      writes.push({ offset: blockStart, buf: head });
+      at += IO_ALIGN_BYTES;
+    }
+    const zeros = this.opts.disk.allocAligned(ZERO_CHUNK_BYTES);
+    while (at < end) {
+      const len = Math.min(ZERO_CHUNK_BYTES, end - at);
+      writes.push({ offset: at, buf: zeros.subarray(0, len) });
+      at += len;
+      if (writes.length >= 16) {
+        await seg.file.writeAndSync(writes.splice(0));
+      }
+    }
+    if (writes.length > 0) await seg.file.writeAndSync(writes);
+    seg.writtenHigh = from;
+    const tailFrom = alignDown(from);
+    seg.tail = tailFrom < from ? (await seg.file.read(tailFrom, from - tailFrom)).slice() : new Uint8Array(0);
+  }
+
   async close(): Promise<void> {
+    this.closed = true;
+    this.cancelSpareRetry?.();
+    if (this.spareMaking !== null) await this.spareMaking.catch(() => {});
+    if (this.spare !== null) {
+      await this.spare.file.close();
+      this.spare = null;
+    }
     for (const s of this.segments.values()) await s.file.close();
     this.segments.clear();
   }
