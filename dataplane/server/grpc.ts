@@ -34,6 +34,7 @@ import {
   type WireReadOk,
   type WireWriteInput,
 } from '../../client/wire.ts';
+import { CONNECTION_REQUESTS_IN_FLIGHT_MAX } from '../constants.ts';
 import type { Dispatcher, DispatchResult } from './dispatch.ts';
 import { buildMessageSchema, checkMessage, resolveTypeName } from './grpc-strict.ts';
 
@@ -490,6 +491,10 @@ export async function startGrpcServer(dispatcher: Dispatcher, address: string, o
   const server = new grpc.Server({
     'grpc.max_receive_message_length': Limits.frameBytesMax,
     'grpc.max_send_message_length': Limits.frameBytesMax,
+    // Calls in flight per connection, as on the native protocol: sent to the client as HTTP/2
+    // SETTINGS_MAX_CONCURRENT_STREAMS, so it queues further calls in order (backpressure) rather
+    // than the server refusing them; a client that ignores the setting gets REFUSED_STREAM.
+    'grpc.max_concurrent_streams': CONNECTION_REQUESTS_IN_FLIGHT_MAX,
   });
   server.addService(strict as grpc.ServiceDefinition, handlers as grpc.UntypedServiceImplementation);
   const port = await new Promise<number>((resolve, reject) => {

@@ -1,10 +1,15 @@
 // The native protocol server (client/wire.ts framing) on the main thread. Many requests are in
 // flight per connection; responses go out in whatever order shards finish, matched by
 // correlation id, and all responses ready in one tick leave in one socket write.
+//
+// Bounds per connection: at most CONNECTION_REQUESTS_IN_FLIGHT_MAX requests dispatched and not
+// answered, and at most CONNECTION_WRITE_BUFFER_BYTES_MAX of responses the peer has not read.
+// Over either, the server stops reading the socket (TCP flow control then stops the peer) until
+// it is back under; requests are dispatched in the order they arrived, none is refused or dropped.
 import { createServer, type Server, type Socket } from 'node:net';
 import { ErrorCode } from '../../client/errors.ts';
-import { encodeError, FRAME_HEADER_BYTES, FrameDecoder, Op, WireError, Writer } from '../../client/wire.ts';
-import { CONNECTION_WRITE_BUFFER_BYTES_MAX } from '../constants.ts';
+import { encodeError, FRAME_HEADER_BYTES, FrameDecoder, Op, WireError, Writer, type Frame } from '../../client/wire.ts';
+import { CONNECTION_REQUESTS_IN_FLIGHT_MAX, CONNECTION_WRITE_BUFFER_BYTES_MAX } from '../constants.ts';
 import type { Dispatcher } from './dispatch.ts';
 import { observeRequest } from './metrics.ts';
 
@@ -28,18 +33,40 @@ function serve(socket: Socket, dispatcher: Dispatcher, log: (m: string) => void)
   const out = new Writer(64 * 1024);
   let scheduled = false;
   let closed = false;
-  const flush = (): void => {
+  // Reading stops while the peer is not reading its responses (writeBacklogged) or has
+  // CONNECTION_REQUESTS_IN_FLIGHT_MAX requests unanswered. Frames read past the bound wait in
+  // `waiting`, oldest first: at most one socket read's worth plus one frame, as reading stops then.
+  let writeBacklogged = false;
+  let inFlight = 0;
+  let paused = false;
+  let waiting: (Frame | undefined)[] = [];
+  let waitingHead = 0;
+
+  function updateReading(): void {
+    const stop = writeBacklogged || inFlight >= CONNECTION_REQUESTS_IN_FLIGHT_MAX || waitingHead < waiting.length;
+    if (stop === paused || closed) return;
+    paused = stop;
+    if (stop) socket.pause();
+    else socket.resume();
+  }
+
+  function flush(): void {
     scheduled = false;
     if (closed || out.pos === 0) return;
     socket.write(out.buf.slice(0, out.pos));
     out.pos = 0;
-    if (socket.writableLength > CONNECTION_WRITE_BUFFER_BYTES_MAX && !socket.isPaused()) {
+    if (!writeBacklogged && socket.writableLength > CONNECTION_WRITE_BUFFER_BYTES_MAX) {
       // The peer is not reading its responses: stop reading its requests until it does.
-      socket.pause();
-      socket.once('drain', () => socket.resume());
+      writeBacklogged = true;
+      updateReading();
+      socket.once('drain', () => {
+        writeBacklogged = false;
+        updateReading();
+      });
     }
-  };
-  const send = (correlationId: number, op: number, body: Uint8Array): void => {
+  }
+
+  function send(correlationId: number, op: number, body: Uint8Array): void {
     out.ensure(FRAME_HEADER_BYTES + body.length);
     out.view.setUint32(out.pos, body.length + 5, true);
     out.view.setUint32(out.pos + 4, correlationId, true);
@@ -50,7 +77,49 @@ function serve(socket: Socket, dispatcher: Dispatcher, log: (m: string) => void)
       scheduled = true;
       setImmediate(flush);
     }
-  };
+  }
+
+  function dispatch(f: Frame): void {
+    inFlight++;
+    const t0 = performance.now();
+    dispatcher.dispatch(f.op, f.body).then(
+      (r) => {
+        observeRequest(f.op, r.op === Op.Error ? errorCode(r.body) : 'ok', (performance.now() - t0) / 1000);
+        if (!closed) send(f.correlationId, r.op, r.body);
+        answered();
+      },
+      (e: Error) => {
+        log(`internal error: ${e.stack ?? e.message}`);
+        if (!closed) send(f.correlationId, Op.Error, encodeError(ErrorCode.ShardUnavailable, `internal error: ${e.message}`));
+        answered();
+      },
+    );
+  }
+
+  /** A request was answered: its slot goes to the oldest waiting frame, then reading may resume. */
+  function answered(): void {
+    inFlight--;
+    if (closed) return;
+    while (waitingHead < waiting.length && inFlight < CONNECTION_REQUESTS_IN_FLIGHT_MAX) {
+      const f = waiting[waitingHead]!;
+      waiting[waitingHead++] = undefined; // its body can be collected once answered
+      dispatch(f);
+    }
+    if (waitingHead > 0 && waitingHead === waiting.length) {
+      waiting = [];
+      waitingHead = 0;
+    }
+    updateReading();
+  }
+
+  /** The connection is gone: frames never dispatched get no answer. Requests in flight finish at
+   * the dispatcher, which releases what they hold; their answers are discarded. */
+  function drop(): void {
+    closed = true;
+    waiting = [];
+    waitingHead = 0;
+  }
+
   socket.on('data', (chunk: Buffer) => {
     let frames;
     try {
@@ -61,30 +130,19 @@ function serve(socket: Socket, dispatcher: Dispatcher, log: (m: string) => void)
       log(`closing connection from ${socket.remoteAddress}:${socket.remotePort}: ${msg}`);
       send(0, Op.Error, encodeError(ErrorCode.BadRequest, `malformed frame: ${msg}; closing the connection`));
       flush();
-      closed = true;
+      drop();
       socket.end();
       return;
     }
     for (const f of frames) {
-      const t0 = performance.now();
-      dispatcher.dispatch(f.op, f.body).then(
-        (r) => {
-          observeRequest(f.op, r.op === Op.Error ? errorCode(r.body) : 'ok', (performance.now() - t0) / 1000);
-          if (!closed) send(f.correlationId, r.op, r.body);
-        },
-        (e: Error) => {
-          log(`internal error: ${e.stack ?? e.message}`);
-          if (!closed) send(f.correlationId, Op.Error, encodeError(ErrorCode.ShardUnavailable, `internal error: ${e.message}`));
-        },
-      );
+      // In arrival order: nothing overtakes a waiting frame.
+      if (waitingHead === waiting.length && inFlight < CONNECTION_REQUESTS_IN_FLIGHT_MAX) dispatch(f);
+      else waiting.push(f);
     }
+    updateReading();
   });
-  socket.on('error', () => {
-    closed = true;
-  });
-  socket.on('close', () => {
-    closed = true;
-  });
+  socket.on('error', drop);
+  socket.on('close', drop);
 }
 
 function errorCode(body: Uint8Array): number {

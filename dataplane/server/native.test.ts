@@ -1,0 +1,111 @@
+// The native protocol server's bounds per connection, over a real socket.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { connect, type Socket } from 'node:net';
+import { encodeFrame, FrameDecoder, Op, type Frame } from '../../client/wire.ts';
+import { waitUntil } from '../../test/e2e/lib/wait.ts';
+import { CONNECTION_REQUESTS_IN_FLIGHT_MAX } from '../constants.ts';
+import type { Dispatcher, DispatchResult } from './dispatch.ts';
+import { splitHostPort, startNativeServer } from './native.ts';
+
+/** A Dispatcher that holds every request until the test releases it, and answers with its body. */
+class HoldingDispatcher implements Dispatcher {
+  /** Request bodies in the order they were dispatched. */
+  readonly seen: Uint8Array[] = [];
+  private held: (() => void)[] = [];
+  maxHeld = 0;
+  get holding(): number {
+    return this.held.length;
+  }
+  dispatch(_op: number, body: Uint8Array): Promise<DispatchResult> {
+    const copy = body.slice();
+    this.seen.push(copy);
+    return new Promise((resolve) => {
+      this.held.push(() => resolve({ op: Op.Pong, body: copy }));
+      this.maxHeld = Math.max(this.maxHeld, this.held.length);
+    });
+  }
+  releaseAll(): void {
+    const h = this.held;
+    this.held = [];
+    for (const f of h) f();
+  }
+}
+
+function open(address: string): Promise<{ socket: Socket; frames: Frame[] }> {
+  const { host, port } = splitHostPort(address);
+  return new Promise((resolve, reject) => {
+    const socket = connect({ host, port });
+    const decoder = new FrameDecoder();
+    const frames: Frame[] = [];
+    socket.on('data', (d: Buffer) => frames.push(...decoder.push(d)));
+    socket.once('error', reject);
+    socket.once('connect', () => resolve({ socket, frames }));
+  });
+}
+
+function indexBody(i: number): Uint8Array {
+  const b = new Uint8Array(4);
+  new DataView(b.buffer).setUint32(0, i, true);
+  return b;
+}
+
+const indexOf = (body: Uint8Array): number => new DataView(body.buffer, body.byteOffset, body.length).getUint32(0, true);
+
+test('one connection never has more than CONNECTION_REQUESTS_IN_FLIGHT_MAX requests in flight; the rest wait in arrival order and every one is answered', async () => {
+  const fake = new HoldingDispatcher();
+  const server = await startNativeServer(fake, '127.0.0.1:0', () => {});
+  const { socket, frames } = await open(server.address);
+  try {
+    const total = CONNECTION_REQUESTS_IN_FLIGHT_MAX + 1500;
+    const all = new Uint8Array(total * 13);
+    for (let i = 0; i < total; i++) all.set(encodeFrame(i + 1, Op.Ping, indexBody(i)), i * 13);
+    socket.write(all);
+    // Release in waves: each time the server has dispatched all it may (the bound, or the rest),
+    // answer them; it must then read and dispatch the next ones.
+    while (fake.seen.length < total) {
+      await waitUntil(
+        `a full wave of dispatched requests (seen ${fake.seen.length} of ${total}, holding ${fake.holding})`,
+        () => fake.holding >= CONNECTION_REQUESTS_IN_FLIGHT_MAX || fake.seen.length === total,
+      );
+      fake.releaseAll();
+    }
+    fake.releaseAll();
+    await waitUntil(`all ${total} responses (got ${frames.length})`, () => frames.length === total);
+    assert.equal(fake.maxHeld, CONNECTION_REQUESTS_IN_FLIGHT_MAX, 'requests in flight on the connection reached the bound and never passed it');
+    assert.deepEqual(
+      fake.seen.map(indexOf),
+      Array.from({ length: total }, (_, i) => i),
+      'requests were dispatched in the order they were sent',
+    );
+    const answered = new Map(frames.map((f) => [f.correlationId, indexOf(f.body)]));
+    assert.equal(answered.size, total, 'one answer per request');
+    for (let i = 0; i < total; i++) assert.equal(answered.get(i + 1), i, `request ${i + 1} got its own answer`);
+  } finally {
+    socket.destroy();
+    fake.releaseAll();
+    await server.close();
+  }
+});
+
+test('another connection is not held back by one at its bound', async () => {
+  const fake = new HoldingDispatcher();
+  const server = await startNativeServer(fake, '127.0.0.1:0', () => {});
+  const a = await open(server.address);
+  const b = await open(server.address);
+  try {
+    const frames = Array.from({ length: CONNECTION_REQUESTS_IN_FLIGHT_MAX + 10 }, (_, i) => encodeFrame(i + 1, Op.Ping, indexBody(i)));
+    a.socket.write(Buffer.concat(frames));
+    await waitUntil('connection A at its bound', () => fake.holding === CONNECTION_REQUESTS_IN_FLIGHT_MAX);
+    b.socket.write(encodeFrame(1, Op.Ping, indexBody(999_999)));
+    await waitUntil('connection B dispatched', () => fake.seen.some((s) => indexOf(s) === 999_999));
+    fake.releaseAll();
+    await waitUntil('connection B answered', () => b.frames.length === 1);
+    assert.equal(indexOf(b.frames[0]!.body), 999_999);
+  } finally {
+    a.socket.destroy();
+    b.socket.destroy();
+    fake.releaseAll();
+    await server.close();
+  }
+});
