@@ -1,12 +1,17 @@
 // The native protocol server's bounds per connection, over a real socket.
-import { test } from 'node:test';
+import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
-import { encodeFrame, FrameDecoder, Op, type Frame } from '../../client/wire.ts';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { encodeFrame, encodeWriteRequest, Expect, FrameDecoder, Op, type Frame } from '../../client/wire.ts';
 import { waitUntil } from '../../test/e2e/lib/wait.ts';
 import { CONNECTION_REQUESTS_IN_FLIGHT_MAX } from '../constants.ts';
+import { openDataMeta } from '../storage/meta.ts';
 import type { Dispatcher, DispatchResult } from './dispatch.ts';
-import { splitHostPort, startNativeServer } from './native.ts';
+import { splitHostPort, startNativeServer, type NativeServerHandle } from './native.ts';
+import { Router } from './router.ts';
 
 /** A Dispatcher that holds every request until the test releases it, and answers with its body. */
 class HoldingDispatcher implements Dispatcher {
@@ -108,4 +113,71 @@ test('another connection is not held back by one at its bound', async () => {
     fake.releaseAll();
     await server.close();
   }
+});
+
+// A real Router and shard worker behind the native server.
+let dir: string;
+let router: Router;
+let server: NativeServerHandle;
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'celer-native-'));
+  openDataMeta(dir, { numShards: 1, routing: 'id' }, { numShards: 1, routing: 'id' });
+  router = await Router.start({
+    dataDir: dir,
+    numShards: 1,
+    routing: 'id',
+    workers: 1,
+    segmentBytes: 4 * 1024 * 1024,
+    memoryBudgetBytes: 8 * 1024 * 1024,
+    unsafeNoDirectIo: false,
+    forceSyncIo: false,
+    log: () => {},
+  });
+});
+
+after(async () => {
+  await server?.close();
+  await router?.close();
+  await rm(dir, { recursive: true, force: true });
+});
+
+test('a connection that goes away with requests in flight leaves nothing held: the node gets back to 0 bytes in flight', async () => {
+  let dispatched = 0;
+  const conn: { socket?: Socket } = {};
+  const results: Promise<DispatchResult>[] = [];
+  // The client disconnects as soon as the server has taken its first request, so every later one
+  // is in flight (or waiting on the connection) when the connection goes.
+  const watching: Dispatcher = {
+    dispatch(op, body) {
+      if (dispatched++ === 0) conn.socket?.destroy();
+      const r = router.dispatch(op, body);
+      results.push(r);
+      return r;
+    },
+  };
+  server = await startNativeServer(watching, '127.0.0.1:0', () => {});
+  const c = await open(server.address);
+  conn.socket = c.socket;
+  const te = new TextEncoder();
+  const frames = Array.from({ length: 500 }, (_, i) =>
+    encodeFrame(
+      i + 1,
+      Op.Write,
+      encodeWriteRequest({ clientId: 1n, writes: [{ key: { org: 1n, type: 1n, id: BigInt(i) }, expectMode: Expect.Any, expectVersion: 0n, clientSeq: 0n, events: [{ type: 'T', data: te.encode(`event ${i}`) }] }] }),
+    ),
+  );
+  c.socket.write(Buffer.concat(frames));
+  await waitUntil('the client to be gone', () => c.socket.destroyed);
+  await Promise.all(results);
+  await waitUntil('every request taken to be answered', () => router.requestsInFlight === 0);
+  assert.ok(dispatched > 0, 'the server took requests before the client went away');
+  assert.equal(results.length, dispatched);
+  assert.equal(router.bytesInFlight, 0);
+  // And the node still serves a new connection.
+  const again = await open(server.address);
+  again.socket.write(frames[0]!);
+  await waitUntil('an answer on a new connection', () => again.frames.length === 1);
+  assert.equal(again.frames[0]!.op, Op.WriteOk);
+  again.socket.destroy();
 });

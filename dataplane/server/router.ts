@@ -4,11 +4,12 @@
 // Cost of the hop: requests are gathered for one event-loop tick and posted to each worker as one
 // message with one transferred buffer (node24-microbench §2: ~0.6 µs per request under load,
 // versus ~6.7 µs for a message per request; an idle worker adds ~77 µs of wake-up latency).
+import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
 import { ErrorCode } from '../../client/errors.ts';
 import { U64_MAX, type NormalizedKey } from '../../client/key.ts';
-import { decodeKeyRequest, decodeReadRequest, decodeWriteRequest, encodeError, Op, WireError, Writer } from '../../client/wire.ts';
-import { DISPATCH_BATCH_MAX, DISPATCH_IN_FLIGHT_MAX } from '../constants.ts';
+import { decodeKeyRequest, decodeReadRequest, decodeWriteRequest, encodeError, Limits, Op, WireError, Writer } from '../../client/wire.ts';
+import { DISPATCH_BATCH_MAX, DISPATCH_BYTES_IN_FLIGHT_MAX, DISPATCH_IN_FLIGHT_MAX } from '../constants.ts';
 import { REQ_ITEM_WIDTH, RES_ITEM_WIDTH, type ShardInfo, type WorkerConfig } from '../shard/worker.ts';
 import { applyWorkerStats, setCacheUsage, type CacheUsage, type WorkerStats } from './metrics.ts';
 import type { DispatchResult, Dispatcher } from './dispatch.ts';
@@ -23,7 +24,11 @@ export interface RouterConfig {
   memoryBudgetBytes: number;
   unsafeNoDirectIo: boolean;
   forceSyncIo: boolean;
+  /** This node's id (a UUID), written into every record it writes. */
+  nodeId?: string;
   log: (msg: string) => void;
+  /** Overrides DISPATCH_BYTES_IN_FLIGHT_MAX (tests); at least Limits.frameBytesMax. */
+  bytesInFlightMax?: number;
 }
 
 interface WorkerHandle {
@@ -31,10 +36,17 @@ interface WorkerHandle {
   items: number[];
   bodies: Writer;
   scheduled: boolean;
+  /** The thread has exited (crash or close): nothing more will come from it. */
+  exited: boolean;
 }
 
 const ROUTING_INDEX: Record<Routing, keyof NormalizedKey> = { org: 'org', type: 'type', id: 'id' };
 const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+
+// Any one request must fit when nothing else is in flight, or it would get 2012 forever.
+if (DISPATCH_BYTES_IN_FLIGHT_MAX < Limits.frameBytesMax) {
+  throw new Error(`DISPATCH_BYTES_IN_FLIGHT_MAX (${DISPATCH_BYTES_IN_FLIGHT_MAX}) is below the largest frame (${Limits.frameBytesMax})`);
+}
 
 /** Old-generation heap limit of a shard worker: 3× its budget share (caches are JS objects with
  * overhead) plus 128 MiB for the engine's own working memory, and never below 256 MiB. */
@@ -49,8 +61,11 @@ function error(code: number, message: string, detail: Record<string, unknown> = 
 export class Router implements Dispatcher {
   readonly cfg: RouterConfig;
   private readonly workers: WorkerHandle[] = [];
-  /** Requests sent to a worker and not answered yet: id → [resolve, worker index]. */
-  private readonly pending = new Map<number, [(r: DispatchResult) => void, number]>();
+  /** Requests sent to a worker and not answered yet: id → [resolve, worker index, body bytes]. */
+  private readonly pending = new Map<number, [(r: DispatchResult) => void, number, number]>();
+  /** Sum of the body bytes of `pending`; at most bytesInFlightMax. Released with each answer. */
+  private pendingBytes = 0;
+  private readonly bytesInFlightMax: number;
   private nextId = 1;
   private readonly shards = new Map<number, ShardInfo>();
   io = '';
@@ -58,6 +73,20 @@ export class Router implements Dispatcher {
 
   private constructor(cfg: RouterConfig) {
     this.cfg = cfg;
+    this.bytesInFlightMax = cfg.bytesInFlightMax ?? DISPATCH_BYTES_IN_FLIGHT_MAX;
+    if (!(this.bytesInFlightMax >= Limits.frameBytesMax)) {
+      throw new Error(`bytesInFlightMax ${this.bytesInFlightMax} is below the largest frame (${Limits.frameBytesMax}); such a request could never be accepted`);
+    }
+  }
+
+  /** Requests handed to the workers and not answered yet. */
+  get requestsInFlight(): number {
+    return this.pending.size;
+  }
+
+  /** Body bytes of those requests (bounded by DISPATCH_BYTES_IN_FLIGHT_MAX). */
+  get bytesInFlight(): number {
+    return this.pendingBytes;
   }
 
   /** Starts the workers and waits until each has opened its shards. */
@@ -75,6 +104,7 @@ export class Router implements Dispatcher {
         memoryBudgetPerShardBytes: Math.floor(cfg.memoryBudgetBytes / cfg.numShards),
         unsafeNoDirectIo: cfg.unsafeNoDirectIo,
         forceSyncIo: cfg.forceSyncIo,
+        nodeId: cfg.nodeId ?? '00000000-0000-0000-0000-000000000000',
       };
       const worker = new Worker(new URL('../shard/worker.ts', import.meta.url), {
         workerData: wc,
@@ -83,7 +113,7 @@ export class Router implements Dispatcher {
         // is collected before RSS drifts far past the budget (V8 otherwise grows the heap freely).
         resourceLimits: { maxOldGenerationSizeMb: workerHeapMb(cfg.memoryBudgetBytes / cfg.workers), maxYoungGenerationSizeMb: 8 },
       });
-      const h: WorkerHandle = { worker, items: [], bodies: new Writer(64 * 1024), scheduled: false };
+      const h: WorkerHandle = { worker, items: [], bodies: new Writer(64 * 1024), scheduled: false, exited: false };
       r.workers.push(h);
       ready.push(
         new Promise<void>((resolve, reject) => {
@@ -106,6 +136,7 @@ export class Router implements Dispatcher {
             reject(e);
           });
           worker.on('exit', (code) => {
+            h.exited = true;
             if (r.closing) return;
             // Its shards are gone until the node restarts: say so in /status and /readyz, answer
             // their requests with 9200, and fail what was waiting (outcome unknown for writes).
@@ -138,7 +169,7 @@ export class Router implements Dispatcher {
           const id = m.items[i]!;
           const p = this.pending.get(id);
           if (p === undefined) continue;
-          this.pending.delete(id);
+          this.settle(id, p);
           p[0]({ op: m.items[i + 1]!, body: all.subarray(m.items[i + 2]!, m.items[i + 2]! + m.items[i + 3]!) });
         }
         break;
@@ -160,10 +191,19 @@ export class Router implements Dispatcher {
 
   /** Fails the requests waiting on `worker` (all workers when undefined). */
   private failAll(why: string, worker?: number): void {
-    for (const [id, [done, w]] of this.pending) {
-      if (worker !== undefined && w !== worker) continue;
-      this.pending.delete(id);
-      done(error(ErrorCode.ShardUnavailable, why));
+    for (const [id, p] of this.pending) {
+      if (worker !== undefined && p[1] !== worker) continue;
+      this.settle(id, p);
+      p[0](error(ErrorCode.ShardUnavailable, why));
+    }
+  }
+
+  /** The one place a pending request leaves the books: its slot and its bytes are released. */
+  private settle(id: number, p: [(r: DispatchResult) => void, number, number]): void {
+    this.pending.delete(id);
+    this.pendingBytes -= p[2];
+    if (this.pendingBytes < 0 || (this.pending.size === 0 && this.pendingBytes !== 0)) {
+      assert.fail(`bytes in flight ${this.pendingBytes} with ${this.pending.size} requests in flight`);
     }
   }
 
@@ -220,14 +260,31 @@ export class Router implements Dispatcher {
       throw e;
     }
     if (this.pending.size >= DISPATCH_IN_FLIGHT_MAX) {
-      return Promise.resolve(error(ErrorCode.ServerBusy, `the node has ${this.pending.size} requests in flight; retry with backoff`));
+      return Promise.resolve(
+        error(
+          ErrorCode.ServerBusy,
+          `the node has ${this.pending.size} requests in flight, its limit (DISPATCH_IN_FLIGHT_MAX ${DISPATCH_IN_FLIGHT_MAX}); retry with backoff, or spread the load over fewer concurrent requests`,
+          { limit: 'DISPATCH_IN_FLIGHT_MAX', max: DISPATCH_IN_FLIGHT_MAX, inFlight: this.pending.size },
+        ),
+      );
+    }
+    if (this.pendingBytes + body.length > this.bytesInFlightMax) {
+      return Promise.resolve(
+        error(
+          ErrorCode.ServerBusy,
+          `the node has ${this.pendingBytes} bytes of requests in flight and this one adds ${body.length}, over its limit (DISPATCH_BYTES_IN_FLIGHT_MAX ${this.bytesInFlightMax} bytes); retry with backoff, or send fewer large requests at once`,
+          { limit: 'DISPATCH_BYTES_IN_FLIGHT_MAX', maxBytes: this.bytesInFlightMax, bytesInFlight: this.pendingBytes, requestBytes: body.length },
+        ),
+      );
     }
     const info = this.shards.get(shard);
     if (info !== undefined && info.state !== 'serving') {
       return Promise.resolve(error(ErrorCode.ShardUnavailable, `shard ${shard} is not being served (${info.state}): ${info.reason ?? ''}`, { shard }));
     }
-    const id = this.nextId;
-    this.nextId = this.nextId >= 0x7fff_ffff ? 1 : this.nextId + 1;
+    // Skip an id still pending (a request stuck across 2^31 others), or its entry and bytes would be lost.
+    let id = this.nextId;
+    while (this.pending.has(id)) id = id >= 0x7fff_ffff ? 1 : id + 1;
+    this.nextId = id >= 0x7fff_ffff ? 1 : id + 1;
     const h = this.workers[shard % this.workers.length]!;
     h.items.push(id, op, shard, h.bodies.pos, body.length);
     h.bodies.bytes(body);
@@ -237,7 +294,8 @@ export class Router implements Dispatcher {
       setImmediate(() => this.flush(h));
     }
     const workerIndex = shard % this.workers.length;
-    return new Promise<DispatchResult>((resolve) => this.pending.set(id, [resolve, workerIndex]));
+    this.pendingBytes += body.length;
+    return new Promise<DispatchResult>((resolve) => this.pending.set(id, [resolve, workerIndex, body.length]));
   }
 
   private flush(h: WorkerHandle): void {
@@ -257,12 +315,17 @@ export class Router implements Dispatcher {
       this.workers.map(
         (h) =>
           new Promise<void>((resolve) => {
+            if (h.exited) return resolve(); // it crashed: there is no one to say 'closed'
             const timer = setTimeout(() => void h.worker.terminate().then(() => resolve()), 10_000);
             h.worker.on('message', (m: WorkerMessage) => {
               if (m.t === 'closed') {
                 clearTimeout(timer);
                 void h.worker.terminate().then(() => resolve());
               }
+            });
+            h.worker.once('exit', () => {
+              clearTimeout(timer);
+              resolve();
             });
             h.worker.postMessage({ t: 'close' });
           }),
