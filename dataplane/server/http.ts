@@ -36,9 +36,9 @@ function toJson(value: unknown): string {
 
 /** Why a node that says it is not ready is not: the first few shards that are not serving, or its role. */
 export function notReadyReason(s: NodeStatus): string {
-  const down = s.shards.filter((sh) => sh.state !== 'serving');
+  const down = s.shards.filter((sh) => sh.state !== 'serving' || sh.writable === false);
   if (down.length > 0) {
-    const listed = down.slice(0, 4).map((sh) => `shard ${sh.shard} is ${sh.state}${sh.reason ? ` (${sh.reason})` : ''}`);
+    const listed = down.slice(0, 4).map((sh) => `shard ${sh.shard} is ${sh.state !== 'serving' ? sh.state : 'serving reads only'}${sh.reason ? ` (${sh.reason})` : ''}`);
     const more = down.length > 4 ? `; ${down.length - 4} more shards are not serving` : '';
     return `${listed.join('; ')}${more}`.replace(/[\r\n]+/g, ' ');
   }

@@ -101,7 +101,7 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
       leaseExpiresAtMs: null,
       leader: native.address,
       listen: { client: native.address, grpc: grpc?.address ?? null, http: httpAddress },
-      ready: shards.length === meta.numShards && shards.every((s) => s.state === 'serving'),
+      ready: shards.length === meta.numShards && shards.every((s) => s.state === 'serving' && s.writable !== false),
       numShards: meta.numShards,
       routing: meta.routing,
       shards,

@@ -25,6 +25,8 @@ export interface ShardStatus {
   /** Highest position committed (visible to reads), as a decimal string. */
   commitSeq: string;
   /** The three watermarks (placed ≥ durable ≥ committed), as decimal strings: reserved in the log, fdatasync'd, committed. */
+  /** False after a failed fdatasync: the shard serves reads of committed data but refuses writes (2008). */
+  writable?: boolean;
   placedSeq?: string;
   durableSeq?: string;
   committedSeq?: string;

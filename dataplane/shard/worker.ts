@@ -44,6 +44,7 @@ export interface ShardInfo {
   reason?: string;
   writeSeq: string;
   commitSeq: string;
+  writable?: boolean;
   placedSeq?: string;
   durableSeq?: string;
   committedSeq?: string;
@@ -90,6 +91,7 @@ async function main(): Promise<void> {
       state: s.state,
       ...(s.reason !== undefined ? { reason: s.reason } : {}),
       ...(s.reason === undefined && s.writesRefused !== null ? { reason: `writes refused: ${s.writesRefused}` } : {}),
+      writable: s.writesRefused === null,
       writeSeq: String(s.writeSeq),
       commitSeq: String(s.commitSeq),
       placedSeq: String(s.placedSeq),
