@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# Builds the io_uring addon (dataplane/native -> dataplane/native/build/Release/celer_io.node).
+# Builds the native addons of dataplane/native (binding.gyp) into dataplane/native/build/Release/:
+#   celer_io.node  io_uring disk I/O; needs liburing. Without it the runtime falls back to
+#                  synchronous I/O and logs why.
+#   celer_fs.node  flock(2) for the data-directory lock; needs only libc. Without it a node refuses
+#                  to start (unless CELER_UNSAFE_NO_LOCK=1), so it is built even when celer_io
+#                  cannot be: without liburing headers, or after celer_io failed to compile.
 # Called by hack/test.sh and by the root package's "install" script (so plain `npm install` and
-# `npm ci` build it). Idempotent: does nothing when the .node is newer than every source.
+# `npm ci` build them). Idempotent: does nothing when both .node files are newer than every source.
 #
-#   --best-effort   never fail (used from npm install): on error, print a warning and exit 0;
-#                   the runtime then falls back to synchronous I/O and logs why.
+#   --best-effort   never fail (used from npm install): on error, print a warning per missing addon
+#                   and exit 0.
 #   --force         rebuild even when up to date.
 #
 # Offline by design: node-gyp is npm's bundled copy, and --nodedir points at headers already on
@@ -25,25 +30,34 @@ for arg in "$@"; do
 done
 
 native=dataplane/native
-out=$native/build/Release/celer_io.node
+out_io=$native/build/Release/celer_io.node
+out_fs=$native/build/Release/celer_fs.node
+warn_io="the io_uring addon ($out_io) was not built; Celer will fall back to synchronous disk I/O"
+warn_fs="the flock addon ($out_fs) was not built; Celer will refuse to start, because it cannot lock its data directory (CELER_UNSAFE_NO_LOCK=1 overrides)"
 
+# Ends the run when nothing more can be built: exit 1, or 0 with warnings under --best-effort.
 fail() {
   echo "build-native.sh: $*" >&2
   if [ "$best_effort" = 1 ]; then
-    echo "build-native.sh: WARNING: the io_uring addon was not built; Celer will fall back to synchronous disk I/O (run 'bash hack/build-native.sh' to see why)." >&2
+    [ -f "$out_io" ] || echo "build-native.sh: WARNING: $warn_io (run 'bash hack/build-native.sh' to see why)." >&2
+    [ -f "$out_fs" ] || echo "build-native.sh: WARNING: $warn_fs (run 'bash hack/build-native.sh' to see why)." >&2
     exit 0
   fi
   exit 1
 }
 
-up_to_date() {
-  [ -f "$out" ] && [ -z "$(find "$native/binding.gyp" "$native/src" -newer "$out" -print -quit)" ]
+newer_than_sources() {
+  [ -f "$1" ] && [ -z "$(find "$native/binding.gyp" "$native/src" -newer "$1" -print -quit)" ]
 }
 
-# Verifies the pinned runtime (Node 24) can load what was built; N-API keeps this true even when
-# the headers came from another Node major.
+up_to_date() {
+  newer_than_sources "$out_io" && newer_than_sources "$out_fs"
+}
+
+# Verifies the pinned runtime (Node 24) can load what was built, and that it exports $2; N-API
+# keeps this true even when the headers came from another Node major.
 load_check() {
-  node -e "const m = require(process.argv[1]); if (typeof m.writevFsync !== 'function') process.exit(1);" "$root/$out"
+  node -e "const m = require(process.argv[1]); if (typeof m[process.argv[2]] !== 'function') process.exit(1);" "$root/$1" "$2"
 }
 
 if [ "$force" = 0 ] && up_to_date; then
@@ -57,7 +71,6 @@ if [ "$force" = 0 ] && up_to_date; then
   exit 0
 fi
 
-[ -f /usr/include/liburing.h ] || fail "liburing headers missing (install liburing-dev: bash hack/deps.sh)"
 [ -d node_modules/node-addon-api ] || fail "node_modules/node-addon-api missing (run npm install first)"
 command -v node >/dev/null || fail "node not found"
 
@@ -79,16 +92,37 @@ fi
   || node_gyp=/usr/lib/node_modules/npm/node_modules/node-gyp/bin/node-gyp.js
 [ -n "$node_gyp" ] || fail "node-gyp not found (expected npm's bundled copy)"
 
-echo "build-native.sh: building $out (headers from $nodedir)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-if ! (cd "$native" && node "$node_gyp" rebuild --nodedir="$nodedir" --loglevel=warn) >"$log" 2>&1; then
-  cat "$log" >&2
-  rm -f "$out"
-  fail "node-gyp rebuild failed"
+# rebuild starts from an empty build/, so a failed run leaves neither addon behind.
+gyp_rebuild() {
+  (cd "$native" && node "$node_gyp" rebuild --nodedir="$nodedir" --loglevel=warn "$@") >"$log" 2>&1
+}
+
+problems=()
+if [ ! -f /usr/include/liburing.h ]; then
+  problems+=("liburing headers missing (install liburing-dev: bash hack/deps.sh)")
+  echo "build-native.sh: building $out_fs only, no liburing (headers from $nodedir)"
+  gyp_rebuild --with_uring=0 || { cat "$log" >&2; fail "node-gyp rebuild of celer_fs failed"; }
+else
+  echo "build-native.sh: building $out_io and $out_fs (headers from $nodedir)"
+  if ! gyp_rebuild; then
+    cat "$log" >&2
+    problems+=("node-gyp rebuild failed (output above)")
+    echo "build-native.sh: retrying with $out_fs alone" >&2
+    gyp_rebuild --with_uring=0 || { cat "$log" >&2; fail "node-gyp rebuild of celer_fs failed"; }
+  fi
 fi
-if ! load_check; then
-  rm -f "$out"
-  fail "built $out but Node $(node --version) cannot load it"
+[ -f "$out_io" ] || [ ${#problems[@]} -gt 0 ] || problems+=("node-gyp did not produce $out_io")
+if [ -f "$out_fs" ] && ! load_check "$out_fs" flock; then
+  rm -f "$out_fs"
+  fail "built $out_fs but Node $(node --version) cannot load it"
 fi
-echo "build-native.sh: built $out; loads in Node $(node --version)"
+if [ -f "$out_io" ] && ! load_check "$out_io" writevFsync; then
+  rm -f "$out_io"
+  problems+=("built $out_io but Node $(node --version) cannot load it")
+fi
+for f in "$out_fs" "$out_io"; do
+  if [ -f "$f" ]; then echo "build-native.sh: built $f; loads in Node $(node --version)"; fi
+done
+if [ ${#problems[@]} -gt 0 ]; then fail "${problems[*]}"; fi
