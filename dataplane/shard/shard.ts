@@ -137,6 +137,10 @@ export class Shard {
       s.checkWatermarks();
       s.state = 'serving';
     } catch (e) {
+      if (isDiskFull(e)) {
+        // Nothing to serve from and no room to start: refuse to start rather than come up broken.
+        throw new DiskFullError(`shard ${opts.shard}: the disk is full: no room to create its first segment in ${opts.dir} (${(e as Error).message}); free some space and start again`);
+      }
       s.state = e instanceof CorruptionError || e instanceof FormatError ? 'corrupt' : 'failed';
       s.reason = (e as Error).message;
       opts.log(`shard ${opts.shard} is not served: ${s.reason}`);
