@@ -3,7 +3,8 @@
 import { availableParallelism, totalmem } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { MEMORY_BUDGET_BYTES_CAP, MEMORY_BUDGET_FRACTION, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN } from '../constants.ts';
-import { ConfigError, lockDataDir, openDataMeta } from '../storage/meta.ts';
+import { ConfigError, openDataMeta } from '../storage/meta.ts';
+import { lockDataDir } from '../storage/lock.ts';
 import type { Routing } from '../storage/segment.ts';
 import { startGrpcServer } from './grpc.ts';
 import { startHttpServer } from './http.ts';
@@ -53,7 +54,8 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
     throw new ConfigError(`--segment-mb gives ${segmentBytes} bytes; a segment must be a multiple of 4 KiB and at least ${SEGMENT_BYTES_MIN} bytes`);
   }
   const meta = openDataMeta(o.dataDir, { numShards: o.shards, routing: o.routing }, { numShards: availableParallelism(), routing: 'id' });
-  const unlock = lockDataDir(o.dataDir);
+  const lock = await lockDataDir(o.dataDir, { log: o.log });
+  const unlock = (): void => void lock.release();
   const workers = Math.max(1, Math.min(o.workers ?? availableParallelism(), meta.numShards));
   let router: Router;
   try {

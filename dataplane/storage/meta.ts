@@ -1,14 +1,13 @@
 // The data directory's identity file (celer.json): the shard count and routing rule chosen when
 // the data was first created (SPEC §2), fixed for the life of the data. A node started with other
 // values refuses, because every aggregate would route to a different shard than its history.
-// Also a lock file so that two processes never open the same data directory.
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+// (The lock that keeps two processes off one directory is storage/lock.ts.)
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { randomUUID } from 'node:crypto';
 import type { Routing } from './segment.ts';
 
 export const META_FILE = 'celer.json';
-export const LOCK_FILE = 'celer.lock';
 /** Format of the data directory: 2 = record and segment format 2 (storage/record.ts, segment.ts). */
 export const META_FORMAT = 2;
 /** Largest shard count: one worker per core; beyond a few hundred shards per node nothing is gained. */
@@ -86,34 +85,4 @@ export function openDataMeta(dir: string, requested: { numShards?: number | unde
   fsyncSync(dfd);
   closeSync(dfd);
   return meta;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
-
-/** Takes the directory's lock (a pid file); throws when a live process holds it. Returns the release function. */
-export function lockDataDir(dir: string): () => void {
-  const path = join(dir, LOCK_FILE);
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      const fd = openSync(path, 'wx');
-      writeSync(fd, `${process.pid}\n`);
-      closeSync(fd);
-      return () => rmSync(path, { force: true });
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-      const pid = Number(readFileSync(path, 'utf8').trim());
-      if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
-        throw new ConfigError(`${dir} is in use by process ${pid} (${path}); stop it first, or use another data directory`);
-      }
-      rmSync(path, { force: true }); // stale lock of a process that died (e.g. SIGKILL)
-    }
-  }
-  throw new ConfigError(`could not lock ${dir}`);
 }

@@ -6,6 +6,7 @@ import { mkdir, open, readdir, readFile, rename, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { errorCode, type Disk } from './disk.ts';
 import type { FileIo, SegmentFile } from './io.ts';
+import { lockDataDir } from './lock.ts';
 
 async function fsyncPath(path: string, directory: boolean): Promise<void> {
   const fh = await open(path, directory ? fsConstants.O_RDONLY | fsConstants.O_DIRECTORY : fsConstants.O_RDONLY);
@@ -94,7 +95,8 @@ export class RealDisk implements Disk {
     await fsyncPath(dir, true);
   }
 
+  /** `path` is the data directory; the lock file inside it is storage/lock.ts's. */
   lock(path: string): Promise<{ release(): Promise<void> }> {
-    return Promise.reject(new Error(`RealDisk.lock(${path}): the node takes the data-directory lock itself (storage/lock.ts)`));
+    return lockDataDir(path);
   }
 }
