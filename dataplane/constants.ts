@@ -7,6 +7,10 @@
 export const SEGMENT_BYTES_DEFAULT = 64 * 1024 * 1024;
 /** Smallest segment accepted (tests use small segments to exercise rotation). */
 export const SEGMENT_BYTES_MIN = 64 * 1024;
+/** Largest segment accepted: 1 GiB (Celeriant's default). Offsets inside a segment are stored as
+ * u32 in the sidecar index, so a segment must stay below 4 GiB; 1 GiB also bounds the zero-fill of
+ * a new segment to about a second. */
+export const SEGMENT_BYTES_MAX = 1024 * 1024 * 1024;
 /** Segment header block: one 4 KiB O_DIRECT sector. */
 export const SEGMENT_HEADER_BYTES = 4096;
 

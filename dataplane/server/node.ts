@@ -2,7 +2,7 @@
 // (native protocol, gRPC, HTTP). `celer serve` and the end-to-end tests start nodes through this.
 import { availableParallelism, totalmem } from 'node:os';
 import { readFileSync } from 'node:fs';
-import { MEMORY_BUDGET_BYTES_CAP, MEMORY_BUDGET_FRACTION, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MIN } from '../constants.ts';
+import { MEMORY_BUDGET_BYTES_CAP, MEMORY_BUDGET_FRACTION, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN } from '../constants.ts';
 import { ConfigError, openDataMeta } from '../storage/meta.ts';
 import { lockDataDir } from '../storage/lock.ts';
 import type { Routing } from '../storage/segment.ts';
@@ -50,8 +50,8 @@ export function defaultMemoryBudgetBytes(): number {
 
 export async function startNode(o: NodeOptions): Promise<RunningNode> {
   const segmentBytes = o.segmentBytes ?? SEGMENT_BYTES_DEFAULT;
-  if (segmentBytes < SEGMENT_BYTES_MIN || segmentBytes % 4096 !== 0) {
-    throw new ConfigError(`--segment-mb gives ${segmentBytes} bytes; a segment must be a multiple of 4 KiB and at least ${SEGMENT_BYTES_MIN} bytes`);
+  if (!Number.isSafeInteger(segmentBytes) || segmentBytes < SEGMENT_BYTES_MIN || segmentBytes > SEGMENT_BYTES_MAX || segmentBytes % 4096 !== 0) {
+    throw new ConfigError(`--segment-mb gives ${segmentBytes} bytes; a segment must be a multiple of 4 KiB from ${SEGMENT_BYTES_MIN} bytes to ${SEGMENT_BYTES_MAX / 1048576} MiB`);
   }
   const meta = openDataMeta(o.dataDir, { numShards: o.shards, routing: o.routing }, { numShards: availableParallelism(), routing: 'id' });
   const lock = await lockDataDir(o.dataDir, { log: o.log });

@@ -44,7 +44,7 @@
 //   80  u32  byte length of that summary
 import { join } from 'node:path';
 import { crc32c, HASH_BYTES } from './checksum.ts';
-import { SEGMENT_HEADER_BYTES } from '../constants.ts';
+import { SEGMENT_BYTES_MAX, SEGMENT_HEADER_BYTES } from '../constants.ts';
 
 export const SEGMENT_MAGIC = 0x43454c52; // "CELR"
 export const FOOTER_MAGIC = 0x43454e44; // "CEND"
@@ -155,7 +155,7 @@ export function decodeSegmentHeader(block: Uint8Array): HeaderParse {
     truncatedAt: safe(v, 96),
   };
   for (const [k, x] of Object.entries(h)) if (typeof x === 'number' && !Number.isSafeInteger(x)) return { ok: false, zero: false, oldFormat: false, why: `header field ${k} is out of range` };
-  if (h.sizeBytes < SEGMENT_HEADER_BYTES + SEGMENT_FOOTER_BYTES || h.durableEnd < SEGMENT_HEADER_BYTES || h.durableEnd > dataLimit(h.sizeBytes)) {
+  if (h.sizeBytes < SEGMENT_HEADER_BYTES + SEGMENT_FOOTER_BYTES || h.sizeBytes > SEGMENT_BYTES_MAX || h.durableEnd < SEGMENT_HEADER_BYTES || h.durableEnd > dataLimit(h.sizeBytes)) {
     return { ok: false, zero: false, oldFormat: false, why: `header offsets are inconsistent (size ${h.sizeBytes}, durable end ${h.durableEnd})` };
   }
   return { ok: true, header: h };

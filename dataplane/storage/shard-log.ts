@@ -9,7 +9,7 @@
 // commit): the *durable* watermark. What the shard acknowledges (*committed*) is decided above, in
 // shard.ts; the log only keeps the ack barrier it is told (`setAcked`) and makes it durable in the
 // segment header.
-import { GROUP_COMMIT_BYTES_MAX, HEADER_REFRESH_MS, SCAN_CHUNK_BYTES, SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES, SEGMENT_HEADER_BYTES, SPARE_RETRY_MS_MAX, SPARE_RETRY_MS_MIN } from '../constants.ts';
+import { GROUP_COMMIT_BYTES_MAX, HEADER_REFRESH_MS, SCAN_CHUNK_BYTES, SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES, SEGMENT_BYTES_MAX, SEGMENT_HEADER_BYTES, SPARE_RETRY_MS_MAX, SPARE_RETRY_MS_MIN } from '../constants.ts';
 import { hash52 } from './bloom.ts';
 import { equalBytes, hex, ZERO_HASH } from './checksum.ts';
 import { isDiskFull, type Clock, type Disk, type SegmentFile } from './disk.ts';
@@ -168,8 +168,8 @@ export class ShardLog {
 
   /** Opens (or creates) the shard's log and recovers its tail. Throws CorruptionError or FormatError. */
   static async open(opts: ShardLogOptions): Promise<ShardLog> {
-    if (!Number.isSafeInteger(opts.segmentBytes) || opts.segmentBytes % IO_ALIGN_BYTES !== 0 || opts.segmentBytes < SEGMENT_HEADER_BYTES + SEGMENT_FOOTER_BYTES + IO_ALIGN_BYTES) {
-      throw new RangeError(`segment size ${opts.segmentBytes} must be a multiple of ${IO_ALIGN_BYTES} and hold a header, a footer and a block`);
+    if (!Number.isSafeInteger(opts.segmentBytes) || opts.segmentBytes % IO_ALIGN_BYTES !== 0 || opts.segmentBytes < SEGMENT_HEADER_BYTES + SEGMENT_FOOTER_BYTES + IO_ALIGN_BYTES || opts.segmentBytes > SEGMENT_BYTES_MAX) {
+      throw new RangeError(`segment size ${opts.segmentBytes} must be a multiple of ${IO_ALIGN_BYTES}, hold a header, a footer and a block, and be at most ${SEGMENT_BYTES_MAX}`);
     }
     const log = new ShardLog(opts);
     log.headerBuf = opts.disk.allocAligned(SEGMENT_HEADER_BYTES);
