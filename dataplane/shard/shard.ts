@@ -111,8 +111,12 @@ export class Shard {
   /** Commit steps in flight resolve in seq order through this chain. */
   private commitChain: Promise<void> = Promise.resolve();
   private durableSent = 0;
-  /** Set after a failed fdatasync: no more writes on this shard, reads go on. */
+  /** Set after a failed fdatasync or commit step: no more writes on this shard, reads go on. */
   private writesStopped: string | null = null;
+  /** A truncateAfter is running: writes wait it out (2012). */
+  private truncating = false;
+  /** Bumped by truncateAfter: commit-step results of an older log are ignored. */
+  private generation = 0;
   /** Samples for metrics, drained by the worker. */
   fsyncSamples: FsyncSample[] = [];
 
@@ -133,7 +137,9 @@ export class Shard {
     try {
       s.log = await ShardLog.open(s.logOptions());
       s.committedSeq = s.opts.commitStep === undefined ? s.log.durableSeq : s.log.barrierSeq;
-      s.durableSent = s.log.durableSeq;
+      // A durable tail above the barrier (kept from before a restart) has not been through the
+      // commit step: the next group's commit covers it too.
+      s.durableSent = s.committedSeq;
       s.checkWatermarks();
       s.state = 'serving';
     } catch (e) {
@@ -193,6 +199,7 @@ export class Shard {
     try {
       switch (op) {
         case Op.Write:
+          if (this.truncating) return err(ErrorCode.ServerBusy, `shard ${this.id} is rewinding its log; retry`);
           if (this.writesStopped !== null) {
             return err(ErrorCode.StorageFailed, `shard ${this.id} takes no more writes: ${this.writesStopped}; reads of committed data go on; restart the node to recover from the log`, { shard: this.id, diskFull: false });
           }
@@ -237,6 +244,9 @@ export class Shard {
     }
     // ---- synchronous from here: check every guard, then every floor, then place the record ----
     if (this.state !== 'serving') return err(ErrorCode.ShardUnavailable, `shard ${this.id} is not being served (${this.state}): ${this.reason ?? ''}`);
+    if (this.writesStopped !== null) return err(ErrorCode.StorageFailed, `shard ${this.id} takes no more writes: ${this.writesStopped}`, { shard: this.id, diskFull: false });
+    // A truncation reopened the log while this write loaded its states: start over.
+    if (this.log !== log || this.truncating) return err(ErrorCode.ServerBusy, `shard ${this.id} is rewinding its log; retry`);
     for (let i = 0; i < req.writes.length; i++) {
       const guard = this.checkGuard(req.writes[i]!, states[i]!);
       if (guard) return guard;
@@ -405,7 +415,7 @@ export class Shard {
     if (this.state === 'serving' && this.writesStopped === null && log.headerBehind) {
       this.cancelIdle = this.opts.clock.after(this.opts.commitStep === undefined ? HEADER_CATCH_UP_IDLE_MS : 0, () => {
         this.cancelIdle = null;
-        if (this.committing || this.state !== 'serving' || this.writesStopped !== null) return;
+        if (this.committing || this.truncating || this.log !== log || this.state !== 'serving' || this.writesStopped !== null) return;
         this.syncingHeader = log
           .syncHeader()
           .then(() => this.releaseWaiters())
@@ -424,18 +434,34 @@ export class Shard {
       this.advanceCommitted(durableSeq);
       return;
     }
-    const p = step.commit(from, durableSeq);
-    this.commitChain = this.commitChain
-      .then(() => p)
-      .then(
-        () => {
-          this.advanceCommitted(durableSeq);
-          this.log!.setAcked(this.committedSeq);
-          // The barrier must be durable before the acks: a header write, with the next group or alone.
-          if (!this.committing && this.state === 'serving') void this.commitLoop();
-        },
-        (e: Error) => this.failWaitersAbove(this.committedSeq, e),
-      );
+    const gen = this.generation;
+    // Settled at once (a rejection is a value here, never an unhandled one), applied in seq order.
+    const settled = step.commit(from, durableSeq).then(
+      () => null,
+      (e: unknown) => (e instanceof Error ? e : new Error(String(e))),
+    );
+    this.commitChain = this.commitChain.then(async () => {
+      const failure = await settled;
+      if (gen !== this.generation || this.state !== 'serving') return;
+      if (this.writesStopped !== null) return; // an earlier range failed: nothing after it commits
+      if (failure !== null) {
+        // A hole: these records are durable here but not committed, and nothing after them may
+        // commit past them. Writes stop (like after a failed fdatasync); the cluster layer decides
+        // what becomes of the tail (truncateAfter, or a commit on promotion).
+        this.failWaitersAbove(this.committedSeq, failure);
+        this.stopWrites(`the commit step failed for seqs ${from}..${durableSeq} (${failure.message})`, ErrorCode.NotAcknowledged);
+        return;
+      }
+      try {
+        this.advanceCommitted(durableSeq);
+        this.log!.setAcked(this.committedSeq);
+      } catch (e) {
+        this.fail('corrupt', (e as Error).message);
+        return;
+      }
+      // The barrier must be durable before the acks: a header write, with the next group or alone.
+      if (!this.committing) void this.commitLoop();
+    });
   }
 
   private advanceCommitted(seq: number): void {
@@ -467,20 +493,22 @@ export class Shard {
   private rewindToDurable(why: string, diskFull: boolean): void {
     this.opts.log(`shard ${this.id}: refusing queued writes: ${why}`);
     this.log!.discardQueued();
-    const waiters = this.waiters;
-    this.waiters = [];
+    // Durable writes still waiting for their commit step stay: only what never reached the disk fails.
+    const durable = this.log!.durableSeq;
+    const waiters = this.waiters.filter((w) => w.lastSeq > durable);
+    this.waiters = this.waiters.filter((w) => w.lastSeq <= durable);
     // Placed states are ahead of the log now: drop every cached state; they reload from disk.
     this.states.clear();
     this.readAhead.clear();
     for (const w of waiters) w.fail(new Refusal(err(ErrorCode.StorageFailed, `shard ${this.id}: this write was not stored: ${why}`, { shard: this.id, diskFull })));
   }
 
-  private stopWrites(why: string): void {
+  private stopWrites(why: string, code: number = ErrorCode.StorageFailed): void {
     if (this.writesStopped === null) this.opts.log(`shard ${this.id} takes no more writes: ${why}; reads of committed data go on`);
     this.writesStopped ??= why;
     const waiters = this.waiters;
     this.waiters = [];
-    for (const w of waiters) w.fail(new Refusal(err(ErrorCode.StorageFailed, `shard ${this.id}: this write was not acknowledged: ${why}; restart the node to recover from the log`, { shard: this.id, diskFull: false })));
+    for (const w of waiters) w.fail(new Refusal(err(code, `shard ${this.id}: this write was not acknowledged: ${why}; restart the node to recover from the log`, { shard: this.id, diskFull: false })));
   }
 
   /** Why writes are refused on this shard, when they are (a failed fdatasync). */
@@ -751,18 +779,31 @@ export class Shard {
   async truncateAfter(seq: number): Promise<void> {
     const log = this.log;
     if (log === null) throw new Error(`shard ${this.id} is not open`);
-    if (this.waiters.length > 0 || this.committing || log.queuedRecords > 0) throw new Error(`shard ${this.id}: truncateAfter needs writes to be stopped first`);
-    if (this.syncingHeader) await this.syncingHeader;
-    await log.truncateAfter(seq);
-    await log.close();
-    this.log = null;
-    this.states.clear();
-    this.recent.clear();
-    this.readAhead.clear();
-    this.log = await ShardLog.open(this.logOptions());
-    this.committedSeq = Math.min(this.committedSeq, this.log.durableSeq);
-    this.durableSent = this.log.durableSeq;
-    this.checkWatermarks();
+    if (this.truncating) throw new Error(`shard ${this.id}: a truncateAfter is already running`);
+    this.truncating = true;
+    try {
+      // New writes are refused (2012) from here; wait out what is in flight.
+      await this.commitChain;
+      if (this.waiters.length > 0 || this.committing || log.queuedRecords > 0) throw new Error(`shard ${this.id}: truncateAfter needs writes to be stopped first`);
+      this.cancelIdle?.();
+      this.cancelIdle = null;
+      if (this.syncingHeader) await this.syncingHeader;
+      await log.truncateAfter(seq);
+      this.generation++;
+      await log.close();
+      this.states.clear();
+      this.recent.clear();
+      this.readAhead.clear();
+      this.log = await ShardLog.open(this.logOptions());
+      this.committedSeq = Math.min(this.committedSeq, this.log.durableSeq);
+      this.durableSent = this.committedSeq;
+      this.checkWatermarks();
+    } catch (e) {
+      if (this.log === log && !(e instanceof Error && /truncateAfter needs|refusing to truncate|inside a record/.test(e.message))) this.fail('failed', `truncateAfter failed: ${(e as Error).message}`);
+      throw e;
+    } finally {
+      this.truncating = false;
+    }
   }
 
   /** Committed records from `fromSeq` in position order, up to about `maxBytes` (at least one). */

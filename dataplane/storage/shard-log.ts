@@ -200,10 +200,7 @@ export class ShardLog {
       }
     }
     if (cleaned) await disk.syncDir(dir);
-    let indexes = names.map(parseSegmentFileName).filter((n): n is number => n !== null).sort((a, b) => a - b);
-    for (let i = 1; i < indexes.length; i++) {
-      if (indexes[i] !== indexes[i - 1]! + 1) throw this.corrupt(indexes[i]!, `follows segment ${indexes[i - 1]}; a segment file is missing`);
-    }
+    const indexes = names.map(parseSegmentFileName).filter((n): n is number => n !== null).sort((a, b) => a - b);
     // Headers. A .seg always has a header (segments are renamed into place after it is written),
     // so a zero or unreadable header is damage, wherever the segment is.
     const opened: { index: number; file: SegmentFile; h: SegmentHeader }[] = [];
@@ -225,17 +222,20 @@ export class ShardLog {
         if (parsed.header.sizeBytes !== file.sizeBytes) throw this.corrupt(index, `its header says ${parsed.header.sizeBytes} bytes but the file has ${file.sizeBytes}`);
         opened[opened.length - 1]!.h = parsed.header;
       }
-      // A truncation that did not finish: the segment that carries it ends the log.
+      // A truncation that did not finish: the segment that carries it ends the log (the later
+      // segments it was removing may be partly gone, so this comes before the gap check).
       const cut = opened.findIndex((o) => o.h.truncatedAt > 0);
       if (cut >= 0 && cut < opened.length - 1) {
-        for (const o of opened.splice(cut + 1)) {
+        for (const o of opened.splice(cut + 1).reverse()) {
           await o.file.close();
           await disk.remove(segmentPath(dir, o.index));
           await disk.remove(sidecarPath(segmentPath(dir, o.index)));
         }
         await disk.syncDir(dir);
-        indexes = opened.map((o) => o.index);
         this.opts.log(`shard ${this.opts.shard}: finishing an interrupted truncation in segment ${opened[cut]!.index}`);
+      }
+      for (let i = 1; i < opened.length; i++) {
+        if (opened[i]!.index !== opened[i - 1]!.index + 1) throw this.corrupt(opened[i]!.index, `follows segment ${opened[i - 1]!.index}; a segment file is missing`);
       }
       let seq = opened[0]?.h.firstSeq ?? 1;
       let tip: Uint8Array = opened[0]?.h.prevHash ?? ZERO_HASH;
@@ -914,7 +914,7 @@ export class ShardLog {
       await seg.file.writeAndSync([{ offset: 0, buf: this.headerBuf }]);
       seg.lastSeq = seq;
       // 2. Later segments, and this one's sidecar, go.
-      for (let i = at.segment + 1; i <= lastIndex; i++) {
+      for (let i = lastIndex; i > at.segment; i--) {
         const s = this.segments.get(i)!;
         await s.file.close();
         this.segments.delete(i);
