@@ -226,7 +226,7 @@ for (const kind of KINDS) {
     const dir = scratch(t);
     const io = await openKind(t, kind, dir);
     if (!io) return;
-    const seg = await io.openSegment(join(dir, 'seg'), { create: true, sizeBytes: MiB });
+    const seg = await io.openSegment(join(dir, 'seg'), { create: true, sizeBytes: 2 * MiB });
     const misaligned = io.allocAligned(2 * IO_ALIGN_BYTES).subarray(1, 1 + IO_ALIGN_BYTES);
     const writes = [
       { offset: 0, buf: patterned(io, IO_ALIGN_BYTES, 1) },
@@ -236,6 +236,14 @@ for (const kind of KINDS) {
     // io_uring cancels the rest of the chain (the third write and the fsync) with ECANCELED; the
     // caller must see the cause, not the cancellation.
     await assert.rejects(seg.writeAndSync(writes), { code: 'EINVAL', errno: -22 });
+    // Longer than the ring: the writes go unlinked and the fsync only after all of them succeeded.
+    const count = IO_URING_SQ_ENTRIES + 44;
+    const many = Array.from({ length: count }, (_, i) => ({ offset: i * IO_ALIGN_BYTES, buf: i === 100 ? misaligned : patterned(io, IO_ALIGN_BYTES, i) }));
+    await assert.rejects(seg.writeAndSync(many), { code: 'EINVAL', errno: -22 });
+    // And the segment still takes writes afterwards.
+    const ok = patterned(io, IO_ALIGN_BYTES, 3);
+    await seg.writeAndSync([{ offset: 0, buf: ok }]);
+    assert.deepEqual(await seg.read(0, ok.length), ok);
     await seg.close();
   });
 
@@ -315,27 +323,30 @@ test('io_uring: a read issued while a writeAndSync is in flight completes before
   const io = await openKind(t, 'io_uring', dir);
   if (!io) return;
   // 32 MiB per flush, so the flush takes many device requests however fast the disk: a read that
-  // had to wait for it (the old IOSQE_IO_DRAIN) could never settle first.
+  // had to wait for it (the old IOSQE_IO_DRAIN) could never settle first. As 4 writes (linked to
+  // the fsync) and as 32 (more than a chain takes: the fsync follows once all of them completed).
   const bigBytes = 32 * MiB;
   const big = await io.openSegment(join(dir, 'big'), { create: true, sizeBytes: bigBytes });
   const small = await io.openSegment(join(dir, 'small'), { create: true, sizeBytes: 64 * 1024 });
   const expected = patterned(io, IO_ALIGN_BYTES, 7);
   await small.writeAndSync([{ offset: 0, buf: expected }]);
-  const chunk = patterned(io, PREALLOC_CHUNK_BYTES, 8);
-  const writes = Array.from({ length: bigBytes / chunk.length }, (_, i) => ({ offset: i * chunk.length, buf: chunk }));
-  for (let round = 0; round < 4; round++) {
-    // Completion order, not time: both promises settle from the same ring, in completion order.
-    const order: string[] = [];
-    const flushed = big.writeAndSync(writes).then(() => order.push('fsync'));
-    const read = small.read(0, IO_ALIGN_BYTES).then((got) => {
-      order.push('read');
-      return got;
-    });
-    const [, got] = await Promise.all([flushed, read]);
-    assert.deepEqual(got, expected);
-    assert.deepEqual(order, ['read', 'fsync'], `round ${round}`);
+  for (const chunkBytes of [8 * MiB, MiB]) {
+    const chunk = patterned(io, chunkBytes, 8);
+    const writes = Array.from({ length: bigBytes / chunkBytes }, (_, i) => ({ offset: i * chunkBytes, buf: chunk }));
+    for (let round = 0; round < 3; round++) {
+      // Completion order, not time: both promises settle from the same ring, in completion order.
+      const order: string[] = [];
+      const flushed = big.writeAndSync(writes).then(() => order.push('fsync'));
+      const read = small.read(0, IO_ALIGN_BYTES).then((got) => {
+        order.push('read');
+        return got;
+      });
+      const [, got] = await Promise.all([flushed, read]);
+      assert.deepEqual(got, expected);
+      assert.deepEqual(order, ['read', 'fsync'], `${writes.length} writes, round ${round}`);
+    }
+    assert.deepEqual(await big.read(bigBytes - IO_ALIGN_BYTES, IO_ALIGN_BYTES), chunk.subarray(chunk.length - IO_ALIGN_BYTES));
   }
-  assert.deepEqual(await big.read(bigBytes - IO_ALIGN_BYTES, IO_ALIGN_BYTES), chunk.subarray(chunk.length - IO_ALIGN_BYTES));
   await big.close();
   await small.close();
 });

@@ -33,6 +33,16 @@ constexpr unsigned kDefaultSqEntries = 256;
 // kernel is short of memory, so back off briefly rather than spin (1 ms = one loop timer tick).
 constexpr uint64_t kSubmitRetryMs = 1;
 
+// Most writes one writevFsync links into a chain with its fsync. Linked writes run one after
+// another, each waiting for the one before; beyond this many, the writes go unlinked (in
+// parallel) and the fsync is submitted once they all succeeded, at the cost of one trip through
+// the thread's event loop. The engine sends one or two writes per group commit. Measured in
+// dataplane/native/README.md ("Linked or staged").
+#ifndef CELER_CHAIN_WRITES_MAX
+#define CELER_CHAIN_WRITES_MAX 4
+#endif
+constexpr size_t kChainWritesMax = CELER_CHAIN_WRITES_MAX;
+
 // Largest transfer of one read/write: Linux's MAX_RW_COUNT (INT_MAX rounded down to a page);
 // anything longer would be cut short by the kernel, and a CQE result is an int anyway.
 constexpr size_t kMaxIoBytes = 0x7ffff000;

@@ -95,13 +95,14 @@ class Ring {
     MaybeTeardown();
   }
 
-  // Queues req and submits what fits. A request that fits in the ring is one unit (for
-  // writevFsync: its writes linked to its fsync). A longer one cannot be one chain, because a chain
-  // must enter the kernel in one io_uring_enter: its writes go as separate units, and the fsync,
-  // its last op, only once they all succeeded.
+  // Queues req and submits what fits. A read, or a writevFsync of up to kChainWritesMax writes,
+  // is one unit (the writes linked to the fsync). A longer writevFsync is staged: its writes go as
+  // separate units, in parallel, and the fsync, its last op, once they all succeeded. A chain
+  // longer than the ring could not be one unit at all, because it must enter the kernel in one
+  // io_uring_enter.
   void Enqueue(Request* req) {
     unsigned count = static_cast<unsigned>(req->opCount);
-    if (count <= capacity_) {
+    if (req->isRead || (count - 1 <= kChainWritesMax && count <= capacity_)) {
       backlog_.push_back(Unit{&req->ops[0], count});
     } else {
       for (unsigned i = 0; i + 1 < count; i++) backlog_.push_back(Unit{&req->ops[i], 1});
