@@ -1,7 +1,7 @@
 // The write/read contract (SPEC §3–§4, §6) against a real `celer serve --standalone` process.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { connect as netConnect } from 'node:net';
+import { readFile } from 'node:fs/promises';
 import {
   AlreadyAppliedError,
   CrossShardWriteError,
@@ -12,8 +12,10 @@ import {
   BadRequestError,
   type CelerClient,
 } from '@celer/client';
-import { decodeError, encodeFrame, encodeWriteRequest, Expect, FrameDecoder, Op, Writer } from '../../client/wire.ts';
+import { decodeError, encodeFrame, encodeWriteRequest, Expect, Op, Writer } from '../../client/wire.ts';
 import { removeDir, runCeler, startCeler, tempDir, type CelerProcess } from './lib/celer-process.ts';
+import { openRaw } from './lib/raw-connection.ts';
+import { waitUntil } from './lib/wait.ts';
 
 const te = new TextEncoder();
 const ev = (type: string, text = type) => ({ type, data: te.encode(text) });
@@ -87,21 +89,30 @@ test('a multi-aggregate write that spans shards gets 9001 and nothing is written
   await assert.rejects(client.details(b), AggregateNotFoundError);
 });
 
+/** The process's scheduler state from /proc (R running, S sleeping, T stopped, ...). */
+async function procState(pid: number): Promise<string> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+}
+
 test('a write retried after a timeout lands once: the retry gets 2002', async () => {
   const key = { org: 4, type: 1, id: 1 };
   const impatient = await connect(node.native, { clientId: 77, requestTimeoutMs: 300 });
+  const pid = node.proc.pid!;
   try {
-    // Freeze the server so the first attempt's answer cannot arrive in time.
+    // Freeze the server so the first attempt's answer cannot arrive in time. A signal is
+    // delivered asynchronously: send the write only once the kernel reports the process stopped.
     node.proc.kill('SIGSTOP');
+    await waitUntil('the server to be stopped', async () => (await procState(pid)) === 'T');
     const first = impatient.append(key, [ev('Paid')], { clientSeq: 1 });
     await assert.rejects(first, (e: Error) => e.name === 'TimeoutError');
     node.proc.kill('SIGCONT');
-    let retry: unknown;
-    for (let i = 0; i < 50; i++) {
-      retry = await impatient.append(key, [ev('Paid')], { clientSeq: 1 }).catch((e: unknown) => e);
-      if (!(retry instanceof DuplicateInFlightError) && !(retry instanceof Error && retry.name === 'TimeoutError')) break;
-      await new Promise((r) => setTimeout(r, 50));
-    }
+    // Retry until the server has made up its mind about the first attempt: while that attempt is
+    // still being written the retry gets 2013 (or times out if the server has not resumed yet).
+    const retry = await waitUntil('an answer to the retry other than 2013 or a timeout', async () => {
+      const r = await impatient.append(key, [ev('Paid')], { clientSeq: 1 }).catch((e: unknown) => e);
+      return r instanceof DuplicateInFlightError || (r instanceof Error && r.name === 'TimeoutError') ? null : r;
+    });
     assert.ok(retry instanceof AlreadyAppliedError, `expected 2002, got ${String(retry)}`);
     const page = await client.read(key);
     assert.equal(page.batches.length, 1, 'the event landed exactly once');
@@ -143,31 +154,6 @@ test('reads see acknowledged writes at once, in order, paged by bytes', async ()
   await assert.rejects(client.read({ org: 5, type: 1, id: 999 }), AggregateNotFoundError);
 });
 
-function rawExchange(frames: Uint8Array[], address: string): Promise<{ frames: { op: number; correlationId: number; body: Uint8Array }[]; closed: boolean }> {
-  const [host, port] = [address.slice(0, address.lastIndexOf(':')), Number(address.slice(address.lastIndexOf(':') + 1))];
-  return new Promise((resolve, reject) => {
-    const s = netConnect({ host, port });
-    const dec = new FrameDecoder();
-    const got: { op: number; correlationId: number; body: Uint8Array }[] = [];
-    let closed = false;
-    s.on('data', (d) => got.push(...dec.push(d)));
-    s.on('close', () => {
-      closed = true;
-      resolve({ frames: got, closed });
-    });
-    s.on('error', reject);
-    s.on('connect', () => {
-      for (const f of frames) s.write(f);
-      setTimeout(() => {
-        if (!closed) {
-          s.destroy();
-          resolve({ frames: got, closed: false });
-        }
-      }, 1000);
-    });
-  });
-}
-
 test('bad input gets 9100 with a useful message and the node keeps serving other clients', async () => {
   const key = { org: 6n, type: 1n, id: 1n };
   const good = (events: { type: string; data: Uint8Array }[]) => encodeWriteRequest({ clientId: 1n, writes: [{ key, expectMode: Expect.Any, expectVersion: 0n, clientSeq: 0n, events }] });
@@ -181,11 +167,19 @@ test('bad input gets 9100 with a useful message and the node keeps serving other
   shortKey.u128(1n);
   shortKey.u16(1);
   shortKey.bytes(new Uint8Array(20));
-  const r = await rawExchange(
-    [encodeFrame(1, Op.Write, unknownField), encodeFrame(2, Op.Write, oversize), encodeFrame(3, Op.Write, shortKey.finish()), encodeFrame(4, 77, new Uint8Array(0))],
-    node.native,
-  );
-  const byId = new Map(r.frames.map((f) => [f.correlationId, decodeError(f.body)]));
+  const r = await openRaw(node.native);
+  try {
+    for (const f of [encodeFrame(1, Op.Write, unknownField), encodeFrame(2, Op.Write, oversize), encodeFrame(3, Op.Write, shortKey.finish()), encodeFrame(4, 77, new Uint8Array(0))]) r.write(f);
+    await waitUntil('answers to the four bad requests', () => r.frames.length >= 4 || r.closed);
+    // The same connection still works: a ping sent after them is answered on it.
+    r.write(encodeFrame(5, Op.Ping, new Uint8Array(0)));
+    await waitUntil('the pong on the same connection', () => r.frames.some((f) => f.correlationId === 5) || r.closed);
+    assert.equal(r.closed, false, 'a well-framed bad request does not cost the connection');
+    assert.equal(r.frames.find((f) => f.correlationId === 5)?.op, Op.Pong);
+  } finally {
+    r.destroy();
+  }
+  const byId = new Map(r.frames.filter((f) => f.op === Op.Error).map((f) => [f.correlationId, decodeError(f.body)]));
   assert.equal(byId.get(1)?.code, 9100);
   assert.match(byId.get(1)!.message, /unknown fields/);
   assert.equal(byId.get(2)?.code, 9100);
@@ -194,12 +188,13 @@ test('bad input gets 9100 with a useful message and the node keeps serving other
   assert.match(byId.get(3)!.message, /key/);
   assert.equal(byId.get(4)?.code, 9100);
   assert.match(byId.get(4)!.message, /unknown operation 77/);
-  assert.equal(r.closed, false, 'a well-framed bad request does not cost the connection');
   // A frame whose length prefix is hostile: the server says why and closes that connection only.
   const hostile = new Uint8Array(9);
   new DataView(hostile.buffer).setUint32(0, 0xffff_fff0, true);
-  const h = await rawExchange([hostile], node.native);
-  assert.equal(h.closed, true);
+  const h = await openRaw(node.native);
+  h.write(hostile);
+  await waitUntil('the server to close the connection', () => h.closed);
+  assert.equal(h.frames.length, 1, 'one error frame before the close');
   assert.equal(decodeError(h.frames[0]!.body).code, 9100);
   assert.match(decodeError(h.frames[0]!.body).message, /exceeds/);
   // Client-side validation: an invalid key part never reaches the server.
