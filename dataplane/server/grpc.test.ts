@@ -372,6 +372,8 @@ describe('error mapping', () => {
     [2002, grpc.status.ALREADY_EXISTS],
     [2003, grpc.status.FAILED_PRECONDITION],
     [2011, grpc.status.UNAVAILABLE],
+    [2007, grpc.status.UNAVAILABLE],
+    [2008, grpc.status.RESOURCE_EXHAUSTED],
     [2012, grpc.status.RESOURCE_EXHAUSTED],
     [2013, grpc.status.ABORTED],
     [2022, grpc.status.INVALID_ARGUMENT],

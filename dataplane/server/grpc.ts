@@ -66,6 +66,8 @@ export const GRPC_STATUS_BY_CODE: Readonly<Record<number, grpc.status>> = {
   [ErrorCode.NotLeader]: grpc.status.UNAVAILABLE,
   [ErrorCode.ServerBusy]: grpc.status.RESOURCE_EXHAUSTED,
   [ErrorCode.DuplicateInFlight]: grpc.status.ABORTED,
+  [ErrorCode.NotAcknowledged]: grpc.status.UNAVAILABLE,
+  [ErrorCode.StorageFailed]: grpc.status.RESOURCE_EXHAUSTED,
   [ErrorCode.SchemaValidation]: grpc.status.INVALID_ARGUMENT,
   [ErrorCode.CrossShardWrite]: grpc.status.INVALID_ARGUMENT,
   [ErrorCode.BadRequest]: grpc.status.INVALID_ARGUMENT,
