@@ -107,7 +107,7 @@ test('a torn tail recovers; a flipped byte in committed data is named by verify 
     await fh.close();
     const v1 = await runCeler(['verify', '--data-dir', dir]);
     assert.equal(v1.code, 0, v1.stdout);
-    assert.match(v1.stdout, /uncommitted tail/);
+    assert.match(v1.stdout, /unacknowledged tail/);
     node = await startCeler(dir);
     c = await connect(node.native, { clientId: 1 });
     assert.equal((await c.details(key)).version, 20n);
