@@ -212,8 +212,11 @@ async function main(): Promise<void> {
     await writeClient.close();
     process.removeListener('exit', stopOnExit);
     await stopNode(child);
-    if (ownDir) rmSync(dataDir, { recursive: true, force: true });
   }
 }
 
-await main();
+try {
+  await main();
+} finally {
+  if (ownDir) rmSync(dataDir, { recursive: true, force: true });
+}
