@@ -53,9 +53,16 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
   if (!Number.isSafeInteger(segmentBytes) || segmentBytes < SEGMENT_BYTES_MIN || segmentBytes > SEGMENT_BYTES_MAX || segmentBytes % 4096 !== 0) {
     throw new ConfigError(`--segment-mb gives ${segmentBytes} bytes; a segment must be a multiple of 4 KiB from ${SEGMENT_BYTES_MIN} bytes to ${SEGMENT_BYTES_MAX / 1048576} MiB`);
   }
-  const meta = openDataMeta(o.dataDir, { numShards: o.shards, routing: o.routing }, { numShards: availableParallelism(), routing: 'id' });
+  // The lock first: a second process must not touch celer.json before it learns the directory is taken.
   const lock = await lockDataDir(o.dataDir, { log: o.log });
   const unlock = (): void => void lock.release();
+  let meta: ReturnType<typeof openDataMeta>;
+  try {
+    meta = openDataMeta(o.dataDir, { numShards: o.shards, routing: o.routing }, { numShards: availableParallelism(), routing: 'id' });
+  } catch (e) {
+    await lock.release();
+    throw e;
+  }
   const workers = Math.max(1, Math.min(o.workers ?? availableParallelism(), meta.numShards));
   let router: Router;
   try {
