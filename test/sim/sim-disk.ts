@@ -310,7 +310,7 @@ export class SimDisk implements Disk {
     return new Uint8Array(Math.max(BLOCK_BYTES, roundUp(size, BLOCK_BYTES)));
   }
 
-  async openSegment(path: string, opts: { create: boolean; sizeBytes: number }): Promise<SegmentFile> {
+  async openSegment(path: string, opts: { create: boolean; sizeBytes: number }): Promise<SimSegment> {
     if (opts.create && (!Number.isSafeInteger(opts.sizeBytes) || opts.sizeBytes <= 0 || opts.sizeBytes % BLOCK_BYTES !== 0)) {
       throw new RangeError(`${path}: segment size ${opts.sizeBytes} is not a positive multiple of ${BLOCK_BYTES}`);
     }
@@ -612,7 +612,7 @@ interface SegmentOps {
   hold(ino: Inode, delta: 1 | -1): void;
 }
 
-class SimSegment implements SegmentFile {
+export class SimSegment implements SegmentFile {
   readonly path: string;
   readonly sizeBytes: number;
   readonly #disk: SegmentOps;
@@ -644,9 +644,19 @@ class SimSegment implements SegmentFile {
     }
     // The buffers belong to the disk until this resolves: they are read when the write step
     // takes effect, not now, so an engine that reuses one too early writes the wrong bytes.
+    await this.writeUnsynced(writes);
+    await this.fsync();
+  }
+
+  /** The write phase of writeAndSync alone (no checks): for deliberately broken disks in tests. */
+  async writeUnsynced(writes: readonly AlignedWrite[]): Promise<void> {
     await this.#disk.step('write', this.path);
     this.#checkOpen();
     this.#disk.write(this.#ino, writes);
+  }
+
+  /** The fsync phase of writeAndSync alone. */
+  async fsync(): Promise<void> {
     await this.#disk.fsync(this.#ino, this.path);
   }
 

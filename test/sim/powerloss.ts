@@ -1,0 +1,807 @@
+// The power-loss harness: one seed = one run of the real Shard (dataplane/shard/shard.ts) on a
+// SimDisk with small segments, many concurrent writers, a power cut at a seeded step, and a new
+// Shard on what the disk kept. The shard is driven only through `handle(op, body)` with bodies from
+// the client's wire encoders, so the harness sees what a client sees and nothing of the engine.
+//
+// What a run checks after the power cut (`failures` lists every breach):
+//   - every acknowledged write is readable with its exact events, at the versions and the seq its
+//     acknowledgment gave;
+//   - versions per aggregate are gapless from 1, and seqs over the shard gapless from 1;
+//   - a write that was in flight is there wholly (on every aggregate it touched, at versions its
+//     guards allowed) or not at all;
+//   - exactly-once survives: a retry of an acknowledged (or surviving) clientSeq gets 2002, a
+//     retry of a lost in-flight write is applied once;
+//   - the shard serves, or refuses with 9200 only when the run rotted synced data on purpose; it
+//     never returns bytes other than those written;
+//   - after the checks it takes new writes at the next versions, and a clean reopen sees them all.
+// Before the cut it checks what a client can: acknowledgments of different writes never claim the
+// same version, a read shows every write acknowledged before it was sent.
+import { decodeDetailsOk, decodeError, decodeReadOk, decodeWriteOk, encodeKeyRequest, encodeReadRequest, encodeWriteRequest, Expect, Op, type ExpectMode, type WireEvent, type WireReadOk, type WireWriteOk } from '../../client/wire.ts';
+import type { NormalizedKey } from '../../client/key.ts';
+import { ErrorCode } from '../../client/errors.ts';
+import { verifyShard } from '../../dataplane/cli/verify.ts';
+import { initHashing } from '../../dataplane/storage/checksum.ts';
+import { decodeSegmentFooter, decodeSegmentHeader, SEGMENT_FOOTER_BYTES } from '../../dataplane/storage/segment.ts';
+import type { Disk } from '../../dataplane/storage/disk.ts';
+import { Shard, type ShardResult } from '../../dataplane/shard/shard.ts';
+import { prng } from '../lib/prng.ts';
+import { SimClock } from './sim-clock.ts';
+import { SimDisk, type SimOp } from './sim-disk.ts';
+
+/** 64 KiB segments (the engine's minimum): a run of ~100 writes rotates a few times. */
+export const SIM_SEGMENT_BYTES = 64 * 1024;
+const DATA_DIR = '/data';
+const SHARD_DIR = `${DATA_DIR}/shard-000`;
+const NUM_SHARDS = 1;
+/** Routing code of 'id' (dataplane/storage/segment.ts ROUTING_CODES). */
+const ROUTING = 2;
+const NODE_ID = Uint8Array.from({ length: 16 }, (_, i) => 0xc0 + i);
+/** Event-loop turns a run may take before it counts as stuck (a hang in the engine). */
+const TURNS_MAX = 400_000;
+/** Simulated quiet time after the workload, so the idle header catch-up (50 ms) happens. */
+const IDLE_MS = 120;
+
+/** What can go wrong besides the power cut, chosen per seed. */
+export type Scenario = 'plain' | 'fsync-eio' | 'disk-full';
+const SCENARIOS: readonly { s: Scenario; weight: number }[] = [
+  { s: 'plain', weight: 8 },
+  { s: 'fsync-eio', weight: 1 },
+  { s: 'disk-full', weight: 1 },
+];
+
+export interface RunOptions {
+  seed: number;
+  /** Puts something between the engine and the SimDisk (the deliberately broken disks of the teeth tests). */
+  wrap?: (disk: SimDisk) => Disk;
+  /** Forces a scenario (default: seeded). */
+  scenario?: Scenario;
+}
+
+export interface RunResult {
+  seed: number;
+  scenario: Scenario;
+  failures: string[];
+  /** One line: what happened (for replay comparisons and failure messages). */
+  summary: string;
+  /** The engine's log lines, last ones (for failure messages). */
+  log: string[];
+}
+
+interface Part {
+  agg: number;
+  mode: ExpectMode;
+  expect: number;
+  clientSeq: bigint;
+  events: WireEvent[];
+}
+
+interface Issued {
+  id: number;
+  client: number;
+  clientId: bigint;
+  parts: Part[];
+  body: Uint8Array;
+  /** null while unanswered (in flight at the cut). */
+  answer: { ok: WireWriteOk } | { code: number; detail: Record<string, unknown> } | null;
+}
+
+/** A batch as recovered by reading an aggregate. */
+interface SeenBatch {
+  agg: number;
+  from: number;
+  to: number;
+  seq: number;
+  clientId: bigint;
+  events: WireEvent[];
+}
+
+const te = new TextEncoder();
+let hashingReady: Promise<void> | null = null;
+
+export function keyOf(agg: number): NormalizedKey {
+  return { org: 7n, type: 3n, id: BigInt(agg + 1) };
+}
+
+function turn(): Promise<void> {
+  return new Promise<void>((r) => setImmediate(r));
+}
+
+function sameBytes(a: Uint8Array | undefined, b: Uint8Array | undefined): boolean {
+  if (a === undefined || b === undefined) return a === b;
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+function sameEvent(a: WireEvent, b: WireEvent): boolean {
+  return a.type === b.type && sameBytes(a.data, b.data) && sameBytes(a.metadata, b.metadata);
+}
+
+/** Reads the write id a harness event carries in its first 4 bytes. */
+function writeIdOf(e: WireEvent): number {
+  return e.data.length >= 4 ? new DataView(e.data.buffer, e.data.byteOffset, 4).getUint32(0) : -1;
+}
+
+/** The command line that replays one seed of the power-loss test. */
+export function replayCommand(seed: number): string {
+  return `CELER_SIM_SEED=${seed} node_modules/.bin/node --test test/sim/powerloss.test.ts`;
+}
+
+/** Opens the real shard on `disk` (the engine's own options; nothing else of it is used). */
+async function openShard(disk: Disk, clock: SimClock, memoryBudgetBytes: number, log: (m: string) => void): Promise<Shard> {
+  return Shard.open({
+    disk,
+    clock,
+    dir: SHARD_DIR,
+    shard: 0,
+    numShards: NUM_SHARDS,
+    routing: ROUTING,
+    segmentBytes: SIM_SEGMENT_BYTES,
+    memoryBudgetBytes,
+    nodeId: NODE_ID,
+    log,
+  });
+}
+
+/**
+ * Runs the clock while `busy()` holds: one turn of the event loop per step, `msPerTurn` of
+ * simulated time each. Stops at TURNS_MAX turns and says so.
+ */
+class Driver {
+  turns = 0;
+  private stopped = false;
+  readonly done: Promise<void>;
+  stuck = false;
+
+  constructor(clock: SimClock, msPerTurn: number) {
+    this.done = (async () => {
+      while (!this.stopped) {
+        await turn();
+        clock.advance(msPerTurn);
+        if (++this.turns > TURNS_MAX) {
+          this.stuck = true;
+          return;
+        }
+      }
+    })();
+  }
+
+  stop(): void {
+    this.stopped = true;
+  }
+}
+
+/** Awaits `p` unless the driver gives up first (then null). */
+async function bounded<T>(p: Promise<T>, driver: Driver): Promise<T | null> {
+  let settled = false;
+  const r = await Promise.race([
+    p.finally(() => (settled = true)),
+    driver.done.then(() => null),
+  ]);
+  return settled ? (r as T) : null;
+}
+
+interface Workload {
+  scenario: Scenario;
+  failures: string[];
+  engineLog: string[];
+  /** Kinds of the steps the run took after the shard opened, by step number. */
+  steps: Map<number, SimOp['kind']>;
+  /** The disk the power cut left. */
+  after: SimDisk;
+  summary: string;
+  ctx: Omit<CheckContext, 'fail' | 'log' | 'rot' | 'refused' | 'lossFromSeq' | 'recrash'>;
+}
+
+/**
+ * One seed's workload up to the power cut at step `crashAt` (null: after the workload and a quiet
+ * time). Everything is drawn from the seed, so a run with a cut at step N is the run without one
+ * up to step N.
+ */
+async function runWorkload(opts: RunOptions, crashAt: number | null): Promise<Workload> {
+  const seed = opts.seed;
+  const rng = prng(seed);
+  const int = (n: number): number => Math.floor(rng() * n);
+  const pick = <T>(xs: readonly T[]): T => xs[int(xs.length)]!;
+  const failures: string[] = [];
+  const fail = (msg: string): void => {
+    if (failures.length < 40) failures.push(msg);
+  };
+  const engineLog: string[] = [];
+  const log = (m: string): void => {
+    engineLog.push(m);
+    if (engineLog.length > 60) engineLog.shift();
+  };
+
+  let scenario = opts.scenario;
+  if (scenario === undefined) {
+    let w = rng() * SCENARIOS.reduce((n, x) => n + x.weight, 0);
+    scenario = SCENARIOS.find((x) => (w -= x.weight) < 0)?.s ?? 'plain';
+  } else rng();
+
+  // ---- the workload's shape, all from the seed ----
+  const aggregates = 2 + int(10);
+  const clients = 2 + int(6);
+  const writesPerClient = 5 + int(30);
+  const bigEvents = rng() < 0.3;
+  const memoryBudgetBytes = pick([256 * 1024, 1024 * 1024, 8 * 1024 * 1024]);
+  const msPerTurn = pick([0.05, 0.25, 1, 3]);
+  const readPageBytes = pick([0, 600, 4096]);
+  const turnsRng = prng(seed ^ 0x5eed);
+  const disk = new SimDisk({ seed, turns: () => (turnsRng() < 0.2 ? 2 + Math.floor(turnsRng() * 3) : 1) });
+  await disk.mkdirp(DATA_DIR);
+
+  const clock = new SimClock();
+  const driver = new Driver(clock, msPerTurn);
+  const engineDisk = opts.wrap ? opts.wrap(disk) : disk;
+
+  // ---- faults and the power cut ----
+  let crashed: SimDisk | null = null;
+  let crashStep = 0;
+  let crashKind = 'quiet';
+  let opened = false;
+  const steps = new Map<number, SimOp['kind']>();
+  let signalCrash: () => void = () => {};
+  const crashSignal = new Promise<void>((r) => (signalCrash = r));
+  const crashRng = prng(seed ^ 0xc0ffee);
+  let fsyncs = 0;
+  const eioAtFsync = scenario === 'fsync-eio' ? 1 + int(40) : -1;
+  const hook = (op: SimOp): string | undefined => {
+    if (opened && op.kind === 'fsync' && ++fsyncs === eioAtFsync) return 'EIO';
+    if (opened) steps.set(op.n, op.kind);
+    if (crashed === null && op.n === crashAt) {
+      crashStep = op.n;
+      crashKind = op.kind;
+      crashed = disk.crash(crashRng);
+      signalCrash();
+    }
+    return undefined;
+  };
+  disk.onOp = hook;
+
+  const shard = await bounded(openShard(engineDisk, clock, memoryBudgetBytes, log), driver);
+  if (shard === null || shard.state !== 'serving') {
+    driver.stop();
+    throw new Error(`seed ${seed}: the shard did not open on an empty disk: ${shard?.state ?? 'hung'} ${shard?.reason ?? ''}`);
+  }
+  opened = true;
+  if (scenario === 'disk-full') disk.capacityBytes = disk.usedBytes + int(4) * SIM_SEGMENT_BYTES + int(SIM_SEGMENT_BYTES);
+
+  // ---- the workload: closed-loop clients ----
+  const issued: Issued[] = [];
+  const ackedVersions = new Map<number, Map<number, number>>(); // agg → version → write id
+  const ackedUpTo = new Map<number, Set<number>>(); // agg → ids of writes acked so far
+  const clientLoop = async (c: number): Promise<void> => {
+    const clientId = 1000n + BigInt(c);
+    const known = new Map<number, number>();
+    let clientSeq = 0n;
+    for (let i = 0; i < writesPerClient && crashed === null; i++) {
+      if (rng() < 0.12) {
+        await readDuring(int(aggregates));
+        continue;
+      }
+      const n = Math.min(aggregates, 1 + (rng() < 0.3 ? int(3) : 0));
+      const aggs: number[] = [];
+      while (aggs.length < n) {
+        const a = int(aggregates);
+        if (!aggs.includes(a)) aggs.push(a);
+      }
+      const withSeq = rng() < 0.7;
+      if (withSeq) clientSeq += 1n + BigInt(int(2));
+      const id = issued.length;
+      const parts: Part[] = aggs.map((agg, p) => {
+        const k = known.get(agg) ?? 0;
+        const g = rng();
+        const mode: ExpectMode = g < 0.4 ? Expect.Any : g < 0.75 ? Expect.Exact : g < 0.85 ? Expect.NoStream : Expect.StreamExists;
+        const expect = mode === Expect.Exact ? (rng() < 0.1 ? k + 1 : k) : 0;
+        const events: WireEvent[] = [];
+        const count = 1 + int(4);
+        for (let e = 0; e < count; e++) {
+          const size = 8 + (bigEvents && rng() < 0.2 ? int(6000) : int(500));
+          const data = new Uint8Array(size);
+          for (let b = 0; b < size; b++) data[b] = int(256);
+          new DataView(data.buffer).setUint32(0, id);
+          data[4] = p;
+          data[5] = e;
+          const ev: WireEvent = { type: pick(['created', 'renamed', 'noted', 'x']), data };
+          if (rng() < 0.1) ev.metadata = te.encode(`m${id}`);
+          events.push(ev);
+        }
+        return { agg, mode, expect, clientSeq: withSeq ? clientSeq : 0n, events };
+      });
+      const body = encodeWriteRequest({
+        clientId,
+        writes: parts.map((p) => ({ key: keyOf(p.agg), expectMode: p.mode, expectVersion: BigInt(p.expect), clientSeq: p.clientSeq, events: p.events })),
+      });
+      const w: Issued = { id, client: c, clientId, parts, body, answer: null };
+      issued.push(w);
+      const res = await shard.handle(Op.Write, body);
+      if (crashed !== null) return; // answered after the cut: a dead disk cannot complete an fsync, so this is not an ack
+      if (res.op === Op.WriteOk) {
+        const ok = decodeWriteOk(res.body);
+        w.answer = { ok };
+        onAck(w, ok);
+        parts.forEach((p, j) => known.set(p.agg, Number(ok.ranges[j]!.toVersion)));
+        if (withSeq && rng() < 0.15) await retryDuring(w);
+      } else {
+        const e = decodeError(res.body);
+        w.answer = { code: e.code, detail: e.detail };
+        if (e.code === ErrorCode.WrongExpectedVersion) {
+          const cur = Number(e.detail['currentVersion'] ?? NaN);
+          // The detail names the version of the aggregate whose guard failed; which one is not
+          // said, so a writer re-reads: here, every aggregate of the write.
+          for (const p of parts) if (Number.isFinite(cur)) known.set(p.agg, await detailsVersion(p.agg));
+        } else if (!expectedRefusal(e.code)) {
+          fail(`write ${id} got ${e.code} (${e.message}) while serving`);
+        }
+      }
+    }
+  };
+
+  // 2008: writes stopped after a failed fsync (fsync-eio), or no room for the next segment (disk-full).
+  const expectedRefusal = (code: number): boolean => code === ErrorCode.WrongExpectedVersion || (scenario !== 'plain' && code === ErrorCode.StorageFailed);
+
+  const onAck = (w: Issued, ok: WireWriteOk): void => {
+    if (ok.ranges.length !== w.parts.length) fail(`write ${w.id}: ${ok.ranges.length} ranges acknowledged for ${w.parts.length} aggregates`);
+    w.parts.forEach((p, j) => {
+      const r = ok.ranges[j];
+      if (r === undefined) return;
+      const from = Number(r.fromVersion);
+      const to = Number(r.toVersion);
+      if (to - from + 1 !== p.events.length) fail(`write ${w.id}: acknowledged versions ${from}..${to} for ${p.events.length} events`);
+      if (p.mode === Expect.Exact && from !== p.expect + 1) fail(`write ${w.id}: guard expected version ${p.expect} but it landed at ${from}`);
+      if (p.mode === Expect.NoStream && from !== 1) fail(`write ${w.id}: guard no_stream but it landed at ${from}`);
+      if (p.mode === Expect.StreamExists && from === 1) fail(`write ${w.id}: guard stream_exists but it landed at version 1`);
+      let m = ackedVersions.get(p.agg);
+      if (m === undefined) ackedVersions.set(p.agg, (m = new Map()));
+      for (let v = from; v <= to; v++) {
+        const other = m.get(v);
+        if (other !== undefined) fail(`aggregate ${p.agg} version ${v} acknowledged to both write ${other} and write ${w.id}`);
+        m.set(v, w.id);
+      }
+      let s = ackedUpTo.get(p.agg);
+      if (s === undefined) ackedUpTo.set(p.agg, (s = new Set()));
+      s.add(w.id);
+    });
+  };
+
+  const detailsVersion = async (agg: number): Promise<number> => {
+    const r = await shard.handle(Op.Details, encodeKeyRequest(keyOf(agg)));
+    if (r.op === Op.DetailsOk) return Number(decodeDetailsOk(r.body).version);
+    return 0;
+  };
+
+  const readDuring = async (agg: number): Promise<void> => {
+    const mustSee = new Set(ackedUpTo.get(agg) ?? []);
+    const got = await readAll(shard, agg, readPageBytes);
+    if (crashed !== null) return;
+    if ('code' in got) {
+      if (got.code === ErrorCode.AggregateNotFound && mustSee.size === 0) return;
+      if (!expectedRefusal(got.code)) fail(`read of aggregate ${agg} while serving got ${got.code} (${got.message})`);
+      return;
+    }
+    const seen = new Set<number>();
+    let v = 0;
+    for (const b of got.batches) {
+      if (b.from !== v + 1) fail(`read of aggregate ${agg} while serving: batch at version ${b.from} after version ${v}`);
+      v = b.to;
+      if (b.events[0] !== undefined) seen.add(writeIdOf(b.events[0]));
+    }
+    for (const id of mustSee) if (!seen.has(id)) fail(`read of aggregate ${agg} while serving misses write ${id}, acknowledged before the read was sent`);
+  };
+
+  const retryDuring = async (w: Issued): Promise<void> => {
+    const res = await shard.handle(Op.Write, retryBody(w));
+    if (crashed !== null) return;
+    const code = res.op === Op.Error ? decodeError(res.body).code : 0;
+    if (code !== ErrorCode.AlreadyApplied && !expectedRefusal(code)) fail(`retry of acknowledged write ${w.id} (clientSeq ${w.parts[0]!.clientSeq}) got ${res.op === Op.WriteOk ? 'applied again' : code}`);
+  };
+
+  const workload = Promise.all(Array.from({ length: clients }, (_, c) => clientLoop(c)));
+  await Promise.race([workload, crashSignal, driver.done]);
+  // Quiet time: no writes, the idle header catch-up and spare making may still touch the disk.
+  for (let t = 0; crashed === null && t * msPerTurn < IDLE_MS && !driver.stuck; t++) await turn();
+  if (driver.stuck && crashed === null) fail(`the workload made no progress for ${TURNS_MAX} event-loop turns (a hang)`);
+  if (crashed === null) {
+    crashStep = disk.steps;
+    crashed = disk.crash(crashRng);
+  }
+  driver.stop();
+  const after: SimDisk = crashed;
+  const report = after.lastCrash!;
+  const acked = issued.filter((w) => w.answer !== null && 'ok' in w.answer);
+  const inFlight = issued.filter((w) => w.answer === null);
+  const summary = `seed ${seed} ${scenario}: ${issued.length} writes (${acked.length} acknowledged, ${inFlight.length} in flight) over ${aggregates} aggregates, ${clients} clients; power cut at step ${crashStep} (${crashKind}), ${report.style}: ${report.sectorsKept} sectors kept, ${report.sectorsLost} lost, ${report.dirOpsKept}/${report.dirOpsKept + report.dirOpsLost} directory operations kept`;
+
+  return { scenario, failures, engineLog, steps, after, summary, ctx: { issued, aggregates, memoryBudgetBytes, msPerTurn, readPageBytes, wrap: opts.wrap } };
+}
+
+/** Step kinds of rotation and sidecar writing. */
+const NAME_STEPS: readonly SimOp['kind'][] = ['create', 'rename', 'syncDir', 'remove'];
+
+/**
+ * One seed: the workload without a power cut, to learn which steps it takes; then again with the
+ * cut at one of them: any step, an fsync (mid group commit), a step of rotation or sidecar
+ * writing (create, rename, directory sync), or after the workload (quiet); then the checks.
+ */
+export async function runPowerLoss(opts: RunOptions): Promise<RunResult> {
+  hashingReady ??= initHashing();
+  await hashingReady;
+  const dry = await runWorkload(opts, null);
+  const rng = prng(opts.seed ^ 0x0c1a5);
+  const all = [...dry.steps.keys()];
+  const fsyncs = all.filter((n) => dry.steps.get(n) === 'fsync');
+  const names = all.filter((n) => NAME_STEPS.includes(dry.steps.get(n)!));
+  const where = rng();
+  const from = where < 0.12 ? [] : where < 0.5 ? all : where < 0.8 ? fsyncs : names;
+  const crashAt = from.length === 0 ? null : from[Math.floor(rng() * from.length)]!;
+  const run = crashAt === null ? dry : await runWorkload(opts, crashAt);
+  const failures = [...new Set([...dry.failures, ...run.failures])];
+  const fail = (msg: string): void => {
+    if (failures.length < 40) failures.push(msg);
+  };
+  const log = (m: string): void => {
+    run.engineLog.push(m);
+    if (run.engineLog.length > 60) run.engineLog.shift();
+  };
+  run.after.capacityBytes = Infinity; // the operator freed space before restarting
+  const rot = opts.scenario === undefined ? rotImage(run.after, run.ctx.issued, prng(opts.seed ^ 0x2071)) : null;
+  const again = prng(opts.seed ^ 0xa6a1);
+  const recrashAt = opts.scenario === undefined && again() < 0.2 ? 1 + Math.floor(again() * 40) : null;
+  const ctx: CheckContext = { ...run.ctx, fail, log, rot, refused: false, lossFromSeq: rot?.kind === 'log' && !rot.covered ? rot.seq : Infinity, recrash: recrashAt === null ? null : { atStep: recrashAt, rng: again, happened: false } };
+  await checkRecovered(run.after, ctx);
+  if (ctx.recrash?.happened === true) run.summary += `; power cut again at step ${recrashAt} of recovery`;
+  const rotted = rot === null ? '' : `; rotted ${rot.path} at ${rot.offset}${rot.kind === 'log' ? ` (acknowledged seq ${rot.seq}, ${rot.covered ? 'below the durable end or ack barrier' : 'in the unvouched tail'})${ctx.refused ? ', refused with 9200' : ', served'}` : ''}`;
+  return { seed: opts.seed, scenario: run.scenario, failures, summary: run.summary + rotted, log: run.engineLog };
+}
+
+/** Synced data damaged on purpose after the power cut (a bit rotting on the medium). */
+type Rot = { kind: 'log'; path: string; offset: number; seq: number; covered: boolean } | { kind: 'sidecar'; path: string; offset: number };
+
+/**
+ * In a few seeds, flips one bit of synced data: inside an acknowledged record of the log (found by
+ * its unique event bytes), or anywhere in a sidecar index. A record in a sealed segment, below
+ * its segment header's durable end or at or below its ack barrier must then be refused (9200),
+ * never served; one in the unvouched tail after them is indistinguishable from a torn group
+ * commit, and may be discarded with what follows it (segment.ts: acknowledged records newer than
+ * the header are protected by their checksums only). A damaged sidecar is derived data: the shard
+ * must serve exactly as before.
+ */
+function rotImage(disk: SimDisk, issued: Issued[], rng: () => number): Rot | null {
+  const r = rng();
+  if (r >= 0.12) return null;
+  const int = (n: number): number => Math.floor(rng() * n);
+  if (r >= 0.07) {
+    const idx = disk.names(SHARD_DIR).filter((n) => n.endsWith('.idx'));
+    if (idx.length === 0) return null;
+    const path = `${SHARD_DIR}/${idx[int(idx.length)]!}`;
+    const size = disk.peek(path)!.length;
+    if (size === 0) return null;
+    const offset = int(size);
+    disk.corrupt(path, offset, 1 << int(8));
+    return { kind: 'sidecar', path, offset };
+  }
+  const acked = issued.filter((w) => w.answer !== null && 'ok' in w.answer && w.parts[0]!.events[0]!.data.length >= 24);
+  if (acked.length === 0) return null;
+  const w = acked[int(acked.length)]!;
+  const marker = Buffer.from(w.parts[0]!.events[0]!.data.subarray(0, 24));
+  for (const name of disk.names(SHARD_DIR).filter((n) => n.endsWith('.seg'))) {
+    const path = `${SHARD_DIR}/${name}`;
+    const bytes = disk.peek(path)!;
+    const at = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length).indexOf(marker);
+    if (at < 0) continue;
+    const offset = at + 8 + int(16);
+    disk.corrupt(path, offset, 1 << int(8));
+    const seq = Number((w.answer as { ok: WireWriteOk }).ok.firstSeq);
+    const h = decodeSegmentHeader(bytes.subarray(0, 4096));
+    const f = decodeSegmentFooter(bytes.subarray(bytes.length - SEGMENT_FOOTER_BYTES));
+    const covered = f.ok || (h.ok && (at < h.header.durableEnd || seq <= h.header.ackedSeq));
+    return { kind: 'log', path, offset, seq, covered };
+  }
+  return null;
+}
+
+/**
+ * No answer, 9200 (the shard stopped before the write was durable), 2007, or 2008 not for a full
+ * disk (a failed fsync): the write may or may not be on disk. 2008 for a full disk says nothing
+ * was placed.
+ */
+function indeterminate(w: Issued): boolean {
+  if (w.answer === null) return true;
+  if (!('code' in w.answer)) return false;
+  const c = w.answer.code;
+  return c === ErrorCode.ShardUnavailable || c === ErrorCode.NotAcknowledged || (c === ErrorCode.StorageFailed && w.answer.detail['diskFull'] !== true);
+}
+
+function retryBody(w: Issued): Uint8Array {
+  return encodeWriteRequest({
+    clientId: w.clientId,
+    writes: w.parts.map((p) => ({ key: keyOf(p.agg), expectMode: Expect.Any, expectVersion: 0n, clientSeq: p.clientSeq, events: p.events })),
+  });
+}
+
+type ReadResult = { batches: SeenBatch[] } | { code: number; message: string };
+
+/** Reads an aggregate from version 1 to its end, page by page. */
+async function readAll(shard: Shard, agg: number, maxBytes: number): Promise<ReadResult> {
+  const batches: SeenBatch[] = [];
+  let from = 1n;
+  for (let page = 0; page < 10_000; page++) {
+    const r: ShardResult = await shard.handle(Op.Read, encodeReadRequest({ key: keyOf(agg), from, to: 0n, maxBytes, eventTypes: [] }));
+    if (r.op !== Op.ReadOk) {
+      const e = decodeError(r.body);
+      return { code: e.code, message: e.message };
+    }
+    const ok: WireReadOk = decodeReadOk(r.body);
+    for (const b of ok.batches) {
+      batches.push({
+        agg,
+        from: Number(b.fromVersion),
+        to: Number(b.toVersion),
+        seq: Number(b.seq),
+        clientId: b.clientId,
+        events: b.events.map((e) => {
+          const ev: WireEvent = { type: e.type, data: e.data };
+          if (e.metadata !== undefined) ev.metadata = e.metadata;
+          return ev;
+        }),
+      });
+      const versions = b.events.map((e) => Number(e.version));
+      for (let i = 0; i < versions.length; i++) {
+        if (versions[i] !== Number(b.fromVersion) + i) return { code: -1, message: `batch ${b.fromVersion}..${b.toVersion} carries event versions ${versions.join(',')}` };
+      }
+    }
+    if (ok.nextVersion === 0n) return { batches };
+    if (ok.nextVersion <= from) return { code: -1, message: `read page from ${from} says the next starts at ${ok.nextVersion}` };
+    from = ok.nextVersion;
+  }
+  return { code: -1, message: 'more than 10000 pages' };
+}
+
+interface CheckContext {
+  issued: Issued[];
+  aggregates: number;
+  memoryBudgetBytes: number;
+  msPerTurn: number;
+  readPageBytes: number;
+  fail: (m: string) => void;
+  log: (m: string) => void;
+  wrap: ((disk: SimDisk) => Disk) | undefined;
+  rot: Rot | null;
+  /** Set when the shard refused with 9200 (accepted only after log rot). */
+  refused: boolean;
+  /** Acknowledged writes from this seq on may be gone (rot in the unvouched tail). */
+  lossFromSeq: number;
+  /** A second power cut at this step of the first reopen (recovery itself interrupted). */
+  recrash: { atStep: number; rng: () => number; happened: boolean } | null;
+}
+
+/**
+ * Opens (and closes) a shard on `disk` with the power cut again at step `atStep` of it; returns
+ * the disk that second cut left, or `disk` when recovery finished first.
+ */
+async function crashDuringRecovery(disk: SimDisk, ctx: CheckContext, recrash: NonNullable<CheckContext['recrash']>): Promise<SimDisk> {
+  const clock = new SimClock();
+  const driver = new Driver(clock, ctx.msPerTurn);
+  const at = disk.steps + recrash.atStep;
+  let second: SimDisk | null = null;
+  let signal: () => void = () => {};
+  const cut = new Promise<void>((r) => (signal = r));
+  disk.onOp = (op) => {
+    if (second === null && op.n === at) {
+      second = disk.crash(recrash.rng);
+      signal();
+    }
+  };
+  const engineDisk = ctx.wrap ? ctx.wrap(disk) : disk;
+  const openClose = (async () => {
+    const s = await openShard(engineDisk, clock, ctx.memoryBudgetBytes, ctx.log);
+    await s.close();
+  })();
+  await bounded(Promise.race([openClose, cut]), driver);
+  driver.stop();
+  disk.onOp = null;
+  if (second === null) return disk;
+  recrash.happened = true;
+  (second as SimDisk).capacityBytes = Infinity;
+  return second;
+}
+
+async function checkRecovered(crashedDisk: SimDisk, ctx: CheckContext): Promise<void> {
+  const { issued, aggregates, fail } = ctx;
+  const clock = new SimClock();
+  const driver = new Driver(clock, ctx.msPerTurn);
+  let disk = crashedDisk;
+  try {
+    const rot = ctx.rot;
+    const v = await bounded(verifyShard(disk, SHARD_DIR, 0, NUM_SHARDS, ROUTING), driver);
+    if (v === null) return fail('celer verify of the crashed image hung');
+    if (rot?.kind === 'log') {
+      if (rot.covered && v.problem === null) fail(`celer verify of the crashed image does not see the rotted record at ${rot.path} offset ${rot.offset}`);
+    } else {
+      if (v.problem !== null) fail(`celer verify of the crashed image: ${v.problem}`);
+      const ackedMax = Math.max(0, ...issued.map((w) => (w.answer !== null && 'ok' in w.answer ? Number(w.answer.ok.firstSeq) + w.parts.length - 1 : 0)));
+      if (v.lastSeq < ackedMax) fail(`celer verify of the crashed image ends at seq ${v.lastSeq}, before the acknowledged seq ${ackedMax}`);
+    }
+    if (ctx.recrash !== null && !(rot?.kind === 'log')) disk = await crashDuringRecovery(disk, ctx, ctx.recrash);
+    const engineDisk = ctx.wrap ? ctx.wrap(disk) : disk;
+    const shard = await bounded(openShard(engineDisk, clock, ctx.memoryBudgetBytes, ctx.log), driver);
+    if (shard === null) return fail('reopening after the power cut hung');
+    if (shard.state !== 'serving') {
+      if (rot?.kind === 'log' && shard.state === 'corrupt') {
+        ctx.refused = true;
+        return;
+      }
+      return fail(`after the power cut the shard is ${shard.state}: ${shard.reason ?? ''}`);
+    }
+    const seen = await readEverything(shard, ctx, driver, 'after the power cut');
+    if (seen === null) return;
+    if (rot?.kind === 'log' && rot.covered) return fail(`the rotted record at ${rot.path} offset ${rot.offset} (acknowledged seq ${rot.seq}) was served without 9200`);
+    const present = checkHistory(seen, ctx, 'after the power cut');
+
+    // Exactly-once: acknowledged and surviving writes are refused as retries, lost ones applied once.
+    for (const w of issued) {
+      if (w.parts[0]!.clientSeq === 0n) continue;
+      const survived = present.has(w.id);
+      // An acknowledged write the rot may have taken counts as lost (retried, applied once).
+      const wasAcked = w.answer !== null && 'ok' in w.answer && (survived || Number(w.answer.ok.firstSeq) < ctx.lossFromSeq);
+      if (!wasAcked && !survived && !indeterminate(w) && !(w.answer !== null && 'ok' in w.answer)) continue; // refused before the cut: not a retry
+      const res = await bounded(shard.handle(Op.Write, retryBody(w)), driver);
+      if (res === null) return fail(`retry of write ${w.id} after the power cut hung`);
+      if (wasAcked || survived) {
+        const code = res.op === Op.Error ? decodeError(res.body).code : 0;
+        if (code !== ErrorCode.AlreadyApplied) fail(`retry of ${wasAcked ? 'acknowledged' : 'surviving'} write ${w.id} (client ${w.client}, clientSeq ${w.parts[0]!.clientSeq}) after the power cut got ${code === 0 ? 'applied again' : code}, not 2002`);
+      } else if (res.op !== Op.WriteOk) {
+        fail(`retry of write ${w.id}, lost in the power cut, got ${decodeError(res.body).code} (${decodeError(res.body).message}); it should be applied`);
+      } else {
+        // Applied now, by a retry without guards (a writer that lost its answer and still wants it).
+        w.answer = { ok: decodeWriteOk(res.body) };
+        w.parts = w.parts.map((p) => ({ ...p, mode: Expect.Any, expect: 0 }));
+      }
+    }
+    const retried = await readEverything(shard, ctx, driver, 'after the retries');
+    if (retried === null) return;
+    checkHistory(retried, ctx, 'after the retries');
+    // New writes land at the next versions.
+    const versions = new Map<number, number>();
+    for (const b of retried) versions.set(b.agg, Math.max(versions.get(b.agg) ?? 0, b.to));
+    for (let agg = 0; agg < aggregates; agg++) {
+      const v = versions.get(agg) ?? 0;
+      const id = issued.length;
+      const ev: WireEvent = { type: 'after', data: new Uint8Array(8) };
+      new DataView(ev.data.buffer).setUint32(0, id);
+      const part: Part = { agg, mode: v === 0 ? Expect.NoStream : Expect.Exact, expect: v, clientSeq: 0n, events: [ev] };
+      const body = encodeWriteRequest({ clientId: 1n, writes: [{ key: keyOf(agg), expectMode: part.mode, expectVersion: BigInt(v), clientSeq: 0n, events: [ev] }] });
+      const w: Issued = { id, client: -1, clientId: 1n, parts: [part], body, answer: null };
+      issued.push(w);
+      const res = await bounded(shard.handle(Op.Write, body), driver);
+      if (res === null) return fail(`a new write after the power cut hung`);
+      if (res.op !== Op.WriteOk) {
+        const e = decodeError(res.body);
+        fail(`a new write to aggregate ${agg} at version ${v + 1} after the power cut got ${e.code} (${e.message})`);
+        continue;
+      }
+      const ok = decodeWriteOk(res.body);
+      w.answer = { ok };
+      if (Number(ok.ranges[0]!.fromVersion) !== v + 1) fail(`a new write to aggregate ${agg} landed at ${ok.ranges[0]!.fromVersion}, expected ${v + 1}`);
+    }
+    const again = await readEverything(shard, ctx, driver, 'after the new writes');
+    if (again !== null) checkHistory(again, ctx, 'after the new writes');
+    const closed = await bounded(shard.close(), driver);
+    if (closed === null && !driver.stuck) return fail('closing the shard hung');
+
+    // A clean restart sees the same.
+    const third = await bounded(openShard(engineDisk, clock, ctx.memoryBudgetBytes, ctx.log), driver);
+    if (third === null || third.state !== 'serving') return fail(`a clean reopen did not serve: ${third?.state ?? 'hung'} ${third?.reason ?? ''}`);
+    const last = await readEverything(third, ctx, driver, 'after a clean reopen');
+    if (last !== null) checkHistory(last, ctx, 'after a clean reopen');
+    await bounded(third.close(), driver);
+    const v2 = await bounded(verifyShard(disk, SHARD_DIR, 0, NUM_SHARDS, ROUTING), driver);
+    if (v2 !== null && v2.problem !== null) fail(`celer verify after a clean close: ${v2.problem}`);
+    if (v2 !== null && last !== null && v2.lastSeq !== last.length) fail(`celer verify after a clean close ends at seq ${v2.lastSeq}; the aggregates hold ${last.length} batches`);
+  } finally {
+    driver.stop();
+  }
+}
+
+async function readEverything(shard: Shard, ctx: CheckContext, driver: Driver, when: string): Promise<SeenBatch[] | null> {
+  const all: SeenBatch[] = [];
+  for (let agg = 0; agg < ctx.aggregates; agg++) {
+    const got = await bounded(readAll(shard, agg, ctx.readPageBytes), driver);
+    if (got === null) {
+      ctx.fail(`${when}: reading aggregate ${agg} hung`);
+      return null;
+    }
+    if ('code' in got) {
+      if (got.code === ErrorCode.AggregateNotFound) continue;
+      if (got.code === ErrorCode.ShardUnavailable && ctx.rot?.kind === 'log') {
+        ctx.refused = true;
+        return null;
+      }
+      ctx.fail(`${when}: reading aggregate ${agg} got ${got.code} (${got.message})`);
+      return null;
+    }
+    all.push(...got.batches);
+    const d = await bounded(shard.handle(Op.Details, encodeKeyRequest(keyOf(agg))), driver);
+    const lastTo = got.batches.at(-1)?.to ?? 0;
+    if (d !== null && d.op === Op.DetailsOk) {
+      const det = decodeDetailsOk(d.body);
+      if (Number(det.version) !== lastTo) ctx.fail(`${when}: details of aggregate ${agg} say version ${det.version}, its events end at ${lastTo}`);
+      const lastSeq = got.batches.at(-1)?.seq ?? 0;
+      if (Number(det.lastSeq) !== lastSeq) ctx.fail(`${when}: details of aggregate ${agg} say last seq ${det.lastSeq}, its last batch has seq ${lastSeq}`);
+    } else if (lastTo > 0) {
+      ctx.fail(`${when}: details of aggregate ${agg} failed (${d === null ? 'hung' : decodeError(d.body).code})`);
+    }
+  }
+  return all;
+}
+
+/** Checks the recovered history against what was issued; returns the ids of writes present. */
+function checkHistory(seen: SeenBatch[], ctx: CheckContext, when: string): Set<number> {
+  const { issued, fail } = ctx;
+  const f = (m: string): void => fail(`${when}: ${m}`);
+  const present = new Map<number, Map<number, SeenBatch>>(); // write id → part index → batch
+  const byAgg = new Map<number, SeenBatch[]>();
+  for (const b of seen) {
+    const list = byAgg.get(b.agg) ?? [];
+    list.push(b);
+    byAgg.set(b.agg, list);
+  }
+  for (const [agg, list] of byAgg) {
+    let v = 0;
+    for (const b of list) {
+      if (b.from !== v + 1) f(`aggregate ${agg}: versions jump from ${v} to ${b.from}`);
+      v = b.to;
+      const first = b.events[0];
+      const w = first === undefined ? undefined : issued[writeIdOf(first)];
+      const p = w?.parts.findIndex((x) => x.agg === agg) ?? -1;
+      if (w === undefined || p < 0) {
+        f(`aggregate ${agg} versions ${b.from}..${b.to}: a batch no write of this run made`);
+        continue;
+      }
+      const part = w.parts[p]!;
+      if (part.events.length !== b.events.length || !part.events.every((e, i) => sameEvent(e, b.events[i]!))) f(`aggregate ${agg} versions ${b.from}..${b.to}: the events of write ${w.id} differ from what was written`);
+      if (b.clientId !== w.clientId) f(`aggregate ${agg} versions ${b.from}..${b.to}: write ${w.id} has client ${b.clientId}, written by ${w.clientId}`);
+      if (part.mode === Expect.Exact && b.from !== part.expect + 1) f(`write ${w.id} on aggregate ${agg} expected version ${part.expect} but lies at ${b.from}`);
+      if (part.mode === Expect.NoStream && b.from !== 1) f(`write ${w.id} on aggregate ${agg} had guard no_stream but lies at ${b.from}`);
+      if (part.mode === Expect.StreamExists && b.from === 1) f(`write ${w.id} on aggregate ${agg} had guard stream_exists but lies at version 1`);
+      let parts = present.get(w.id);
+      if (parts === undefined) present.set(w.id, (parts = new Map()));
+      if (parts.has(p)) f(`write ${w.id} appears twice on aggregate ${agg}`);
+      parts.set(p, b);
+    }
+  }
+  // Seqs: gapless over the shard, consecutive within a write.
+  const seqs = seen.map((b) => b.seq).sort((a, b) => a - b);
+  for (let i = 0; i < seqs.length; i++) {
+    if (seqs[i] !== i + 1) {
+      f(`seqs are not gapless from 1: position ${i + 1} holds seq ${seqs[i]}`);
+      break;
+    }
+  }
+  for (const [id, parts] of present) {
+    const w = issued[id]!;
+    if (parts.size !== w.parts.length) f(`write ${id} survived on ${parts.size} of its ${w.parts.length} aggregates (not all or nothing)`);
+    const base = parts.get(0)?.seq;
+    for (const [p, b] of parts) if (base !== undefined && b.seq !== base + p) f(`write ${id}: batch ${p} has seq ${b.seq}, the write starts at ${base}`);
+    if (!indeterminate(w) && w.answer !== null && 'code' in w.answer) f(`write ${id} was refused with ${w.answer.code} but is in the log`);
+  }
+  for (const w of issued) {
+    if (w.answer === null || !('ok' in w.answer)) continue;
+    const ok = w.answer.ok;
+    const parts = present.get(w.id);
+    if (parts === undefined) {
+      if (Number(ok.firstSeq) >= ctx.lossFromSeq) continue;
+      f(`acknowledged write ${w.id} (seq ${ok.firstSeq}, aggregates ${w.parts.map((p) => p.agg).join(',')}) is lost`);
+      continue;
+    }
+    w.parts.forEach((_, j) => {
+      const b = parts.get(j);
+      const r = ok.ranges[j]!;
+      if (b === undefined) return;
+      if (b.from !== Number(r.fromVersion) || b.to !== Number(r.toVersion)) f(`acknowledged write ${w.id} lies at versions ${b.from}..${b.to}, acknowledged as ${r.fromVersion}..${r.toVersion}`);
+      if (b.seq !== Number(ok.firstSeq) + j) f(`acknowledged write ${w.id} batch ${j} has seq ${b.seq}, acknowledged as ${Number(ok.firstSeq) + j}`);
+    });
+  }
+  return new Set(present.keys());
+}
