@@ -115,6 +115,8 @@ export class Shard {
   private writesStopped: string | null = null;
   /** A truncateAfter is running: writes wait it out (2012). */
   private truncating = false;
+  /** writesStopped came from a failed commit step (a truncateAfter that removes the hole lifts it), not from a failed fdatasync. */
+  private stoppedByCommit = false;
   /** Bumped by truncateAfter: commit-step results of an older log are ignored. */
   private generation = 0;
   /** Samples for metrics, drained by the worker. */
@@ -449,6 +451,7 @@ export class Shard {
         // commit past them. Writes stop (like after a failed fdatasync); the cluster layer decides
         // what becomes of the tail (truncateAfter, or a commit on promotion).
         this.failWaitersAbove(this.committedSeq, failure);
+        this.stoppedByCommit = true;
         this.stopWrites(`the commit step failed for seqs ${from}..${durableSeq} (${failure.message})`, ErrorCode.NotAcknowledged);
         return;
       }
@@ -798,6 +801,11 @@ export class Shard {
       this.committedSeq = Math.min(this.committedSeq, this.log.durableSeq);
       this.durableSent = this.committedSeq;
       this.checkWatermarks();
+      // The range whose commit failed is gone when the cut is at or below the committed seq.
+      if (this.stoppedByCommit && this.log.durableSeq <= this.committedSeq) {
+        this.writesStopped = null;
+        this.stoppedByCommit = false;
+      }
     } catch (e) {
       if (this.log === log && !(e instanceof Error && /truncateAfter needs|refusing to truncate|inside a record/.test(e.message))) this.fail('failed', `truncateAfter failed: ${(e as Error).message}`);
       throw e;
