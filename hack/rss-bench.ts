@@ -5,7 +5,6 @@
 // 256 concurrent writers, then prints the node's VmRSS (from /proc) and its cache usage.
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import { connect } from '../client/index.ts';
