@@ -54,10 +54,15 @@ class FakeCommitStep implements CommitStep {
   }
 }
 
-/** The real disk; while `holdFlushes` is set, every segment writeAndSync waits until released. */
+/**
+ * The real disk; while `holdFlushes` is set, every segment writeAndSync waits until released;
+ * while `holdReadResults` is set, a segment read happens but its result waits in `heldReads`.
+ */
 class HoldDisk implements Disk {
   readonly inner: Disk;
   holdFlushes = false;
+  holdReadResults = false;
+  readonly heldReads: (() => void)[] = [];
   private readonly held: (() => void)[] = [];
   constructor(inner: Disk) {
     this.inner = inner;
@@ -80,7 +85,11 @@ class HoldDisk implements Disk {
     return {
       path: f.path,
       sizeBytes: f.sizeBytes,
-      read: (offset, length) => f.read(offset, length),
+      read: async (offset, length) => {
+        const bytes = await f.read(offset, length);
+        if (this.holdReadResults) await new Promise<void>((r) => this.heldReads.push(r));
+        return bytes;
+      },
       writeAndSync: async (writes: readonly AlignedWrite[]) => {
         if (this.holdFlushes) await new Promise<void>((r) => this.held.push(r));
         return f.writeAndSync(writes);
@@ -462,6 +471,35 @@ test('truncateAfter of a tail kept from before a restart that spans a segment ro
     for (let i = 0; i < 8; i++) written(await ref.handle(Op.Write, writeReq(10 + i, { size: 10_000 })));
     await ref.close();
     assert.equal(got.tip, (await verifyShard(nodeFs, dirOf('ref'), 0, 1, 2)).tip, 'the chain is exactly the one written without the tail');
+  });
+});
+
+// Reads go on during a truncateAfter (only writes wait). A cold load that read the old log (tail
+// included) before the cut and lands after it must not put that state in the new cache: its
+// write-ahead version would include the removed tail, the next write would skip a version and
+// link the aggregate to the tail's seq, which the write itself then reuses.
+test('a cold load that read the old log before truncateAfter does not bring the removed tail back', async () => {
+  await withEnv(async ({ disk, dirOf, openShard }) => {
+    const step = new FakeCommitStep();
+    let s = await openShard({ step });
+    await committedThenTail(s, step, { records: 1, size: 16 }); // aggregate 1: v1..v3 committed, v4 (seq 5) the tail
+    await s.close();
+    s = await openShard({ step });
+    assert.deepEqual(watermarks(s), [5, 5, 4]);
+    disk.holdReadResults = true;
+    const cold = details(s, 1);
+    await until(() => disk.heldReads.length === 1, 'the cold load of aggregate 1 has read its newest record, the tail');
+    disk.holdReadResults = false;
+    await s.truncateAfter(4);
+    disk.heldReads.shift()!();
+    assert.deepEqual(await cold, { version: 3n, lastSeq: 3n });
+    await readsAsBefore(s);
+    step.auto = true;
+    const w = await s.handle(Op.Write, writeReq(1, { expect: Expect.Exact, version: 3, type: 'new' }));
+    assert.deepEqual(written(w), { firstSeq: 5n, versions: [4n] }, 'the guard sees version 3, the write gets version 4');
+    assert.deepEqual(await events(s, 1), ['1:kept', '2:kept', '3:kept', '4:new']);
+    await s.close();
+    assert.equal((await verifyShard(nodeFs, dirOf(), 0, 1, 2)).problem, null);
   });
 });
 
