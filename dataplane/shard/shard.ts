@@ -115,6 +115,8 @@ export class Shard {
   private writesStopped: string | null = null;
   /** A truncateAfter is running: writes wait it out (2012). */
   private truncating = false;
+  /** Resolves when the running truncateAfter (if any) has finished. */
+  private truncationDone: Promise<void> = Promise.resolve();
   /** writesStopped came from a failed commit step (a truncateAfter that removes the hole lifts it), not from a failed fdatasync. */
   private stoppedByCommit = false;
   /** Bumped by truncateAfter: commit-step results of an older log are ignored. */
@@ -577,9 +579,27 @@ export class Shard {
   }
 
   private async coldLoad(ks: string, key: Uint8Array): Promise<AggState> {
+    for (;;) {
+      const s = await this.coldLoadOnce(ks, key);
+      if (s !== null) return s;
+      // What was read belongs to a log that truncateAfter replaced: read again from the new one.
+      await this.truncationDone;
+    }
+  }
+
+  /** One cold load; null when a truncateAfter replaced the log while it read. */
+  private async coldLoadOnce(ks: string, key: Uint8Array): Promise<AggState | null> {
     await this.coldSlot();
+    const gen = this.generation;
+    const log = this.log!;
     try {
-      const found = await this.log!.findLatest(key);
+      let found: Awaited<ReturnType<ShardLog['findLatest']>>;
+      try {
+        found = await log.findLatest(key);
+      } catch (e) {
+        if (gen !== this.generation || this.truncating || this.log !== log) return null;
+        throw e;
+      }
       // The committed view must not show a durable batch that is not committed yet (a speculative
       // tail kept from before a restart): walk back to the newest committed one.
       let c: { loc: BatchLoc; batch: BatchView; header: RecordHeader } | null = found ? { loc: { segment: found.segment, offset: found.offset, index: found.batch.index }, batch: found.batch, header: found.header } : null;
@@ -587,6 +607,9 @@ export class Shard {
         const prev = await this.locBySeq(c.batch.prevSeq);
         c = prev === null ? null : { loc: prev, ...(await this.batchAt(prev)) };
       }
+      // A truncateAfter reopened the log meanwhile: what was read may be gone. Refuse (2012, retry)
+      // rather than put a state of the old log into the new cache.
+      if (gen !== this.generation || this.truncating || this.log !== log) return null;
       const present = this.states.peek(ks);
       if (present) return present;
       const s = newState(key);
@@ -784,6 +807,8 @@ export class Shard {
     if (log === null) throw new Error(`shard ${this.id} is not open`);
     if (this.truncating) throw new Error(`shard ${this.id}: a truncateAfter is already running`);
     this.truncating = true;
+    let finished!: () => void;
+    this.truncationDone = new Promise<void>((r) => (finished = r));
     try {
       // New writes are refused (2012) from here; wait out what is in flight.
       await this.commitChain;
@@ -811,6 +836,7 @@ export class Shard {
       throw e;
     } finally {
       this.truncating = false;
+      finished();
     }
   }
 
