@@ -9,13 +9,18 @@
 //   - versions per aggregate are gapless from 1, and seqs over the shard gapless from 1;
 //   - a write that was in flight is there wholly (on every aggregate it touched, at versions its
 //     guards allowed) or not at all;
+//   - a write refused for sure (2003, 2008 for a full disk) is not there;
 //   - exactly-once survives: a retry of an acknowledged (or surviving) clientSeq gets 2002, a
-//     retry of a lost in-flight write is applied once;
+//     retry of a lost in-flight write is applied once (or gets 2002 when its writer's later
+//     clientSeq landed on one of its aggregates);
 //   - the shard serves, or refuses with 9200 only when the run rotted synced data on purpose; it
-//     never returns bytes other than those written;
+//     never returns bytes other than those written; details agree with the events;
+//   - `verifyShard` (celer verify) finds the crashed image clean and holding every acknowledged
+//     seq, and finds the rot when there is some;
 //   - after the checks it takes new writes at the next versions, and a clean reopen sees them all.
 // Before the cut it checks what a client can: acknowledgments of different writes never claim the
-// same version, a read shows every write acknowledged before it was sent.
+// same version, a read shows every write acknowledged before it was sent, the same write sent
+// twice at once is applied at most once (the copy gets 2013 or 2002).
 import { decodeDetailsOk, decodeError, encodeError, decodeReadOk, decodeWriteOk, encodeKeyRequest, encodeReadRequest, encodeWriteRequest, Expect, Op, type ExpectMode, type WireEvent, type WireReadOk, type WireWriteOk } from '../../client/wire.ts';
 import type { NormalizedKey } from '../../client/key.ts';
 import { ErrorCode } from '../../client/errors.ts';
