@@ -5,7 +5,8 @@
 // durable tail kept over a restart that skipped the commit step. Each test is the review's
 // reproduction made deterministic: commit steps settle when the test says, time moves only when the
 // test moves it (ManualClock), and waits poll a condition with a deadline.
-// Two `todo` tests ("(open)") hold what the fixes still leave open; drop `todo` once fixed.
+// The two "(later)" tests were found after the first fixes and failed until the cold-load retry
+// and the refresh of states cached behind an uncommitted tail.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { decodeError, decodeReadOk, decodeWriteOk, encodeKeyRequest, encodeReadRequest, encodeWriteRequest, Expect, Op } from '../../client/wire.ts';
@@ -705,10 +706,10 @@ test('r8: a truncateAfter racing a cold-loading write never stops writes, breaks
   assert.deepEqual(raceFindings.problems, []);
 });
 
-// Still open after the review fixes: when the cut closes the log during the racing write's cold
-// load, the load reads through the closed log and the write rejects with "segment is closed"
-// (neither a result nor 2012). Drop `todo` once fixed.
-test('r8 (open): a truncateAfter during the racing write\'s cold load: the write gets 2012, not a "segment is closed" rejection', { todo: 'a cold load through the closed log rejects' }, async () => {
+// Found after the review fixes: when the cut closes the log during the racing write's cold load,
+// the load read through the closed log and the write rejected with "segment is closed". Now the
+// load starts again on the new log.
+test('r8 (later): a truncateAfter during the racing write\'s cold load: the write gets 2012, not a "segment is closed" rejection', async () => {
   raceFindings ??= await watchingUnhandled((unhandled) => raceTruncateAgainstWrite(unhandled));
   assert.deepEqual(raceFindings.closedLog, []);
 });
@@ -753,10 +754,9 @@ test('r9: a durable but uncommitted tail kept over a restart goes through the co
   await shard.close();
 });
 
-// Still open after the review fixes: an aggregate read (or written) while the kept tail is not
-// committed caches a committed view without the tail's batch, and nothing refreshes it when the
-// tail commits: the aggregate stays 1001 until its state is evicted. Drop `todo` once fixed.
-test('r9 (open): an aggregate read while the kept tail was uncommitted is visible once the tail commits', { todo: 'the cached committed view is not refreshed when the kept tail commits' }, async () => {
+// Found after the review fixes: an aggregate read while the kept tail was not committed cached a
+// committed view without the tail's batch, and nothing refreshed it when the tail committed.
+test('r9 (later): an aggregate read while the kept tail was uncommitted is visible once the tail commits', async () => {
   const clock = new ManualClock();
   const image = await keptTailImage(clock);
   const step = new FakeCommitStep();

@@ -15,7 +15,7 @@ import { COLD_LOADS_MAX, HEADER_CATCH_UP_IDLE_MS, READ_AHEAD_SHARE, RECENT_CACHE
 import { isDiskFull } from '../storage/disk.ts';
 import { Lru } from '../storage/lru.ts';
 import { batchesOf, checkRecord, encodeRecord, recordSize, type BatchInput, type BatchView, type RecordHeader } from '../storage/record.ts';
-import { CorruptionError, DiskFullError, FormatError, ShardLog, type RecordAt, type ShardLogOptions } from '../storage/shard-log.ts';
+import { CorruptionError, DiskFullError, FormatError, GroupWriteError, ShardLog, type RecordAt, type ShardLogOptions } from '../storage/shard-log.ts';
 import type { ShardState } from '../server/status.ts';
 import { keyString, newState, setFloor, type AggState, type BatchLoc } from './state.ts';
 import { decodeKeyTrusted, decodeReadTrusted, decodeWriteTrusted, describeKey, type TrustedWrite } from './requests.ts';
@@ -115,6 +115,12 @@ export class Shard {
   private writesStopped: string | null = null;
   /** A truncateAfter is running: writes wait it out (2012). */
   private truncating = false;
+  /**
+   * States cold-loaded while durable batches of their aggregate were not committed yet (a tail
+   * kept over a restart): their committed view is older than what the disk will hold once that
+   * tail commits. Dropped from the cache (or left to their pending writes) when it does.
+   */
+  private readonly behindTail = new Set<string>();
   /** Resolves when the running truncateAfter (if any) has finished. */
   private truncationDone: Promise<void> = Promise.resolve();
   /** writesStopped came from a failed commit step (a truncateAfter that removes the hole lifts it), not from a failed fdatasync. */
@@ -403,15 +409,19 @@ export class Shard {
         this.releaseWaiters();
       }
     } catch (e) {
-      if (isDiskFull(e)) {
-        // Nothing of the queued writes is durable, and the disk took none of it: refuse them, put
-        // the log back at its durable end, and forget the write-ahead state they made.
-        this.rewindToDurable(`the disk is full (${(e as Error).message}); writes resume by themselves once space is freed`, true);
+      if (e instanceof DiskFullError) {
+        // The next segment could not be made, before anything of the group was written: refuse the
+        // queued writes as not stored, put the log back at its durable end, forget their state.
+        this.rewindToDurable(e.message, e.diskFull);
+      } else if (e instanceof GroupWriteError && isDiskFull(e.cause) && (await this.eraseFailedGroup())) {
+        // The disk took part of the group, then ran out of space; those bytes are zeroed and synced
+        // now, so the writes were not stored and later ones may go on.
+        this.rewindToDurable(`the disk is full (${(e.cause as Error).message}); writes resume by themselves once space is freed`, true);
       } else {
         // After a failed fdatasync the kernel may have dropped the dirty data: nothing placed
         // since the last good fsync can be trusted, and retrying the fsync cannot tell (fsyncgate).
         // Writes stop on this shard; committed data stays readable.
-        this.stopWrites(`a write to disk failed (${(e as Error).message})`);
+        this.stopWrites(`a write to disk failed (${(e as Error).message}); writes not yet acknowledged may or may not be stored`);
       }
     } finally {
       this.committing = false;
@@ -472,6 +482,17 @@ export class Shard {
   private advanceCommitted(seq: number): void {
     if (seq > this.committedSeq) this.committedSeq = seq;
     this.checkWatermarks();
+    if (this.behindTail.size > 0) {
+      for (const ks of this.behindTail) {
+        const st = this.states.peek(ks);
+        if (st === undefined) this.behindTail.delete(ks);
+        else if (st.lastSeq <= this.committedSeq && st.pending === 0) {
+          // Its newest durable batch is committed now: reload the committed view from the log.
+          this.states.delete(ks);
+          this.behindTail.delete(ks);
+        }
+      }
+    }
   }
 
   /** Acknowledges every waiter whose records are committed and covered by a durable ack barrier. */
@@ -492,6 +513,17 @@ export class Shard {
       else w.fail(new Refusal(err(ErrorCode.NotAcknowledged, `shard ${this.id}: not acknowledged: ${e.message}; the outcome is unknown, retry with the same clientSeq`)));
     }
     this.waiters = keep;
+  }
+
+  /** Zeroes what a failed group left after the durable end; false when even that fails. */
+  private async eraseFailedGroup(): Promise<boolean> {
+    try {
+      await this.log!.eraseUndurable();
+      return true;
+    } catch (e) {
+      this.opts.log(`shard ${this.id}: could not erase a failed group commit (${(e as Error).message})`);
+      return false;
+    }
   }
 
   /** Refuses every queued write with 2008 and puts the log and the state back at the durable end. */
@@ -612,6 +644,7 @@ export class Shard {
       if (gen !== this.generation || this.truncating || this.log !== log) return null;
       const present = this.states.peek(ks);
       if (present) return present;
+      if (found !== null && found.batch.seq > this.committedSeq) this.behindTail.add(ks);
       const s = newState(key);
       if (found) {
         s.version = found.batch.toVersion;
@@ -820,6 +853,7 @@ export class Shard {
       this.generation++;
       await log.close();
       this.states.clear();
+      this.behindTail.clear();
       this.recent.clear();
       this.readAhead.clear();
       this.log = await ShardLog.open(this.logOptions());

@@ -44,7 +44,35 @@ export class FormatError extends Error {
 /** A write could not get disk space (a new segment could not be made). Nothing was placed. */
 export class DiskFullError extends Error {
   override name = 'DiskFullError';
-  readonly diskFull = true;
+  /** False when the next segment could not be made for another reason than space (say, EIO). */
+  readonly diskFull: boolean;
+  constructor(message: string, opts: { diskFull?: boolean } = {}) {
+    super(message);
+    this.diskFull = opts.diskFull ?? true;
+  }
+}
+
+/**
+ * The write + fdatasync of a group failed: some of its bytes may be in the file. `eraseUndurable`
+ * must succeed before the group can be reported as not stored.
+ */
+export class GroupWriteError extends Error {
+  override name = 'GroupWriteError';
+  override readonly cause: unknown;
+  constructor(message: string, cause: unknown) {
+    super(message);
+    this.cause = cause;
+  }
+}
+
+/** Sealing the active segment or activating the next one failed half way: the log needs a restart to continue. */
+export class RotationFailedError extends Error {
+  override name = 'RotationFailedError';
+  override readonly cause: unknown;
+  constructor(message: string, cause: unknown) {
+    super(message);
+    this.cause = cause;
+  }
 }
 
 /** truncateAfter was asked to cut acknowledged records. */
@@ -524,8 +552,8 @@ export class ShardLog {
       if (this.spare === null && this.spareError !== null) {
         const e = this.spareError;
         throw isDiskFull(e)
-          ? new DiskFullError(`shard ${this.opts.shard}: the disk is full: no room for the next ${this.opts.segmentBytes >> 20} MiB segment (${e.message}); writes resume by themselves once space is freed`)
-          : new DiskFullError(`shard ${this.opts.shard}: cannot make the next segment: ${e.message}; writes resume once it can be made`);
+          ? new DiskFullError(`shard ${this.opts.shard}: the disk is full: no room for the next ${(this.opts.segmentBytes / 1048576).toFixed(this.opts.segmentBytes % 1048576 === 0 ? 0 : 2)} MiB segment (${e.message}); writes resume by themselves once space is freed`)
+          : new DiskFullError(`shard ${this.opts.shard}: cannot make the next segment: ${e.message}; writes resume once it can be made`, { diskFull: false });
       }
       segment += 1;
       offset = SEGMENT_HEADER_BYTES;
@@ -565,6 +593,22 @@ export class ShardLog {
     this.placeOffset = this.active.end;
     this.placeSeq = this.durableSeq + 1;
     this.placeTip = this.durableTip;
+  }
+
+  /**
+   * After a GroupWriteError: overwrites everything after the durable end with zeros and
+   * fdatasyncs, so the failed group's bytes can never be read back as part of the log. Only when
+   * this succeeds may that group be reported as not stored.
+   */
+  async eraseUndurable(): Promise<void> {
+    if (this.flushing) throw new Error('internal: eraseUndurable during a flush');
+    this.flushing = true;
+    try {
+      const seg = this.active;
+      await this.zeroFrom(seg, seg.end, Math.max(seg.writtenHigh, alignUp(seg.end)));
+    } finally {
+      this.flushing = false;
+    }
   }
 
   /** Hash of the last durable record. */
@@ -630,7 +674,11 @@ export class ShardLog {
       const refreshHeader = (this.headerEnd !== seg.end && now - this.headerAtMs >= HEADER_REFRESH_MS) || (!this.opts.ackAtDurable && acked > this.barrierDurableSeq);
       if (refreshHeader) writes.unshift({ offset: 0, buf: this.headerBlock(seg) });
       seg.writtenHigh = Math.max(seg.writtenHigh, alignUp(endOffset));
-      await seg.file.writeAndSync(writes);
+      try {
+        await seg.file.writeAndSync(writes);
+      } catch (e) {
+        throw new GroupWriteError(`the write of ${n} records to segment ${seg.index} failed: ${(e as Error).message}`, e);
+      }
       if (refreshHeader) {
         this.headerEnd = seg.end;
         this.headerAtMs = now;
@@ -677,8 +725,25 @@ export class ShardLog {
     if (this.spare === null) {
       if (this.spareMaking === null) this.ensureSpare();
       if (this.spareMaking !== null) await this.spareMaking;
-      if (this.spare === null) throw this.spareError ?? new Error('the next segment could not be made');
+      if (this.spare === null) {
+        const e = this.spareError;
+        // Nothing of the group was written: the writes can be refused as not stored.
+        throw new DiskFullError(
+          e !== null && isDiskFull(e)
+            ? `shard ${this.opts.shard}: the disk is full: no room for the next segment (${e.message}); writes resume by themselves once space is freed`
+            : `shard ${this.opts.shard}: the next segment could not be made (${e?.message ?? 'unknown'}); writes resume once it can be made`,
+          { diskFull: e === null || isDiskFull(e) },
+        );
+      }
     }
+    try {
+      await this.sealAndActivate(start);
+    } catch (e) {
+      throw new RotationFailedError(`shard ${this.opts.shard}: rotating to a new segment failed: ${(e as Error).message}`, e);
+    }
+  }
+
+  private async sealAndActivate(start: { firstSeq: number; prevHash: Uint8Array }): Promise<void> {
     const old = this.active;
     const enc = encodeSidecar(old.active!, old.index, old.end, old.firstSeq);
     let sealed: SealedIndex | null = null;

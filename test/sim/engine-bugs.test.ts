@@ -1,6 +1,6 @@
-// Engine bugs the power-loss tests found, each as a failing test marked `todo` (reported, not
-// failing `npm test`) until the engine is fixed; then drop the `todo` and give the scenario a
-// weight in the default mix (powerloss.ts SCENARIOS). The seeds are those of the harness as it is
+// Engine bugs the power-loss tests found, kept as regression tests (each failed before its fix:
+// an fsync ENOSPC used to rewind the log without erasing the failed group, which a restart then
+// took back, and a failure half way through a rotation left the log out of step). The seeds are those of the harness as it is
 // now; after a harness change, find current ones with
 // CELER_SIM_SCENARIO=fsync-enospc CELER_SIM_SEEDS=200 node_modules/.bin/node --test test/sim/powerloss.test.ts
 import { test } from 'node:test';
@@ -28,7 +28,6 @@ async function eventTypes(s: Shard): Promise<string[]> {
 
 test(
   'a write refused with 2008 "not stored" after an fsync ENOSPC is not in the log after a restart',
-  { todo: 'engine bug: rewindToDurable leaves the refused group in the file past the durable end, and recovery takes it back' },
   async () => {
     const disk = new SimDisk();
     await disk.mkdirp('/data');
@@ -71,7 +70,6 @@ test(
 
 test(
   'after an fsync ENOSPC the shard keeps serving: later writes never link to a refused batch (seeds 25, 34, 214)',
-  { todo: 'engine bug: "internal: tail block out of step", then "batch seq N is linked to but not in the log" and the shard goes corrupt' },
   async () => {
     for (const seed of [25, 34, 214]) {
       const r = await runPowerLoss({ seed, scenario: 'fsync-enospc' });
@@ -82,7 +80,6 @@ test(
 
 test(
   'a write refused after an fsync ENOSPC does not come back after a power cut (seeds 102, 268)',
-  { todo: 'engine bug: same cause as the restart case above' },
   async () => {
     for (const seed of [102, 268]) {
       const r = await runPowerLoss({ seed, scenario: 'fsync-enospc' });
