@@ -121,6 +121,8 @@ export class Shard {
    * tail commits. Dropped from the cache (or left to their pending writes) when it does.
    */
   private readonly behindTail = new Set<string>();
+  /** The running (or last) group-commit loop; close() waits for it. */
+  private loopDone: Promise<void> = Promise.resolve();
   /** Resolves when the running truncateAfter (if any) has finished. */
   private truncationDone: Promise<void> = Promise.resolve();
   /** writesStopped came from a failed commit step (a truncateAfter that removes the hole lifts it), not from a failed fdatasync. */
@@ -398,7 +400,7 @@ export class Shard {
         return;
       }
       this.waiters.push({ lastSeq, done, fail });
-      if (!this.committing) void this.commitLoop();
+      if (!this.committing) this.loopDone = this.commitLoop();
     });
   }
 
@@ -411,10 +413,10 @@ export class Shard {
       // An idle header catch-up may still be writing; the log does one write at a time.
       if (this.syncingHeader) await this.syncingHeader;
       while (log.queuedRecords > 0 && this.state === 'serving' && this.writesStopped === null) {
-        const t0 = performance.now();
+        const t0 = this.opts.clock.monoMs();
         const durableSeq = await log.flush();
         if (durableSeq === null) break;
-        this.fsyncSamples.push({ seconds: (performance.now() - t0) / 1000, records: durableSeq - this.durableSent });
+        this.fsyncSamples.push({ seconds: (this.opts.clock.monoMs() - t0) / 1000, records: durableSeq - this.durableSent });
         if (this.fsyncSamples.length > 1000) this.fsyncSamples.splice(0, this.fsyncSamples.length - 1000);
         this.afterDurable(durableSeq);
         this.releaseWaiters();
@@ -486,7 +488,7 @@ export class Shard {
         return;
       }
       // The barrier must be durable before the acks: a header write, with the next group or alone.
-      if (!this.committing) void this.commitLoop();
+      if (!this.committing) this.loopDone = this.commitLoop();
     });
   }
 
@@ -893,7 +895,7 @@ export class Shard {
 
   async close(): Promise<void> {
     this.cancelIdle?.();
-    while (this.committing) await new Promise((r) => setTimeout(r, 1));
+    await this.loopDone;
     if (this.syncingHeader) await this.syncingHeader;
     if (this.state === 'serving' && this.log?.headerBehind) await this.log.syncHeader();
     await this.log?.close();
