@@ -9,7 +9,7 @@
 // and the refresh of states cached behind an uncommitted tail.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decodeError, decodeReadOk, decodeWriteOk, encodeKeyRequest, encodeReadRequest, encodeWriteRequest, Expect, Op } from '../../client/wire.ts';
+import { decodeDetailsOk, decodeError, decodeReadOk, decodeWriteOk, encodeKeyRequest, encodeReadRequest, encodeWriteRequest, Expect, Op } from '../../client/wire.ts';
 import { prng } from '../../test/lib/prng.ts';
 import { SimDisk } from '../../test/sim/sim-disk.ts';
 import { initHashing } from '../storage/checksum.ts';
@@ -768,5 +768,64 @@ test('r9 (later): an aggregate read while the kept tail was uncommitted is visib
   const d = await settle(clock, shard.handle(Op.Details, detailsBody(1)), 'details 1 after');
   assert.equal(code(d), 0, `details of key 1 once its record is committed: ${show(d)}`);
   assert.deepEqual(readVersions(await settle(clock, shard.handle(Op.Read, readBody(1)), 'read 1 after')), [1n]);
+  await shard.close();
+});
+
+// Second review: the kept tail commits while a cold load walks back over it. The load used to walk
+// against the committed seq of its start and finish after the commit without marking its state as
+// behind the tail, so details and reads missed the committed batch for as long as it stayed cached.
+test('a cold load during which the kept tail commits does not cache an old committed view', async () => {
+  const clock = new ManualClock();
+  const disk = new SimDisk();
+  const st1 = new FakeCommitStep();
+  st1.answer = (call) => (call === 1 ? 'ok' : 'hold');
+  const { shard: s1 } = await openShard(disk, clock, st1);
+  assert.equal(code(await settle(clock, s1.handle(Op.Write, writeBody(1, 6000)), 'w1')), 0);
+  void s1.handle(Op.Write, writeBody(1, 10));
+  void s1.handle(Op.Write, writeBody(3, 10));
+  await until(clock, () => s1.durableSeq === 3, 'seqs 2 and 3 durable');
+  const image = disk.crash(prng(1), { style: 'keep-all' });
+  const st2 = new FakeCommitStep();
+  const { shard } = await openShard(image, clock, st2);
+  assert.equal(shard.committedSeq, 1);
+  const w = track(shard.handle(Op.Write, writeBody(9)));
+  await until(clock, () => st2.calls.length === 1, 'the commit step is asked');
+  let reads = 0;
+  image.onOp = (op) => {
+    if (op.kind === 'read' && ++reads === 2) st2.resolveAll();
+    return undefined;
+  };
+  const d = await settle(clock, shard.handle(Op.Details, detailsBody(1)), 'details');
+  image.onOp = null;
+  await settle(clock, w.promise, 'the write');
+  assert.equal(shard.committedSeq, 4);
+  assert.equal(code(d), 0, show(d));
+  assert.equal(decodeDetailsOk(d.body).version, 2n, 'seq 2 (version 2 of key 1) is committed');
+  assert.deepEqual(readVersions(await settle(clock, shard.handle(Op.Read, readBody(1)), 'read')), [1n, 2n]);
+  await shard.close();
+});
+
+// Second review: a read whose cold load walks back over a long uncommitted tail while truncateAfter
+// cuts that tail used to follow the links through the new log and stop the shard ("batch seq N is
+// linked to but not in the log").
+test('a read during truncateAfter of a long kept tail is answered and the shard keeps serving', async () => {
+  const clock = new ManualClock();
+  const disk = new SimDisk();
+  const st1 = new FakeCommitStep();
+  st1.answer = (call) => (call === 1 ? 'ok' : 'hold');
+  const { shard: s1 } = await openShard(disk, clock, st1);
+  assert.equal(code(await settle(clock, s1.handle(Op.Write, writeBody(1, 10)), 'w1')), 0);
+  for (let i = 0; i < 10; i++) void s1.handle(Op.Write, writeBody(1, 10));
+  await until(clock, () => s1.durableSeq === 11, 'the tail is durable');
+  const image = disk.crash(prng(1), { style: 'keep-all' });
+  const { shard } = await openShard(image, clock, new FakeCommitStep());
+  const rd = track(shard.handle(Op.Read, readBody(1)));
+  const tr = track(shard.truncateAfter(1));
+  await until(clock, () => rd.settled && tr.settled, 'both settled');
+  assert.equal(tr.error, undefined);
+  assert.equal(rd.error, undefined);
+  assert.equal(code(rd.value!), 0, show(rd.value!));
+  assert.deepEqual(readVersions(rd.value!), [1n]);
+  assert.equal(shard.state, 'serving');
   await shard.close();
 });

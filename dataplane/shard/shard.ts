@@ -637,27 +637,32 @@ export class Shard {
     await this.coldSlot();
     const gen = this.generation;
     const log = this.log!;
+    // The committed seq this load reads against; if it moves while the load reads, load again.
+    const cs = this.committedSeq;
+    const replaced = (): boolean => gen !== this.generation || this.truncating || this.log !== log;
     try {
       let found: Awaited<ReturnType<ShardLog['findLatest']>>;
+      let c: { loc: BatchLoc; batch: BatchView; header: RecordHeader } | null;
       try {
         found = await log.findLatest(key);
+        // The committed view must not show a durable batch that is not committed yet (a
+        // speculative tail kept from before a restart): walk back to the newest committed one.
+        c = found ? { loc: { segment: found.segment, offset: found.offset, index: found.batch.index }, batch: found.batch, header: found.header } : null;
+        while (c !== null && c.batch.seq > cs) {
+          const prev = await this.locBySeq(c.batch.prevSeq, log);
+          c = prev === null ? null : { loc: prev, ...(await this.batchAt(prev, log)) };
+        }
       } catch (e) {
-        if (gen !== this.generation || this.truncating || this.log !== log) return null;
+        // A truncateAfter replaced the log meanwhile: what was read may be gone; read again.
+        if (replaced()) return null;
         throw e;
       }
-      // The committed view must not show a durable batch that is not committed yet (a speculative
-      // tail kept from before a restart): walk back to the newest committed one.
-      let c: { loc: BatchLoc; batch: BatchView; header: RecordHeader } | null = found ? { loc: { segment: found.segment, offset: found.offset, index: found.batch.index }, batch: found.batch, header: found.header } : null;
-      while (c !== null && c.batch.seq > this.committedSeq) {
-        const prev = await this.locBySeq(c.batch.prevSeq);
-        c = prev === null ? null : { loc: prev, ...(await this.batchAt(prev)) };
-      }
-      // A truncateAfter reopened the log meanwhile: what was read may be gone. Refuse (2012, retry)
-      // rather than put a state of the old log into the new cache.
-      if (gen !== this.generation || this.truncating || this.log !== log) return null;
+      // Only a load that walked back over an uncommitted tail depends on the committed seq (a
+      // load of an aggregate with nothing uncommitted is right whatever commits meanwhile).
+      if (replaced() || (found !== null && found.batch.seq > cs && this.committedSeq !== cs)) return null;
       const present = this.states.peek(ks);
       if (present) return present;
-      if (found !== null && found.batch.seq > this.committedSeq) this.behindTail.add(ks);
+      if (found !== null && found.batch.seq > cs) this.behindTail.add(ks);
       const s = newState(key);
       if (found) {
         s.version = found.batch.toVersion;
@@ -703,9 +708,9 @@ export class Shard {
   }
 
   /** Where the durable batch `seq` lies (null for 0 or a seq that is not durable). */
-  private async locBySeq(seq: number): Promise<BatchLoc | null> {
+  private async locBySeq(seq: number, log: ShardLog = this.log!): Promise<BatchLoc | null> {
     if (seq === 0) return null;
-    const at = await this.log!.locate(seq);
+    const at = await log.locate(seq);
     if (at === null) throw new CorruptionError(`shard ${this.id}: batch seq ${seq} is linked to but not in the log`);
     return { segment: at.segment, offset: at.offset, index: seq - at.firstSeq };
   }
@@ -720,12 +725,13 @@ export class Shard {
     this.coldWaiters.shift()?.();
   }
 
-  private async batchAt(loc: BatchLoc): Promise<{ batch: BatchView; header: RecordHeader; record: Uint8Array }> {
+  private async batchAt(loc: BatchLoc, log: ShardLog = this.log!): Promise<{ batch: BatchView; header: RecordHeader; record: Uint8Array }> {
     const id = `${loc.segment}:${loc.offset}`;
     let rec = this.recent.get(id);
     if (rec === undefined) {
-      rec = await this.log!.readRecord(loc.segment, loc.offset);
-      this.recent.set(id, rec, rec.bytes.length);
+      rec = await log.readRecord(loc.segment, loc.offset);
+      // Not into the cache of a log that replaced this one meanwhile.
+      if (log === this.log) this.recent.set(id, rec, rec.bytes.length);
     }
     for (const b of batchesOf(rec.bytes, rec.header)) if (b.index === loc.index) return { batch: b, header: rec.header, record: rec.bytes };
     throw new CorruptionError(`shard ${this.id}: record at segment ${loc.segment} offset ${loc.offset} has no batch ${loc.index}`);
