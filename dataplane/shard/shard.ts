@@ -121,6 +121,7 @@ export class Shard {
    * tail commits. Dropped from the cache (or left to their pending writes) when it does.
    */
   private readonly behindTail = new Set<string>();
+  private closing = false;
   /** The running (or last) group-commit loop; close() waits for it. */
   private loopDone: Promise<void> = Promise.resolve();
   /** Resolves when the running truncateAfter (if any) has finished. */
@@ -211,6 +212,7 @@ export class Shard {
     try {
       switch (op) {
         case Op.Write:
+          if (this.closing) return err(ErrorCode.ShardUnavailable, `shard ${this.id} is shutting down`, { shard: this.id });
           if (this.truncating) return err(ErrorCode.ServerBusy, `shard ${this.id} is rewinding its log; retry`);
           if (this.writesStopped !== null) {
             return err(ErrorCode.StorageFailed, `shard ${this.id} takes no more writes: ${this.writesStopped}; reads of committed data go on; restart the node to recover from the log`, { shard: this.id, diskFull: false });
@@ -488,7 +490,7 @@ export class Shard {
         return;
       }
       // The barrier must be durable before the acks: a header write, with the next group or alone.
-      if (!this.committing) this.loopDone = this.commitLoop();
+      if (!this.committing && !this.closing) this.loopDone = this.commitLoop();
     });
   }
 
@@ -689,21 +691,29 @@ export class Shard {
   private async loadFloor(s: AggState, clientId: bigint): Promise<void> {
     let floor = { seq: 0n, atSeq: 0 };
     await this.coldSlot();
+    const gen = this.generation;
+    const log = this.log!;
+    const replaced = (): boolean => gen !== this.generation || this.truncating || this.log !== log;
     try {
       let seq = s.pending > 0 ? s.cSeq : s.lastSeq;
       while (seq > 0) {
-        const loc = await this.locBySeq(seq);
+        const loc = await this.locBySeq(seq, log);
         if (loc === null) break;
-        const { batch, header } = await this.batchAt(loc);
+        const { batch, header } = await this.batchAt(loc, log);
         if (header.clientId === clientId && batch.clientSeq > 0n) {
           floor = { seq: batch.clientSeq, atSeq: batch.seq };
           break;
         }
         seq = batch.prevSeq;
       }
+    } catch (e) {
+      // A truncateAfter replaced the log while this walked it: set nothing; the write loads again.
+      if (replaced()) return;
+      throw e;
     } finally {
       this.releaseColdSlot();
     }
+    if (replaced()) return;
     if (!s.floors.has(clientId)) setFloor(s, clientId, floor, this.committedSeq);
   }
 
@@ -900,8 +910,15 @@ export class Shard {
   }
 
   async close(): Promise<void> {
+    this.closing = true;
     this.cancelIdle?.();
-    await this.loopDone;
+    // A loop started while we waited is waited for too. (Commit steps still running are not:
+    // the closing flag keeps them from starting new loops, and their writes stay unacknowledged.)
+    for (let done = this.loopDone; ; done = this.loopDone) {
+      await done;
+      if (done === this.loopDone && !this.committing) break;
+    }
+    this.cancelIdle?.();
     if (this.syncingHeader) await this.syncingHeader;
     if (this.state === 'serving' && this.log?.headerBehind) await this.log.syncHeader();
     await this.log?.close();
