@@ -17,7 +17,12 @@
 //     never returns bytes other than those written; details agree with the events;
 //   - `verifyShard` (celer verify) finds the crashed image clean and holding every acknowledged
 //     seq, and finds the rot when there is some;
-//   - after the checks it takes new writes at the next versions, and a clean reopen sees them all.
+//   - after the checks it takes new writes at the next versions, and a clean reopen sees them all;
+//   - in the commit-step scenario (a cluster's shard: a fake follower commits each group after a
+//     seeded delay, or now and then refuses it), the reopened shard's committed seq is the ack
+//     barrier its last segment header holds, at or above every acknowledged seq; reads serve
+//     nothing above it; truncateAfter below it is refused (TruncateRefusedError), truncateAfter at
+//     it removes the speculative tail and no acknowledged write, and verifyShard is clean after.
 // Before the cut it checks what a client can: acknowledgments of different writes never claim the
 // same version, a read shows every write acknowledged before it was sent, the same write sent
 // twice at once is applied at most once (the copy gets 2013 or 2002).
@@ -28,7 +33,8 @@ import { verifyShard } from '../../dataplane/cli/verify.ts';
 import { initHashing } from '../../dataplane/storage/checksum.ts';
 import { decodeSegmentFooter, decodeSegmentHeader, SEGMENT_FOOTER_BYTES } from '../../dataplane/storage/segment.ts';
 import type { Disk } from '../../dataplane/storage/disk.ts';
-import { Shard, type ShardResult } from '../../dataplane/shard/shard.ts';
+import { Shard, type CommitStep, type ShardResult } from '../../dataplane/shard/shard.ts';
+import { TruncateRefusedError } from '../../dataplane/storage/shard-log.ts';
 import { prng } from '../lib/prng.ts';
 import { SimClock } from './sim-clock.ts';
 import { SimDisk, type CrashOptions, type SimOp } from './sim-disk.ts';
@@ -55,14 +61,84 @@ const IDLE_MS = 120;
  * failed: the engine zeroes what the group left before it refuses it as not stored); reads fail
  * with EIO now and then (a bad sector: the request gets 9200, the shard goes on).
  */
-export type Scenario = 'plain' | 'fsync-eio' | 'disk-full' | 'fsync-enospc' | 'read-eio';
+export type Scenario = 'plain' | 'fsync-eio' | 'disk-full' | 'fsync-enospc' | 'read-eio' | 'commit-step';
 const SCENARIOS: readonly { s: Scenario; weight: number }[] = [
   { s: 'plain', weight: 8 },
   { s: 'fsync-eio', weight: 1 },
   { s: 'disk-full', weight: 1 },
   { s: 'fsync-enospc', weight: 1 },
   { s: 'read-eio', weight: 1 },
+  { s: 'commit-step', weight: 2 },
 ];
+
+/** commit-step: the chance that the follower refuses one group commit (writes then stop with 2007). */
+const COMMIT_REFUSE_P = 0.03;
+/** commit-step: a group's commit takes 0..COMMIT_TURNS_MAX driver turns (so several are in flight at once). */
+const COMMIT_TURNS_MAX = 24;
+
+/**
+ * The commit step of a cluster's shard (dataplane/shard/shard.ts CommitStep), standing in for a
+ * follower: each commit(from, to) resolves after a seeded number of driver turns, so later groups
+ * may be committed before earlier ones (the engine applies them in seq order), and is refused with
+ * probability `refuseP`. It checks what the engine asks: ranges gapless and in seq order from
+ * the seq after the shard's committed seq at open.
+ */
+class FakeFollower implements CommitStep {
+  calls = 0;
+  inFlight = 0;
+  maxInFlight = 0;
+  /** The ranges it refused, e.g. "12..15". */
+  readonly refused: string[] = [];
+  private next = -1;
+  private readonly clock: SimClock;
+  private readonly rng: () => number;
+  private readonly msPerTurn: number;
+  private readonly refuseP: number;
+  private readonly fail: (m: string) => void;
+
+  constructor(clock: SimClock, rng: () => number, msPerTurn: number, refuseP: number, fail: (m: string) => void) {
+    this.clock = clock;
+    this.rng = rng;
+    this.msPerTurn = msPerTurn;
+    this.refuseP = refuseP;
+    this.fail = fail;
+  }
+
+  /** The shard opened with this committed seq: the first range starts after it. */
+  opened(committedSeq: number): void {
+    this.next = committedSeq + 1;
+  }
+
+  commit(from: number, to: number): Promise<void> {
+    this.calls++;
+    if (this.next >= 0 && from !== this.next) this.fail(`the commit step was asked for seqs ${from}..${to}; the range after the last one starts at ${this.next}`);
+    if (to < from) this.fail(`the commit step was asked for an empty range ${from}..${to}`);
+    this.next = Math.max(this.next, to + 1);
+    const turns = this.rng() < 0.25 ? 0 : 1 + Math.floor(this.rng() * COMMIT_TURNS_MAX);
+    const refuse = this.rng() < this.refuseP;
+    this.inFlight++;
+    this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
+    return new Promise<void>((done, failed) => {
+      this.clock.after(turns * this.msPerTurn, () => {
+        this.inFlight--;
+        if (!refuse) return done();
+        this.refused.push(`${from}..${to}`);
+        failed(new Error(`the follower did not commit seqs ${from}..${to}`));
+      });
+    });
+  }
+}
+
+/** The ack barrier a power cut left: the ackedSeq of the last segment's header (null: no readable one). */
+function barrierOnDisk(disk: SimDisk): number | null {
+  const segs = disk.names(SHARD_DIR).filter((n) => n.endsWith('.seg'));
+  const last = segs.at(-1);
+  if (last === undefined) return 0;
+  const bytes = disk.peek(`${SHARD_DIR}/${last}`);
+  if (bytes === null || bytes.length < 4096) return null;
+  const h = decodeSegmentHeader(bytes.subarray(0, 4096));
+  return h.ok ? h.header.ackedSeq : null;
+}
 
 export interface RunOptions {
   seed: number;
@@ -167,8 +243,8 @@ function call(shard: Shard, op: number, body: Uint8Array): Promise<ShardResult> 
 }
 
 /** Opens the real shard on `disk` (the engine's own options; nothing else of it is used). */
-async function openShard(disk: Disk, clock: SimClock, memoryBudgetBytes: number, log: (m: string) => void): Promise<Shard> {
-  return Shard.open({
+async function openShard(disk: Disk, clock: SimClock, memoryBudgetBytes: number, log: (m: string) => void, commitStep?: FakeFollower): Promise<Shard> {
+  const s = await Shard.open({
     disk,
     clock,
     dir: SHARD_DIR,
@@ -179,7 +255,10 @@ async function openShard(disk: Disk, clock: SimClock, memoryBudgetBytes: number,
     memoryBudgetBytes,
     nodeId: NODE_ID,
     log,
+    ...(commitStep === undefined ? {} : { commitStep }),
   });
+  commitStep?.opened(s.committedSeq);
+  return s;
 }
 
 /**
@@ -231,7 +310,7 @@ interface Workload {
   /** The disk the power cut left. */
   after: SimDisk;
   summary: string;
-  ctx: Omit<CheckContext, 'fail' | 'log' | 'rot' | 'refused' | 'lossFromSeq' | 'recrash' | 'fullAtRestart'>;
+  ctx: Omit<CheckContext, 'fail' | 'log' | 'rot' | 'refused' | 'lossFromSeq' | 'recrash' | 'fullAtRestart' | 'commitNote'>;
 }
 
 /**
@@ -273,6 +352,8 @@ async function runWorkload(opts: RunOptions, crashAt: number | null): Promise<Wo
   const clock = new SimClock();
   const driver = new Driver(clock, msPerTurn);
   const engineDisk = opts.wrap ? opts.wrap(disk) : disk;
+  const commitSeed = scenario === 'commit-step' ? seed : null;
+  const follower = commitSeed === null ? undefined : new FakeFollower(clock, prng(commitSeed ^ 0xf0110), msPerTurn, COMMIT_REFUSE_P, fail);
 
   // ---- faults and the power cut ----
   let crashed: SimDisk | null = null;
@@ -303,13 +384,13 @@ async function runWorkload(opts: RunOptions, crashAt: number | null): Promise<Wo
   };
   disk.onOp = hook;
 
-  const shard = await Promise.race([bounded(openShard(engineDisk, clock, memoryBudgetBytes, log), driver), crashSignal.then(() => null)]);
+  const shard = await Promise.race([bounded(openShard(engineDisk, clock, memoryBudgetBytes, log, follower), driver), crashSignal.then(() => null)]);
   if (crashed !== null) {
     // The power went while the shard was being created: nothing was written or acknowledged.
     driver.stop();
     const after: SimDisk = crashed;
     const summary = `seed ${seed} ${scenario}: power cut at step ${crashStep} (${crashKind}) while the shard was first opened, ${after.lastCrash!.style}`;
-    return { scenario, failures, engineLog, steps, openSteps: crashStep, after, summary, ctx: { issued: [], aggregates, memoryBudgetBytes, msPerTurn, readPageBytes, wrap: opts.wrap } };
+    return { scenario, failures, engineLog, steps, openSteps: crashStep, after, summary, ctx: { issued: [], aggregates, memoryBudgetBytes, msPerTurn, readPageBytes, wrap: opts.wrap, commitSeed } };
   }
   if (shard === null || shard.state !== 'serving') {
     driver.stop();
@@ -410,8 +491,13 @@ async function runWorkload(opts: RunOptions, crashAt: number | null): Promise<Wo
 
   // 2008: writes stopped after a failed fsync (fsync-eio), or no room for the next segment
   // (disk-full), or a group refused after an fsync ENOSPC (fsync-enospc).
+  // commit-step: 2007 for the writes of a refused commit, 2008 for those after it (writes stopped),
+  // 9200 for a write placed as they stopped; only once the follower refused a range.
   const expectedRefusal = (code: number): boolean =>
-    code === ErrorCode.WrongExpectedVersion || (scenario !== 'plain' && scenario !== 'read-eio' && code === ErrorCode.StorageFailed) || (scenario === 'read-eio' && code === ErrorCode.ShardUnavailable);
+    code === ErrorCode.WrongExpectedVersion ||
+    (scenario !== 'plain' && scenario !== 'read-eio' && scenario !== 'commit-step' && code === ErrorCode.StorageFailed) ||
+    (scenario === 'read-eio' && code === ErrorCode.ShardUnavailable) ||
+    (scenario === 'commit-step' && follower!.refused.length > 0 && ([ErrorCode.NotAcknowledged, ErrorCode.StorageFailed, ErrorCode.ShardUnavailable] as number[]).includes(code));
 
   const onAck = (w: Issued, ok: WireWriteOk): void => {
     if (ok.ranges.length !== w.parts.length) fail(`write ${w.id}: ${ok.ranges.length} ranges acknowledged for ${w.parts.length} aggregates`);
@@ -483,9 +569,9 @@ async function runWorkload(opts: RunOptions, crashAt: number | null): Promise<Wo
   const report = after.lastCrash!;
   const acked = issued.filter((w) => w.answer !== null && 'ok' in w.answer);
   const inFlight = issued.filter((w) => w.answer === null);
-  const summary = `seed ${seed} ${scenario}: ${issued.length} writes (${acked.length} acknowledged, ${inFlight.length} in flight) over ${aggregates} aggregates, ${clients} clients; power cut at step ${crashStep} (${crashKind}), ${report.style}: ${report.sectorsKept} sectors kept, ${report.sectorsLost} lost, ${report.dirOpsKept}/${report.dirOpsKept + report.dirOpsLost} directory operations kept`;
+  const summary = `seed ${seed} ${scenario}: ${issued.length} writes (${acked.length} acknowledged, ${inFlight.length} in flight) over ${aggregates} aggregates, ${clients} clients; power cut at step ${crashStep} (${crashKind}), ${report.style}: ${report.sectorsKept} sectors kept, ${report.sectorsLost} lost, ${report.dirOpsKept}/${report.dirOpsKept + report.dirOpsLost} directory operations kept${follower === undefined ? '' : `; commit step: ${follower.calls} commits, up to ${follower.maxInFlight} in flight, ${follower.refused.length === 0 ? 'none refused' : `refused ${follower.refused.join(', ')}`}`}`;
 
-  return { scenario, failures, engineLog, steps, openSteps, after, summary, ctx: { issued, aggregates, memoryBudgetBytes, msPerTurn, readPageBytes, wrap: opts.wrap } };
+  return { scenario, failures, engineLog, steps, openSteps, after, summary, ctx: { issued, aggregates, memoryBudgetBytes, msPerTurn, readPageBytes, wrap: opts.wrap, commitSeed } };
 }
 
 /** Step kinds of rotation and sidecar writing. */
@@ -523,10 +609,11 @@ export async function runPowerLoss(opts: RunOptions): Promise<RunResult> {
   const rot = opts.scenario === undefined ? rotImage(run.after, run.ctx.issued, prng(opts.seed ^ 0x2071)) : null;
   const again = prng(opts.seed ^ 0xa6a1);
   const recrashAt = opts.scenario === undefined && again() < 0.2 ? 1 + Math.floor(again() * 40) : null;
-  const ctx: CheckContext = { ...run.ctx, fail, log, rot, refused: false, lossFromSeq: rot?.kind === 'log' && !rot.covered ? rot.seq : Infinity, fullAtRestart, recrash: recrashAt === null ? null : { atStep: recrashAt, rng: again, happened: false } };
+  const ctx: CheckContext = { ...run.ctx, fail, log, rot, refused: false, lossFromSeq: rot?.kind === 'log' && !rot.covered ? rot.seq : Infinity, fullAtRestart, commitNote: '', recrash: recrashAt === null ? null : { atStep: recrashAt, rng: again, happened: false } };
   await checkRecovered(run.after, ctx);
   if (ctx.recrash?.happened === true) run.summary += `; power cut again at step ${recrashAt} of recovery`;
   if (fullAtRestart) run.summary += '; restarted with the disk still full';
+  run.summary += ctx.commitNote;
   const rotted = rot === null ? '' : `; rotted ${rot.path} at ${rot.offset}${rot.kind === 'log' ? ` (acknowledged seq ${rot.seq}, ${rot.covered ? 'below the durable end or ack barrier' : 'in the unvouched tail'})${ctx.refused ? ', refused with 9200' : ', served'}` : ''}`;
   return { seed: opts.seed, scenario: run.scenario, failures, summary: run.summary + rotted, log: run.engineLog };
 }
@@ -659,6 +746,10 @@ interface CheckContext {
   fail: (m: string) => void;
   log: (m: string) => void;
   wrap: ((disk: SimDisk) => Disk) | undefined;
+  /** commit-step: the seed of the follower stand-ins of the reopened shards (null: standalone). */
+  commitSeed: number | null;
+  /** commit-step: what the reopen found (for the summary). */
+  commitNote: string;
   rot: Rot | null;
   /** Set when the shard refused with 9200 (accepted only after log rot). */
   refused: boolean;
@@ -689,7 +780,7 @@ async function crashDuringRecovery(disk: SimDisk, ctx: CheckContext, recrash: No
   };
   const engineDisk = ctx.wrap ? ctx.wrap(disk) : disk;
   const openClose = (async () => {
-    const s = await openShard(engineDisk, clock, ctx.memoryBudgetBytes, ctx.log);
+    const s = await openShard(engineDisk, clock, ctx.memoryBudgetBytes, ctx.log, followerFor(ctx, clock, 0x5ec0));
     await s.close();
   })();
   await bounded(Promise.race([openClose, cut]), driver);
@@ -698,6 +789,76 @@ async function crashDuringRecovery(disk: SimDisk, ctx: CheckContext, recrash: No
   if (second === null) return disk;
   recrash.happened = true;
   return second;
+}
+
+/** A follower stand-in for a reopened shard of a commit-step run (never refuses); undefined standalone. */
+function followerFor(ctx: CheckContext, clock: SimClock, salt: number): FakeFollower | undefined {
+  return ctx.commitSeed === null ? undefined : new FakeFollower(clock, prng(ctx.commitSeed ^ salt), ctx.msPerTurn, 0, ctx.fail);
+}
+
+/** The last seq of every acknowledged write, the largest (0: none). */
+function ackedMaxSeq(issued: Issued[], below = Infinity): number {
+  return Math.max(0, ...issued.map((w) => (w.answer !== null && 'ok' in w.answer && Number(w.answer.ok.firstSeq) < below ? Number(w.answer.ok.firstSeq) + w.parts.length - 1 : 0)));
+}
+
+/**
+ * commit-step, just after the reopen: the committed seq is the recovered ack barrier (the last
+ * segment header's, capped at the durable end), at or above every acknowledged seq; reads serve
+ * nothing above it; truncateAfter below it is refused, at it removes the speculative tail; then
+ * the log ends at it and verifyShard is clean. False when the shard can no longer be checked.
+ */
+async function checkCommitStep(shard: Shard, disk: SimDisk, barrier: number | null, ctx: CheckContext, driver: Driver): Promise<boolean> {
+  const { fail } = ctx;
+  const committed = shard.committedSeq;
+  if (barrier === null) fail('after the power cut the last segment header cannot be read');
+  else if (committed !== Math.min(barrier, shard.durableSeq)) fail(`after the power cut the committed seq is ${committed}; the ack barrier on disk is ${barrier} and the log ends at ${shard.durableSeq}`);
+  const ackedMax = ackedMaxSeq(ctx.issued, ctx.lossFromSeq);
+  if (committed < ackedMax) fail(`after the power cut the committed seq is ${committed}, below the acknowledged seq ${ackedMax}`);
+  const before = await readEverything(shard, ctx, driver, 'after the power cut, before truncateAfter');
+  if (before === null) return false;
+  checkHistory(before, ctx, 'after the power cut, before truncateAfter');
+  const dirty = before.filter((b) => b.seq > committed);
+  if (dirty.length > 0) fail(`after the power cut a read served seq ${dirty[0]!.seq}, above the committed seq ${committed}`);
+  if (committed > 0) {
+    const below = Math.floor(prng(committed ^ ctx.issued.length)() * committed);
+    const refused = await bounded(
+      shard.truncateAfter(below).then(
+        () => null,
+        (e: unknown) => e,
+      ),
+      driver,
+    );
+    if (!(refused instanceof TruncateRefusedError)) fail(`truncateAfter(${below}), below the ack barrier ${committed}, ${refused === null ? 'succeeded or hung' : `threw ${String(refused)}, not TruncateRefusedError`}`);
+    if (shard.state !== 'serving') {
+      fail(`after a refused truncateAfter(${below}) the shard is ${shard.state}: ${shard.reason ?? ''}`);
+      return false;
+    }
+  }
+  const tail = shard.durableSeq - committed;
+  ctx.commitNote = `; reopened at committed seq ${committed} (acknowledged up to ${ackedMax}), truncated a speculative tail of ${tail} seqs`;
+  const cut = await bounded(
+    shard.truncateAfter(committed).then(
+      () => null,
+      (e: unknown) => (e instanceof Error ? e : new Error(String(e))),
+    ),
+    driver,
+  );
+  if (cut !== null) {
+    fail(`truncateAfter(${committed}) at the ack barrier (a speculative tail of ${tail} seqs) failed: ${cut.message}`);
+    return false;
+  }
+  if (shard.state !== 'serving') {
+    fail(`after truncateAfter(${committed}) the shard is ${shard.state}: ${shard.reason ?? ''}`);
+    return false;
+  }
+  if (shard.durableSeq !== committed || shard.placedSeq !== committed || shard.committedSeq !== committed) fail(`after truncateAfter(${committed}) placed/durable/committed are ${shard.placedSeq}/${shard.durableSeq}/${shard.committedSeq}`);
+  const v = await bounded(verifyShard(disk, SHARD_DIR, 0, NUM_SHARDS, ROUTING), driver);
+  if (v === null) fail(`celer verify after truncateAfter(${committed}) hung`);
+  else {
+    if (v.problem !== null) fail(`celer verify after truncateAfter(${committed}): ${v.problem}`);
+    if (v.lastSeq !== committed) fail(`celer verify after truncateAfter(${committed}) ends at seq ${v.lastSeq}`);
+  }
+  return true;
 }
 
 async function checkRecovered(crashedDisk: SimDisk, ctx: CheckContext): Promise<void> {
@@ -713,12 +874,13 @@ async function checkRecovered(crashedDisk: SimDisk, ctx: CheckContext): Promise<
       if (rot.covered && v.problem === null) fail(`celer verify of the crashed image does not see the rotted record at ${rot.path} offset ${rot.offset}`);
     } else {
       if (v.problem !== null) fail(`celer verify of the crashed image: ${v.problem}`);
-      const ackedMax = Math.max(0, ...issued.map((w) => (w.answer !== null && 'ok' in w.answer ? Number(w.answer.ok.firstSeq) + w.parts.length - 1 : 0)));
+      const ackedMax = ackedMaxSeq(issued);
       if (v.lastSeq < ackedMax) fail(`celer verify of the crashed image ends at seq ${v.lastSeq}, before the acknowledged seq ${ackedMax}`);
     }
     if (ctx.recrash !== null && !(rot?.kind === 'log')) disk = await crashDuringRecovery(disk, ctx, ctx.recrash);
     const engineDisk = ctx.wrap ? ctx.wrap(disk) : disk;
-    const shard = await bounded(openShard(engineDisk, clock, ctx.memoryBudgetBytes, ctx.log), driver);
+    const barrier = barrierOnDisk(disk);
+    const shard = await bounded(openShard(engineDisk, clock, ctx.memoryBudgetBytes, ctx.log, followerFor(ctx, clock, 0x0e0e)), driver);
     if (shard === null) return fail('reopening after the power cut hung');
     if (shard.state !== 'serving') {
       if (rot?.kind === 'log' && shard.state === 'corrupt') {
@@ -727,6 +889,7 @@ async function checkRecovered(crashedDisk: SimDisk, ctx: CheckContext): Promise<
       }
       return fail(`after the power cut the shard is ${shard.state}: ${shard.reason ?? ''}`);
     }
+    if (ctx.commitSeed !== null && !(await checkCommitStep(shard, disk, barrier, ctx, driver))) return;
     const seen = await readEverything(shard, ctx, driver, 'after the power cut');
     if (seen === null) return;
     if (rot?.kind === 'log' && rot.covered) return fail(`the rotted record at ${rot.path} offset ${rot.offset} (acknowledged seq ${rot.seq}) was served without 9200`);
@@ -802,8 +965,10 @@ async function checkRecovered(crashedDisk: SimDisk, ctx: CheckContext): Promise<
     if (closed === null && !driver.stuck) return fail('closing the shard hung');
 
     // A clean restart sees the same.
-    const third = await bounded(openShard(engineDisk, clock, ctx.memoryBudgetBytes, ctx.log), driver);
+    const third = await bounded(openShard(engineDisk, clock, ctx.memoryBudgetBytes, ctx.log, followerFor(ctx, clock, 0x7e1d)), driver);
     if (third === null || third.state !== 'serving') return fail(`a clean reopen did not serve: ${third?.state ?? 'hung'} ${third?.reason ?? ''}`);
+    // Every write since the power cut was acknowledged: the barrier closed over the whole log.
+    if (ctx.commitSeed !== null && third.committedSeq !== third.durableSeq) fail(`after a clean close and reopen the committed seq is ${third.committedSeq}, the log ends at ${third.durableSeq}`);
     const last = await readEverything(third, ctx, driver, 'after a clean reopen');
     if (last !== null) checkHistory(last, ctx, 'after a clean reopen');
     await bounded(third.close(), driver);
