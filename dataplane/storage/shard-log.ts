@@ -9,14 +9,16 @@
 // commit): the *durable* watermark. What the shard acknowledges (*committed*) is decided above, in
 // shard.ts; the log only keeps the ack barrier it is told (`setAcked`) and makes it durable in the
 // segment header.
-import { GROUP_COMMIT_BYTES_MAX, HEADER_REFRESH_MS, SCAN_CHUNK_BYTES, SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES, SEGMENT_BYTES_MAX, SEGMENT_HEADER_BYTES, SPARE_RETRY_MS_MAX, SPARE_RETRY_MS_MIN } from '../constants.ts';
+import { GROUP_COMMIT_BYTES_MAX, HEADER_REFRESH_MS, SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES, SEGMENT_BYTES_MAX, SEGMENT_HEADER_BYTES, SPARE_RETRY_MS_MAX, SPARE_RETRY_MS_MIN } from '../constants.ts';
 import { hash52 } from './bloom.ts';
 import { equalBytes, hex, ZERO_HASH } from './checksum.ts';
 import { isDiskFull, type Clock, type Disk, type SegmentFile } from './disk.ts';
 import { IO_ALIGN_BYTES } from './io.ts';
-import { batchesOf, checkRecord, keysOf, recordHash, RECORD_BYTES_MAX, RECORD_HEADER_BYTES, type BatchView, type RecordHeader } from './record.ts';
+import { keysOf, recordHash, RECORD_BYTES_MAX } from './record.ts';
 import { scanSegment } from './scan.ts';
-import { ActiveIndex, encodeSidecar, SealedIndex, sidecarPath, SidecarDamagedError } from './segment-index.ts';
+import { ActiveIndex, encodeSidecar, SealedIndex, sidecarPath } from './segment-index.ts';
+import { CorruptionError, DiskFullError, FormatError, GroupWriteError, RotationFailedError, TruncateRefusedError } from './errors.ts';
+import { SegmentSet, type RecordAt, type RecordRead, type Segment } from './segment-set.ts';
 import {
   dataLimit,
   decodeSegmentFooter,
@@ -31,54 +33,8 @@ import {
   type SegmentHeader,
 } from './segment.ts';
 
-/** Durable data failed its checks: the shard must not be served. */
-export class CorruptionError extends Error {
-  override name = 'CorruptionError';
-}
-
-/** The data is in a format this version does not read (not damage: say what to do). */
-export class FormatError extends Error {
-  override name = 'FormatError';
-}
-
-/** A write could not get disk space (a new segment could not be made). Nothing was placed. */
-export class DiskFullError extends Error {
-  override name = 'DiskFullError';
-  /** False when the next segment could not be made for another reason than space (say, EIO). */
-  readonly diskFull: boolean;
-  constructor(message: string, opts: { diskFull?: boolean } = {}) {
-    super(message);
-    this.diskFull = opts.diskFull ?? true;
-  }
-}
-
-/**
- * The write + fdatasync of a group failed: some of its bytes may be in the file. `eraseUndurable`
- * must succeed before the group can be reported as not stored.
- */
-export class GroupWriteError extends Error {
-  override name = 'GroupWriteError';
-  override readonly cause: unknown;
-  constructor(message: string, cause: unknown) {
-    super(message);
-    this.cause = cause;
-  }
-}
-
-/** Sealing the active segment or activating the next one failed half way: the log needs a restart to continue. */
-export class RotationFailedError extends Error {
-  override name = 'RotationFailedError';
-  override readonly cause: unknown;
-  constructor(message: string, cause: unknown) {
-    super(message);
-    this.cause = cause;
-  }
-}
-
-/** truncateAfter was asked to cut acknowledged records. */
-export class TruncateRefusedError extends Error {
-  override name = 'TruncateRefusedError';
-}
+export { CorruptionError, DiskFullError, FormatError, GroupWriteError, RotationFailedError, TruncateRefusedError } from './errors.ts';
+export { sameKey, type RecordAt, type RecordRead } from './segment-set.ts';
 
 export interface ShardLogOptions {
   disk: Disk;
@@ -99,28 +55,6 @@ export interface ShardLogOptions {
   ackAtDurable: boolean;
 }
 
-interface Segment {
-  index: number;
-  file: SegmentFile;
-  path: string;
-  header: SegmentHeader;
-  sizeBytes: number;
-  /** Durable end: every byte before it is on disk (fdatasync returned). */
-  end: number;
-  /** Highest byte ever written into the file by this process or a torn group before it. */
-  writtenHigh: number;
-  /** Bytes of the last, partial 4 KiB block before `end` (rewritten by the next group commit). */
-  tail: Uint8Array;
-  firstSeq: number;
-  /** Last durable seq in this segment (firstSeq - 1 when empty). */
-  lastSeq: number;
-  /** In memory while active (and for a sealed segment whose sidecar could not be written)... */
-  active: ActiveIndex | null;
-  /** ...in the sidecar once sealed. */
-  sealed: SealedIndex | null;
-  footer: SegmentFooter | null;
-}
-
 interface Placed {
   segment: number;
   offset: number;
@@ -138,16 +72,6 @@ interface Spare {
   file: SegmentFile;
 }
 
-export interface RecordRead {
-  bytes: Uint8Array;
-  header: RecordHeader;
-}
-
-export interface RecordAt extends RecordRead {
-  segment: number;
-  offset: number;
-}
-
 function alignDown(n: number): number {
   return n - (n % IO_ALIGN_BYTES);
 }
@@ -160,9 +84,7 @@ const ZERO_CHUNK_BYTES = 1024 * 1024;
 
 export class ShardLog {
   readonly opts: ShardLogOptions;
-  private readonly segments = new Map<number, Segment>();
-  /** Segment indexes, ascending (for locating a seq). */
-  private order: number[] = [];
+  private readonly set: SegmentSet;
   private active!: Segment;
   /** Seq of the last durable batch (0 = none). */
   durableSeq = 0;
@@ -192,6 +114,7 @@ export class ShardLog {
 
   private constructor(opts: ShardLogOptions) {
     this.opts = opts;
+    this.set = new SegmentSet(opts.shard, opts.log);
   }
 
   /** Opens (or creates) the shard's log and recovers its tail. Throws CorruptionError or FormatError. */
@@ -328,14 +251,14 @@ export class ShardLog {
           const tailFrom = alignDown(res.end);
           seg.tail = tailFrom < res.end ? (await file.read(tailFrom, res.end - tailFrom)).slice() : new Uint8Array(0);
         }
-        this.segments.set(index, seg);
+        this.set.map.set(index, seg);
       }
-      this.order = [...this.segments.keys()].sort((a, b) => a - b);
+      this.set.order = [...this.set.map.keys()].sort((a, b) => a - b);
       this.durableSeq = seq - 1;
       this.placeSeq = seq;
       this.placeTip = tip;
       this.durableTip = tip;
-      const lastSeg = this.order.length > 0 ? this.segments.get(this.order[this.order.length - 1]!)! : null;
+      const lastSeg = this.set.order.length > 0 ? this.set.map.get(this.set.order[this.set.order.length - 1]!)! : null;
       const headerAcked = lastSeg?.header.ackedSeq ?? 0;
       this.ackedSeq = this.opts.ackAtDurable ? this.durableSeq : Math.min(headerAcked, this.durableSeq);
       this.barrierDurableSeq = this.ackedSeq;
@@ -353,7 +276,7 @@ export class ShardLog {
       // Make what recovery kept durable before serving it, and record it in the header.
       await this.commitHeader(this.active);
     } catch (e) {
-      for (const o of opened) if (!this.segments.has(o.index)) await o.file.close().catch(() => {});
+      for (const o of opened) if (!this.set.map.has(o.index)) await o.file.close().catch(() => {});
       throw e;
     }
   }
@@ -493,8 +416,8 @@ export class ShardLog {
       sealed: null,
       footer: null,
     };
-    this.segments.set(seg.index, seg);
-    this.order.push(seg.index);
+    this.set.map.set(seg.index, seg);
+    this.set.order.push(seg.index);
     this.headerEnd = SEGMENT_HEADER_BYTES;
     return seg;
   }
@@ -527,7 +450,7 @@ export class ShardLog {
   }
 
   get segmentCount(): number {
-    return this.segments.size;
+    return this.set.map.size;
   }
 
   /** Why the next segment cannot be made right now (null when it can or is being made). */
@@ -543,7 +466,7 @@ export class ShardLog {
    */
   reserve(length: number): { segment: number; offset: number; firstSeq: number; prevHash: Uint8Array; vouchedEnd: number } {
     if (length > this.recordBytesMax) throw new RangeError(`a record of ${length} bytes does not fit in a ${this.opts.segmentBytes}-byte segment`);
-    const cur = this.segments.get(this.placeSegment);
+    const cur = this.set.map.get(this.placeSegment);
     const limit = cur !== undefined ? dataLimit(cur.sizeBytes) : dataLimit(this.opts.segmentBytes);
     let segment = this.placeSegment;
     let offset = this.placeOffset;
@@ -781,170 +704,26 @@ export class ShardLog {
   }
 
   // -------------------------------------------------------------------------------------------
-  // Reads
+  // Reads (segment-set.ts)
 
   /** Reads and checks the durable record at a location. Throws CorruptionError when it fails its checks. */
-  async readRecord(segment: number, offset: number): Promise<RecordRead> {
-    const seg = this.segments.get(segment);
-    if (seg === undefined || offset >= seg.end || offset < SEGMENT_HEADER_BYTES) throw new CorruptionError(`shard ${this.opts.shard}: no durable record at segment ${segment} offset ${offset}`);
-    let buf = await seg.file.read(offset, Math.min(4096, seg.end - offset));
-    let c = checkRecord(buf, 0, buf.length);
-    if (!c.ok && 'incomplete' in c && offset + c.incomplete <= seg.end) {
-      buf = await seg.file.read(offset, c.incomplete);
-      c = checkRecord(buf, 0, buf.length);
-    }
-    if (!c.ok) {
-      const why = 'why' in c ? c.why : 'record is cut off';
-      throw new CorruptionError(`shard ${this.opts.shard} segment ${segment} offset ${offset}: ${why}`);
-    }
-    // A copy: the aligned read buffer is larger than the record, and caches must hold only the record.
-    const bytes = buf.slice(0, c.header.length);
-    const again = checkRecord(bytes, 0, bytes.length);
-    if (!again.ok) throw new CorruptionError(`shard ${this.opts.shard} segment ${segment} offset ${offset}: record changed while copied`);
-    return { bytes, header: again.header };
+  readRecord(segment: number, offset: number): Promise<RecordRead> {
+    return this.set.readRecord(segment, offset);
   }
 
-  /** The segment holding `seq` (binary search over the segments' first seqs). */
-  private segmentOf(seq: number): Segment | null {
-    let lo = 0;
-    let hi = this.order.length - 1;
-    if (hi < 0) return null;
-    if (seq < this.segments.get(this.order[0]!)!.firstSeq) return null;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >> 1;
-      if (this.segments.get(this.order[mid]!)!.firstSeq <= seq) lo = mid;
-      else hi = mid - 1;
-    }
-    return this.segments.get(this.order[lo]!)!;
+  /** Where the durable record holding `seq` lies (segment, offset, its first seq); null when not durable. */
+  locate(seq: number): Promise<{ segment: number; offset: number; firstSeq: number } | null> {
+    return this.set.locate(seq, this.durableSeq);
   }
 
-  /**
-   * Where the durable record holding `seq` lies: segment, offset and the record's first seq.
-   * O(log n): segments by first seq in memory, then the segment's seq index (in memory while
-   * active, one sidecar page read once sealed). Null when `seq` is not durable.
-   */
-  async locate(seq: number): Promise<{ segment: number; offset: number; firstSeq: number } | null> {
-    if (seq < 1 || seq > this.durableSeq) return null;
-    const seg = this.segmentOf(seq);
-    if (seg === null || seq > seg.lastSeq) return null;
-    let r: { offset: number; firstSeq: number } | null = null;
-    if (seg.active !== null) r = seg.active.locate(seq);
-    else if (seg.sealed !== null) {
-      try {
-        r = await seg.sealed.locate(seq);
-      } catch (e) {
-        if (!(e instanceof SidecarDamagedError)) throw e;
-        this.opts.log(`shard ${this.opts.shard}: ${e.message}; scanning segment ${seg.index} instead`);
-        r = await this.scanForSeq(seg, seq);
-      }
-    }
-    return r === null ? null : { segment: seg.index, offset: r.offset, firstSeq: r.firstSeq };
+  /** Durable records from the one holding `fromSeq`, in order, up to `toSeq`, about `maxBytes` (at least one). */
+  readFrom(fromSeq: number, toSeq: number, maxBytes: number): Promise<RecordAt[]> {
+    return this.set.readFrom(fromSeq, toSeq, maxBytes, this.durableSeq);
   }
 
-  private async scanForSeq(seg: Segment, seq: number): Promise<{ offset: number; firstSeq: number } | null> {
-    let found: { offset: number; firstSeq: number } | null = null;
-    await scanSegment(seg.file, seg.header, { seq: seg.firstSeq, prevHash: seg.header.prevHash }, (_rec, h, offset) => {
-      if (h.firstSeq <= seq && seq < h.firstSeq + h.batchCount) found = { offset, firstSeq: h.firstSeq };
-    }, seg.end);
-    return found;
-  }
-
-  /**
-   * Durable records from the one holding `fromSeq`, in order, up to `toSeq` (inclusive) and about
-   * `maxBytes` (at least one record). Found in O(log n), then read forward.
-   */
-  async readFrom(fromSeq: number, toSeq: number, maxBytes: number): Promise<RecordAt[]> {
-    const out: RecordAt[] = [];
-    const start = await this.locate(fromSeq);
-    if (start === null) return out;
-    let segIdx = start.segment;
-    let offset = start.offset;
-    let bytes = 0;
-    for (;;) {
-      const seg = this.segments.get(segIdx);
-      if (seg === undefined) break;
-      if (offset >= seg.end) {
-        segIdx++;
-        offset = SEGMENT_HEADER_BYTES;
-        continue;
-      }
-      const r = await this.readRecord(segIdx, offset);
-      if (r.header.firstSeq > toSeq) break;
-      out.push({ ...r, segment: segIdx, offset });
-      bytes += r.header.length;
-      offset += r.header.length;
-      if (bytes >= maxBytes) break;
-    }
-    return out;
-  }
-
-  /**
-   * Finds the newest durable batch of `key`, newest segment first, skipping segments whose bloom
-   * rules the key out.
-   */
-  async findLatest(key: Uint8Array): Promise<{ segment: number; offset: number; batch: BatchView; header: RecordHeader } | null> {
-    for (let i = this.order.length - 1; i >= 0; i--) {
-      const seg = this.segments.get(this.order[i]!)!;
-      const bloom = seg.active?.bloom ?? seg.sealed?.bloom;
-      if (bloom !== undefined && !bloom.mayContain(key)) continue;
-      const h = hash52(key);
-      let offset: number | null = -1;
-      if (seg.active !== null) offset = seg.active.keys.get(h) ?? null;
-      else if (seg.sealed !== null) {
-        try {
-          offset = await seg.sealed.lookupKey(h);
-        } catch (e) {
-          if (!(e instanceof SidecarDamagedError)) throw e;
-          offset = -1;
-        }
-      }
-      if (offset === null) continue; // the index says the key is not in this segment
-      if (offset >= 0) {
-        const r = await this.readRecord(seg.index, offset);
-        let match: BatchView | null = null;
-        for (const b of batchesOf(r.bytes, r.header)) if (sameKey(b.key, key)) match = b;
-        if (match) return { segment: seg.index, offset, batch: match, header: r.header };
-        // A 52-bit hash collision: another key owns this index entry. Scan the segment.
-      }
-      const found = await this.scanBackward(seg, key);
-      if (found) return found;
-    }
-    return null;
-  }
-
-  private async scanBackward(seg: Segment, key: Uint8Array): Promise<{ segment: number; offset: number; batch: BatchView; header: RecordHeader } | null> {
-    let end = seg.end;
-    while (end > SEGMENT_HEADER_BYTES) {
-      const from = Math.max(SEGMENT_HEADER_BYTES, end - SCAN_CHUNK_BYTES);
-      const chunk = await seg.file.read(from, end - from);
-      let p = end - from;
-      while (p >= 4) {
-        const len = new DataView(chunk.buffer, chunk.byteOffset + p - 4, 4).getUint32(0);
-        if (len < RECORD_HEADER_BYTES || len > p) break;
-        const start = p - len;
-        const c = checkRecord(chunk, start, len);
-        if (!c.ok) throw new CorruptionError(`shard ${this.opts.shard} segment ${seg.index} offset ${from + start}: ${'why' in c ? c.why : 'bad record'}`);
-        const rec = chunk.subarray(start, p);
-        let match: BatchView | null = null;
-        for (const b of batchesOf(rec, c.header)) if (sameKey(b.key, key)) match = b;
-        if (match) {
-          const r = await this.readRecord(seg.index, from + start);
-          for (const b of batchesOf(r.bytes, r.header)) if (b.index === match.index) return { segment: seg.index, offset: from + start, batch: b, header: r.header };
-        }
-        p = start;
-      }
-      if (p === end - from) {
-        // A single record larger than the window: read it whole.
-        const len = new DataView((await seg.file.read(end - 4, 4)).slice().buffer).getUint32(0);
-        if (len < RECORD_HEADER_BYTES || len > end - SEGMENT_HEADER_BYTES) throw new CorruptionError(`shard ${this.opts.shard} segment ${seg.index}: bad record trailer before offset ${end}`);
-        const r = await this.readRecord(seg.index, end - len);
-        for (const b of batchesOf(r.bytes, r.header)) if (sameKey(b.key, key)) return { segment: seg.index, offset: end - len, batch: b, header: r.header };
-        end -= len;
-      } else {
-        end = from + p;
-      }
-    }
-    return null;
+  /** The newest durable batch of `key`, or null. */
+  findLatest(key: Uint8Array): ReturnType<SegmentSet['findLatest']> {
+    return this.set.findLatest(key);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -966,8 +745,8 @@ export class ShardLog {
     if (at.firstSeq !== seq + 1) throw new RangeError(`shard ${this.opts.shard}: seq ${seq} is inside a record (which starts at seq ${at.firstSeq}); truncate at a record boundary`);
     this.flushing = true;
     try {
-      const seg = this.segments.get(at.segment)!;
-      const lastIndex = this.order[this.order.length - 1]!;
+      const seg = this.set.map.get(at.segment)!;
+      const lastIndex = this.set.order[this.set.order.length - 1]!;
       // 1. Mark the cut in the segment's header: from here on, recovery ends the log there.
       encodeSegmentHeader(this.headerBuf, {
         ...seg.header,
@@ -980,9 +759,9 @@ export class ShardLog {
       seg.lastSeq = seq;
       // 2. Later segments, and this one's sidecar, go.
       for (let i = lastIndex; i > at.segment; i--) {
-        const s = this.segments.get(i)!;
+        const s = this.set.map.get(i)!;
         await s.file.close();
-        this.segments.delete(i);
+        this.set.map.delete(i);
         await this.opts.disk.remove(s.path);
         await this.opts.disk.remove(sidecarPath(s.path));
       }
@@ -1043,12 +822,7 @@ export class ShardLog {
       await this.spare.file.close();
       this.spare = null;
     }
-    for (const s of this.segments.values()) await s.file.close();
-    this.segments.clear();
+    for (const s of this.set.map.values()) await s.file.close();
+    this.set.map.clear();
   }
-}
-
-export function sameKey(a: Uint8Array, b: Uint8Array): boolean {
-  for (let i = 0; i < 48; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
