@@ -9,17 +9,19 @@
 //   committed — passed the commit step after the fdatasync (standalone: nothing more; a cluster:
 //               the follower has them too, or S3 does). Reads, details, cold state loads, the 2002
 //               answer and acknowledgements see only committed records.
-import { Writer, Expect, Op, encodeError, encodeDetailsOk, writeBatchHeader } from '../../client/wire.ts';
+import { Writer, Expect, Op } from '../../client/wire.ts';
 import { ErrorCode } from '../../client/errors.ts';
-import { COLD_LOADS_MAX, HEADER_CATCH_UP_IDLE_MS, READ_AHEAD_SHARE, RECENT_CACHE_SHARE, WALK_ENTRY_BYTES_ESTIMATE, SHARD_QUEUE_WRITES_MAX, STATE_ENTRY_BYTES_ESTIMATE, STATE_LOAD_ATTEMPTS_MAX } from '../constants.ts';
+import { COLD_LOADS_MAX, HEADER_CATCH_UP_IDLE_MS, READ_AHEAD_SHARE, RECENT_CACHE_SHARE, SHARD_QUEUE_WRITES_MAX, STATE_ENTRY_BYTES_ESTIMATE, STATE_LOAD_ATTEMPTS_MAX } from '../constants.ts';
 import { isDiskFull } from '../storage/disk.ts';
 import { Lru } from '../storage/lru.ts';
 import { batchesOf, encodeRecord, recordSize, type BatchInput, type BatchView, type RecordHeader } from '../storage/record.ts';
 import { CorruptionError, DiskFullError, FormatError, GroupWriteError, ShardLog, type RecordAt, type ShardLogOptions } from '../storage/shard-log.ts';
 import type { ShardState } from '../server/status.ts';
 import { keyString, newState, setFloor, type AggState, type BatchLoc } from './state.ts';
-import { decodeKeyTrusted, decodeReadTrusted, decodeWriteTrusted, describeKey, type TrustedWrite } from './requests.ts';
-import { diskEventAt, wireToDisk, writeWireEvent } from './events.ts';
+import { decodeWriteTrusted, describeKey, type TrustedWrite } from './requests.ts';
+import { wireToDisk } from './events.ts';
+import { details, readPage, type ReadAheadCache, type ReadContext } from './reads.ts';
+import { err, Refusal, type ShardResult } from './results.ts';
 
 /**
  * What "committed" requires after the local fdatasync. Called once per group commit, in seq
@@ -41,17 +43,7 @@ export interface ShardOptions extends Omit<ShardLogOptions, 'ackAtDurable'> {
   commitStep?: CommitStep;
 }
 
-export interface ShardResult {
-  op: number;
-  body: Uint8Array;
-}
-
-interface WalkEntry {
-  loc: BatchLoc;
-  fromVersion: number;
-  toVersion: number;
-  seq: number;
-}
+export type { ShardResult } from './results.ts';
 
 interface CachedRecord {
   bytes: Uint8Array;
@@ -74,18 +66,6 @@ export interface FsyncSample {
   records: number;
 }
 
-function err(code: number, message: string, detail: Record<string, unknown> = {}): ShardResult {
-  return { op: Op.Error, body: encodeError(code, message, detail) };
-}
-
-/** A request refused after an await; carries its error response. */
-class Refusal extends Error {
-  readonly result: ShardResult;
-  constructor(result: ShardResult) {
-    super('refused');
-    this.result = result;
-  }
-}
 
 export class Shard {
   readonly id: number;
@@ -97,7 +77,9 @@ export class Shard {
   private recent: Lru<string, CachedRecord>;
   /** Batches not yet returned by a truncated read, keyed by "key|nextVersion": readAll's next page
    * starts here instead of walking the whole chain back again (which made long reads quadratic). */
-  private readAhead: Lru<string, { entries: WalkEntry[]; tipSeq: number }>;
+  private readAhead: ReadAheadCache;
+  /** The read side's view of this shard (reads.ts). */
+  private readonly readSide: ReadContext;
   private readonly loading = new Map<string, Promise<AggState>>();
   private coldInFlight = 0;
   private readonly coldWaiters: (() => void)[] = [];
@@ -140,6 +122,13 @@ export class Shard {
     const readAheadBytes = Math.floor(opts.memoryBudgetBytes * READ_AHEAD_SHARE);
     const stateEntries = Math.max(16, Math.floor((opts.memoryBudgetBytes - recentBytes - readAheadBytes) / STATE_ENTRY_BYTES_ESTIMATE));
     this.readAhead = new Lru(Math.max(64 * 1024, readAheadBytes));
+    this.readSide = {
+      id: this.id,
+      readAhead: this.readAhead,
+      getState: (key) => this.getState(key),
+      batchAt: (loc) => this.batchAt(loc),
+      locBySeq: (seq) => this.locBySeq(seq),
+    };
     this.states = new Lru<string, AggState>(stateEntries, (s) => s.pending > 0);
     this.recent = new Lru<string, CachedRecord>(Math.max(64 * 1024, recentBytes));
   }
@@ -219,9 +208,9 @@ export class Shard {
           }
           return await this.write(decodeWriteTrusted(body));
         case Op.Read:
-          return await this.read(body);
+          return await readPage(this.readSide, body);
         case Op.Details:
-          return await this.details(body);
+          return await details(this.readSide, body);
         default:
           return err(ErrorCode.BadRequest, `operation ${op} is not served by a shard`);
       }
@@ -747,117 +736,6 @@ export class Shard {
     throw new CorruptionError(`shard ${this.id}: record at segment ${loc.segment} offset ${loc.offset} has no batch ${loc.index}`);
   }
 
-  // -------------------------------------------------------------------------------------------
-  // Reads
-
-  private async read(body: Uint8Array): Promise<ShardResult> {
-    const q = decodeReadTrusted(body);
-    const s = await this.getState(q.key);
-    if (s.cVersion === 0) return err(ErrorCode.AggregateNotFound, `aggregate ${describeKey(q.key)} does not exist`);
-    // The committed tip as of now: awaits below may see later commits, which this page must not
-    // claim to cover (the read-ahead records exactly what it walked).
-    const tipSeq = s.cSeq;
-    const tipLoc = s.cLoc;
-    const from = Number(q.from);
-    const to = q.to === 0n ? s.cVersion : Math.min(Number(q.to), s.cVersion);
-    if (from < s.minVersion) {
-      return err(ErrorCode.ReadBelowTrimmed, `version ${from} of ${describeKey(q.key)} was trimmed; the first readable version is ${s.minVersion}`, { minVersion: String(s.minVersion) });
-    }
-    // The batches from `from` to the committed tip, oldest first: from the read-ahead left by the
-    // previous page of this read (readAll), else by walking the aggregate's chain back from its tip.
-    const ks = keyString(q.key);
-    const ahead = this.readAhead.get(`${ks}|${from}`);
-    let entries: WalkEntry[];
-    if (ahead !== undefined && ahead.tipSeq <= tipSeq) {
-      this.readAhead.delete(`${ks}|${from}`);
-      entries = ahead.entries;
-      if (tipSeq > ahead.tipSeq) entries = entries.concat(await this.walkBack(tipLoc, (e) => e.seq <= ahead.tipSeq));
-    } else {
-      entries = await this.walkBack(tipLoc, (e) => e.toVersion < from);
-    }
-    const types = q.eventTypes.length > 0 ? new Set(q.eventTypes) : null;
-    const w = new Writer(4096);
-    w.u64(0n);
-    const countAt = w.reserveU32();
-    let count = 0;
-    let next = 0n;
-    for (let e = 0; e < entries.length; e++) {
-      const entry = entries[e]!;
-      if (entry.fromVersion > to) break;
-      if (count > 0 && w.pos >= q.maxBytes) {
-        const nextFrom = Math.max(entry.fromVersion, from);
-        next = BigInt(nextFrom);
-        const rest = entries.slice(e);
-        this.readAhead.set(`${ks}|${nextFrom}`, { entries: rest, tipSeq }, rest.length * WALK_ENTRY_BYTES_ESTIMATE);
-        break;
-      }
-      const { batch, header } = await this.batchAt(entry.loc);
-      const start = w.pos;
-      writeBatchHeader(w, {
-        fromVersion: BigInt(batch.fromVersion),
-        toVersion: BigInt(batch.toVersion),
-        shard: this.id,
-        seq: BigInt(batch.seq),
-        clientId: header.clientId,
-        serverTimestampMs: header.timestampMs,
-        eventCount: 0,
-      });
-      const evCountAt = w.pos - 4;
-      let n = 0;
-      let at = 0;
-      for (let i = 0; i < batch.eventCount; i++) {
-        const ev = diskEventAt(batch.events, at);
-        at = ev.next;
-        const version = batch.fromVersion + i;
-        if (version < from || version > to) continue;
-        if (types !== null && !types.has(td.decode(ev.fields.type))) continue;
-        w.u64(BigInt(version));
-        writeWireEvent(w, ev.fields);
-        n++;
-      }
-      if (n === 0) {
-        w.pos = start;
-        continue;
-      }
-      w.patchU32(evCountAt, n);
-      count++;
-    }
-    w.patchU32(countAt, count);
-    w.view.setBigUint64(0, next);
-    return { op: Op.ReadOk, body: w.finish() };
-  }
-
-  /** Walks an aggregate's batches back from `loc` until `stop` says so; returns them oldest first. */
-  private async walkBack(loc: BatchLoc | null, stop: (e: WalkEntry) => boolean): Promise<WalkEntry[]> {
-    const out: WalkEntry[] = [];
-    while (loc !== null) {
-      const { batch } = await this.batchAt(loc);
-      const e: WalkEntry = { loc, fromVersion: batch.fromVersion, toVersion: batch.toVersion, seq: batch.seq };
-      if (stop(e)) break;
-      out.push(e);
-      loc = await this.locBySeq(batch.prevSeq);
-    }
-    return out.reverse();
-  }
-
-  private async details(body: Uint8Array): Promise<ShardResult> {
-    const key = decodeKeyTrusted(body);
-    const s = await this.getState(key);
-    if (s.cVersion === 0) return err(ErrorCode.AggregateNotFound, `aggregate ${describeKey(key)} does not exist`);
-    return {
-      op: Op.DetailsOk,
-      body: encodeDetailsOk({
-        version: BigInt(s.cVersion),
-        minVersion: BigInt(s.minVersion),
-        shard: this.id,
-        lastSeq: BigInt(s.cSeq),
-        lastClientId: s.cClientId,
-        lastServerTimestampMs: s.cTimestampMs,
-        deleted: false,
-      }),
-    };
-  }
-
   /**
    * Durably removes the records after `seq` (a speculative tail; never at or below the ack
    * barrier: TruncateRefusedError), then reopens the log, so indexes, blooms, caches and
@@ -925,5 +803,4 @@ export class Shard {
   }
 }
 
-const td = new TextDecoder();
 
