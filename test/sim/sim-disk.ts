@@ -35,125 +35,25 @@
 // effect; returning an error code ('EIO') makes that step fail with it, and calling crash() from
 // it cuts the power right there. `capacityBytes` makes growth fail with ENOSPC (openSegment's zero
 // fill, writeFileDurable); overwriting allocated bytes of a preallocated segment needs no space.
+//
+// Where the parts live: sim-file.ts (the file model: visible and durable images, unsynced writes),
+// sim-dir.ts (the directory model: visible, durable and pending entries), sim-crash.ts (crash
+// styles and the image a power cut leaves), sim-faults.ts (steps, options, errors of the fault
+// hook), sim-segment.ts (SimSegment), segment-write-rule.ts (the write-range rule of io.ts).
+// This file is SimDisk itself: steps, names, the Disk operations, test helpers, crash().
 import { posix } from 'node:path';
-import { DataDirLockedError, type AlignedWrite, type Disk, type DiskError, type SegmentFile } from '../../dataplane/storage/disk.ts';
+import { DataDirLockedError, type Disk } from '../../dataplane/storage/disk.ts';
 import { prng } from '../lib/prng.ts';
+import { crashImage, type CrashOptions, type CrashReport } from './sim-crash.ts';
+import { changeDir, emptyDir, norm, ROOT, syncDirNow, type Dir, type Entry } from './sim-dir.ts';
+import { diskError, SimDiskCrashedError, type SimDiskOptions, type SimOp, type SimOpKind } from './sim-faults.ts';
+import { BLOCK_BYTES, emptyInode, fsyncFailed, fsyncNow, readNow, roundUp, writeNow, type Inode } from './sim-file.ts';
+import { SimSegment, type SegmentOps } from './sim-segment.ts';
 
-/** Sector of the device: the unit that survives a power cut wholly old or wholly new. */
-export const SECTOR_BYTES = 512;
-/** Alignment of segment writes and of allocation (the engine's O_DIRECT block). */
-export const BLOCK_BYTES = 4096;
-
-/** One step of a disk operation, as the fault hook sees it. */
-export type SimOpKind = 'open' | 'create' | 'read' | 'write' | 'fsync' | 'close' | 'mkdir' | 'list' | 'readFile' | 'rename' | 'remove' | 'syncDir' | 'lock' | 'unlock';
-
-export interface SimOp {
-  kind: SimOpKind;
-  /** The file or directory the step acts on. */
-  path: string;
-  /** 1, 2, 3…: steps of this disk in the order they take effect. */
-  n: number;
-}
-
-/**
- * What survives a crash:
- *   - 'lose-all': no unsynced sector and no pending directory operation.
- *   - 'keep-all': every one (the device finished, the acknowledgment never came).
- *   - 'in-order': per file, the device wrote the unsynced sectors in issue order and stopped at a
- *     random point; per directory, a random prefix of the pending operations.
- *   - 'scatter': every unsynced sector independently, with a per-crash probability (the device
- *     reorders freely); per directory, a random prefix.
- */
-export type CrashStyle = 'lose-all' | 'keep-all' | 'in-order' | 'scatter';
-export const CRASH_STYLES: readonly CrashStyle[] = ['lose-all', 'keep-all', 'in-order', 'scatter'];
-
-export interface CrashOptions {
-  /** Forces a style; otherwise the rng picks one. */
-  style?: CrashStyle;
-  /** Beyond the contract: a surviving sector may keep only a prefix of its new bytes. */
-  tearInsideSectors?: boolean;
-}
-
-/** What the last crash chose, for messages of failing tests. */
-export interface CrashReport {
-  style: CrashStyle;
-  sectorsKept: number;
-  sectorsLost: number;
-  dirOpsKept: number;
-  dirOpsLost: number;
-}
-
-export interface SimDiskOptions {
-  /** Bytes the disk can allocate (files count in whole 4 KiB blocks); Infinity by default. */
-  capacityBytes?: number;
-  /** Seed of the disk's own choices (latency turns, what a failed fsync loses). */
-  seed?: number;
-  /** Event-loop turns (setImmediate) before a step takes effect; 1 by default. */
-  turns?: (kind: SimOpKind) => number;
-  /** What a dead disk does with operations: never settle ('hang', default) or reject ('refuse'). */
-  afterCrash?: 'hang' | 'refuse';
-}
-
-interface Inode {
-  id: number;
-  /** Visible image; bytes past `size` are zero. */
-  data: Uint8Array;
-  size: number;
-  /** Durable image; bytes past `durableSize` are zero. */
-  durable: Uint8Array;
-  durableSize: number;
-  /** Writes since the last fsync, in issue order (copies of the caller's bytes). */
-  unsynced: { offset: number; bytes: Uint8Array }[];
-}
-
-type Entry = { kind: 'file'; inode: Inode } | { kind: 'dir' };
-
-/** A pending directory operation: names set (to an entry) or cleared (null) together. */
-type DirOp = [name: string, entry: Entry | null][];
-
-interface Dir {
-  visible: Map<string, Entry>;
-  durable: Map<string, Entry>;
-  pending: DirOp[];
-}
-
-const ROOT = '/';
-
-function norm(p: string): string {
-  return posix.resolve(ROOT, p);
-}
-
-function diskError(code: string, what: string, path: string): DiskError {
-  const e: DiskError = new Error(`${code}: ${what} '${path}' (simulated disk)`);
-  e.code = code;
-  return e;
-}
-
-function roundUp(n: number, to: number): number {
-  return Math.ceil(n / to) * to;
-}
-
-function grow(buf: Uint8Array, need: number): Uint8Array {
-  if (buf.length >= need) return buf;
-  const next = new Uint8Array(Math.max(need, buf.length * 2, BLOCK_BYTES));
-  next.set(buf);
-  return next;
-}
-
-function applyOps(into: Map<string, Entry>, ops: readonly DirOp[]): void {
-  for (const op of ops) {
-    for (const [name, entry] of op) {
-      if (entry === null) into.delete(name);
-      else into.set(name, entry);
-    }
-  }
-}
-
-/** Thrown by a dead disk with afterCrash 'refuse'. */
-export class SimDiskCrashedError extends Error {
-  override name = 'SimDiskCrashedError';
-  readonly code = 'ECRASHED';
-}
+export { CRASH_STYLES, type CrashOptions, type CrashReport, type CrashStyle } from './sim-crash.ts';
+export { SimDiskCrashedError, type SimDiskOptions, type SimOp, type SimOpKind } from './sim-faults.ts';
+export { BLOCK_BYTES, SECTOR_BYTES } from './sim-file.ts';
+export { SimSegment } from './sim-segment.ts';
 
 export class SimDisk implements Disk {
   readonly direct = true;
@@ -175,7 +75,7 @@ export class SimDisk implements Disk {
     this.opts = opts;
     this.capacityBytes = opts.capacityBytes ?? Infinity;
     this.rng = prng(opts.seed ?? 0);
-    this.dirs.set(ROOT, { visible: new Map(), durable: new Map(), pending: [] });
+    this.dirs.set(ROOT, emptyDir());
   }
 
   get crashed(): boolean {
@@ -239,67 +139,21 @@ export class SimDisk implements Disk {
     return e.inode;
   }
 
-  private change(dir: Dir, op: DirOp): void {
-    applyOps(dir.visible, [op]);
-    dir.pending.push(op);
-  }
-
   private newInode(): Inode {
-    return { id: this.nextInode++, data: new Uint8Array(0), size: 0, durable: new Uint8Array(0), durableSize: 0, unsynced: [] };
-  }
-
-  private syncDirNow(dir: Dir): void {
-    applyOps(dir.durable, dir.pending);
-    dir.pending = [];
+    return emptyInode(this.nextInode++);
   }
 
   // -------------------------------------------------------------------------------------------
   // File data
 
-  private writeNow(ino: Inode, offset: number, bytes: Uint8Array): void {
-    const end = offset + bytes.length;
-    ino.data = grow(ino.data, end);
-    ino.data.set(bytes, offset);
-    if (end > ino.size) ino.size = end;
-    ino.unsynced.push({ offset, bytes: bytes.slice() });
-  }
-
-  private fsyncNow(ino: Inode): void {
-    ino.durable = grow(ino.durable, ino.size);
-    for (const w of ino.unsynced) ino.durable.set(w.bytes, w.offset);
-    ino.durableSize = ino.size;
-    ino.unsynced = [];
-  }
-
-  /** A failed fsync: a seeded subset of the unsynced sectors reached the device, the rest is lost. */
-  private fsyncFailed(ino: Inode): void {
-    ino.durable = grow(ino.durable, ino.size);
-    let end = ino.durableSize;
-    for (const w of ino.unsynced) {
-      for (let s = 0; s < w.bytes.length; s += SECTOR_BYTES) {
-        if (this.rng() < 0.5) continue;
-        const n = Math.min(SECTOR_BYTES, w.bytes.length - s);
-        ino.durable.set(w.bytes.subarray(s, s + n), w.offset + s);
-        end = Math.max(end, w.offset + s + n);
-      }
-    }
-    ino.durableSize = end;
-    ino.unsynced = [];
-  }
-
   private async fsyncStep(ino: Inode, path: string): Promise<void> {
     try {
       await this.step('fsync', path);
     } catch (e) {
-      if (!this.dead) this.fsyncFailed(ino);
+      if (!this.dead) fsyncFailed(ino, this.rng);
       throw e;
     }
-    this.fsyncNow(ino);
-  }
-
-  private readNow(ino: Inode, offset: number, length: number): Uint8Array {
-    const end = Math.min(ino.size, offset + length);
-    return end <= offset ? new Uint8Array(0) : ino.data.slice(offset, end);
+    fsyncNow(ino);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -324,7 +178,7 @@ export class SimDisk implements Disk {
       ino = this.fileAt(path); // a concurrent open may have created it meanwhile
       if (ino === null) {
         ino = this.newInode();
-        this.change(dir, [[name, { kind: 'file', inode: ino }]]);
+        changeDir(dir, [[name, { kind: 'file', inode: ino }]]);
         created = true;
       }
     }
@@ -333,15 +187,15 @@ export class SimDisk implements Disk {
       await this.step('write', path);
       this.needSpace(roundUp(opts.sizeBytes, BLOCK_BYTES) - roundUp(ino.size, BLOCK_BYTES), path);
       const from = ino.size - (ino.size % BLOCK_BYTES);
-      const block = this.readNow(ino, from, BLOCK_BYTES);
+      const block = readNow(ino, from, BLOCK_BYTES);
       const fill = new Uint8Array(opts.sizeBytes - from);
       fill.set(block);
-      this.writeNow(ino, from, fill);
+      writeNow(ino, from, fill);
       await this.fsyncStep(ino, path);
     }
     if (created) {
       await this.step('syncDir', parent);
-      this.syncDirNow(dir);
+      syncDirNow(dir);
     }
     return new SimSegment(this.segmentOps, path, ino, ino.size);
   }
@@ -359,10 +213,10 @@ export class SimDisk implements Disk {
       await this.step('mkdir', d);
       if (this.lookup(d) !== undefined) continue; // made by a concurrent mkdirp meanwhile
       const parent = this.dirs.get(posix.dirname(d))!;
-      this.change(parent, [[posix.basename(d), { kind: 'dir' }]]);
-      this.dirs.set(d, { visible: new Map(), durable: new Map(), pending: [] });
+      changeDir(parent, [[posix.basename(d), { kind: 'dir' }]]);
+      this.dirs.set(d, emptyDir());
       await this.step('syncDir', posix.dirname(d));
-      this.syncDirNow(parent);
+      syncDirNow(parent);
     }
   }
 
@@ -374,14 +228,14 @@ export class SimDisk implements Disk {
   async readFile(path: string): Promise<Uint8Array | null> {
     await this.step('readFile', path);
     const ino = this.fileAt(path);
-    return ino === null ? null : this.readNow(ino, 0, ino.size);
+    return ino === null ? null : readNow(ino, 0, ino.size);
   }
 
   async readRange(path: string, offset: number, length: number): Promise<Uint8Array> {
     await this.step('read', path);
     const ino = this.fileAt(path);
     if (ino === null) throw diskError('ENOENT', 'no such file, open', path);
-    return this.readNow(ino, offset, length);
+    return readNow(ino, offset, length);
   }
 
   async writeFileDurable(path: string, bytes: Uint8Array): Promise<void> {
@@ -394,19 +248,19 @@ export class SimDisk implements Disk {
     const held = old !== undefined && old.kind === 'file' ? roundUp(old.inode.size, BLOCK_BYTES) : 0;
     this.needSpace(roundUp(copy.length, BLOCK_BYTES) - held, tmpPath);
     const ino = this.newInode();
-    this.change(dir, [[posix.basename(tmpPath), { kind: 'file', inode: ino }]]);
+    changeDir(dir, [[posix.basename(tmpPath), { kind: 'file', inode: ino }]]);
     await this.step('write', tmpPath);
-    this.writeNow(ino, 0, copy);
+    writeNow(ino, 0, copy);
     await this.fsyncStep(ino, tmpPath);
     await this.step('rename', path);
     const still = this.lookup(tmpPath);
     if (still === undefined || still.kind !== 'file' || still.inode !== ino) throw diskError('ENOENT', 'temp file replaced meanwhile, rename', tmpPath);
-    this.change(dir, [
+    changeDir(dir, [
       [posix.basename(tmpPath), null],
       [name, { kind: 'file', inode: ino }],
     ]);
     await this.step('syncDir', parent);
-    this.syncDirNow(dir);
+    syncDirNow(dir);
   }
 
   async rename(from: string, to: string): Promise<void> {
@@ -418,7 +272,7 @@ export class SimDisk implements Disk {
     if (e === undefined) throw diskError('ENOENT', 'no such file, rename', from);
     if (e.kind === 'dir' || this.lookup(to)?.kind === 'dir') throw diskError('EISDIR', 'the simulated disk renames files only, rename', from);
     if (a.name === b.name) return;
-    this.change(a.dir, [
+    changeDir(a.dir, [
       [a.name, null],
       [b.name, e],
     ]);
@@ -430,14 +284,14 @@ export class SimDisk implements Disk {
     if (e === undefined) return;
     if (e.kind === 'dir') throw diskError('EISDIR', 'the simulated disk removes files only, rm', path);
     const { dir, name } = this.dirOf(path);
-    this.change(dir, [[name, null]]);
+    changeDir(dir, [[name, null]]);
   }
 
   async syncDir(dir: string): Promise<void> {
     await this.step('syncDir', dir);
     const d = this.dirs.get(norm(dir));
     if (d === undefined) throw diskError('ENOENT', 'no such directory, open', dir);
-    this.syncDirNow(d);
+    syncDirNow(d);
   }
 
   async lock(path: string): Promise<{ release(): Promise<void> }> {
@@ -445,7 +299,7 @@ export class SimDisk implements Disk {
     const p = norm(path);
     if (this.locks.has(p)) throw new DataDirLockedError(`${path} is locked by another open of this data directory (simulated disk)`);
     const { dir, name } = this.dirOf(path);
-    if (this.fileAt(path) === null) this.change(dir, [[name, { kind: 'file', inode: this.newInode() }]]);
+    if (this.fileAt(path) === null) changeDir(dir, [[name, { kind: 'file', inode: this.newInode() }]]);
     this.locks.add(p);
     let held = true;
     return {
@@ -463,7 +317,7 @@ export class SimDisk implements Disk {
   /** The visible bytes of a file, or null (no step: for assertions). */
   peek(path: string): Uint8Array | null {
     const ino = this.fileAt(path);
-    return ino === null ? null : this.readNow(ino, 0, ino.size);
+    return ino === null ? null : readNow(ino, 0, ino.size);
   }
 
   /** Names in a directory, sorted (no step). */
@@ -515,166 +369,26 @@ export class SimDisk implements Disk {
    */
   crash(rng: () => number, opts: CrashOptions = {}): SimDisk {
     this.dead = true;
-    const style = opts.style ?? CRASH_STYLES[Math.floor(rng() * CRASH_STYLES.length)]!;
-    const report: CrashReport = { style, sectorsKept: 0, sectorsLost: 0, dirOpsKept: 0, dirOpsLost: 0 };
     const next = new SimDisk({ ...this.opts, capacityBytes: this.capacityBytes });
-    const keepP = 0.2 + 0.6 * rng();
-    // Directories: durable entries plus a surviving prefix of the pending operations.
-    const after = new Map<string, Map<string, Entry>>();
-    for (const path of [...this.dirs.keys()].sort()) {
-      const d = this.dirs.get(path)!;
-      const k = style === 'lose-all' ? 0 : style === 'keep-all' ? d.pending.length : Math.floor(rng() * (d.pending.length + 1));
-      const entries = new Map(d.durable);
-      applyOps(entries, d.pending.slice(0, k));
-      report.dirOpsKept += k;
-      report.dirOpsLost += d.pending.length - k;
-      after.set(path, entries);
-    }
-    // Files: the durable image plus the surviving sectors, for every file still named.
-    const images = new Map<Inode, Inode>();
-    const image = (ino: Inode): Inode => {
-      let out = images.get(ino);
-      if (out !== undefined) return out;
-      out = this.survivor(ino, next, style, keepP, rng, opts.tearInsideSectors === true, report);
-      images.set(ino, out);
-      return out;
-    };
-    const walk = (path: string): void => {
-      const entries = after.get(path);
-      if (entries === undefined) return; // a directory the crash un-created
-      const d: Dir = { visible: new Map(), durable: new Map(), pending: [] };
-      next.dirs.set(path, d);
-      for (const name of [...entries.keys()].sort()) {
-        const e = entries.get(name)!;
-        const copy: Entry = e.kind === 'dir' ? e : { kind: 'file', inode: image(e.inode) };
-        d.visible.set(name, copy);
-        d.durable.set(name, copy);
-        if (e.kind === 'dir') walk(posix.join(path, name));
-      }
-    };
-    walk(ROOT);
+    const { dirs, report } = crashImage(this.dirs, rng, opts, () => next.newInode());
+    for (const [path, d] of dirs) next.dirs.set(path, d);
     this.lastCrash = report;
     next.lastCrash = report;
     return next;
-  }
-
-  private survivor(ino: Inode, next: SimDisk, style: CrashStyle, keepP: number, rng: () => number, tear: boolean, report: CrashReport): Inode {
-    const sectors = ino.unsynced.reduce((n, w) => n + Math.ceil(w.bytes.length / SECTOR_BYTES), 0);
-    const cut = style === 'in-order' ? Math.floor(rng() * (sectors + 1)) : 0;
-    const img = new Uint8Array(Math.max(ino.size, ino.durableSize));
-    img.set(ino.durable.subarray(0, ino.durableSize));
-    let size = ino.durableSize;
-    let i = 0;
-    for (const w of ino.unsynced) {
-      for (let s = 0; s < w.bytes.length; s += SECTOR_BYTES, i++) {
-        const keep = style === 'keep-all' || (style === 'in-order' && i < cut) || (style === 'scatter' && rng() < keepP);
-        if (!keep) {
-          report.sectorsLost++;
-          continue;
-        }
-        report.sectorsKept++;
-        let n = Math.min(SECTOR_BYTES, w.bytes.length - s);
-        if (tear && style === 'scatter' && rng() < 0.1) n = Math.floor(rng() * n);
-        img.set(w.bytes.subarray(s, s + n), w.offset + s);
-        size = Math.max(size, w.offset + s + Math.min(SECTOR_BYTES, w.bytes.length - s));
-      }
-    }
-    const out = next.newInode();
-    out.data = img.slice();
-    out.durable = img;
-    out.size = out.durableSize = size;
-    out.data.fill(0, size);
-    out.durable.fill(0, size);
-    return out;
   }
 
   /** What a SimSegment may do to the disk that opened it. */
   private readonly segmentOps: SegmentOps = {
     step: (kind, path) => this.step(kind, path),
     write: (ino, writes) => {
-      for (const w of writes) this.writeNow(ino, w.offset, w.buf);
+      for (const w of writes) writeNow(ino, w.offset, w.buf);
     },
     fsync: (ino, path) => this.fsyncStep(ino, path),
-    read: (ino, offset, length) => this.readNow(ino, offset, length),
+    read: (ino, offset, length) => readNow(ino, offset, length),
     hold: (ino, delta) => {
       const n = (this.openCount.get(ino) ?? 0) + delta;
       if (n <= 0) this.openCount.delete(ino);
       else this.openCount.set(ino, n);
     },
   };
-}
-
-interface SegmentOps {
-  step(kind: SimOpKind, path: string): Promise<void>;
-  write(ino: Inode, writes: readonly AlignedWrite[]): void;
-  fsync(ino: Inode, path: string): Promise<void>;
-  read(ino: Inode, offset: number, length: number): Uint8Array;
-  hold(ino: Inode, delta: 1 | -1): void;
-}
-
-export class SimSegment implements SegmentFile {
-  readonly path: string;
-  readonly sizeBytes: number;
-  readonly #disk: SegmentOps;
-  readonly #ino: Inode;
-  #closed = false;
-
-  constructor(disk: SegmentOps, path: string, ino: Inode, sizeBytes: number) {
-    this.#disk = disk;
-    this.path = path;
-    this.#ino = ino;
-    this.sizeBytes = sizeBytes;
-    disk.hold(ino, 1);
-  }
-
-  #checkOpen(): void {
-    if (this.#closed) throw new Error(`${this.path}: segment is closed`);
-  }
-
-  async writeAndSync(writes: readonly AlignedWrite[]): Promise<void> {
-    this.#checkOpen();
-    for (const w of writes) {
-      const len = w.buf.byteLength;
-      if (!Number.isSafeInteger(w.offset) || w.offset < 0 || w.offset % BLOCK_BYTES !== 0 || len % BLOCK_BYTES !== 0) {
-        throw new RangeError(`${this.path}: write at ${w.offset} of ${len} bytes is not ${BLOCK_BYTES}-aligned`);
-      }
-      if (w.offset + len > this.sizeBytes) {
-        throw new RangeError(`${this.path}: write at ${w.offset} of ${len} bytes ends past the segment size ${this.sizeBytes}`);
-      }
-    }
-    // The buffers belong to the disk until this resolves: they are read when the write step
-    // takes effect, not now, so an engine that reuses one too early writes the wrong bytes.
-    await this.writeUnsynced(writes);
-    await this.fsync();
-  }
-
-  /** The write phase of writeAndSync alone (no checks): for deliberately broken disks in tests. */
-  async writeUnsynced(writes: readonly AlignedWrite[]): Promise<void> {
-    await this.#disk.step('write', this.path);
-    this.#checkOpen();
-    this.#disk.write(this.#ino, writes);
-  }
-
-  /** The fsync phase of writeAndSync alone. */
-  async fsync(): Promise<void> {
-    await this.#disk.fsync(this.#ino, this.path);
-  }
-
-  async read(offset: number, length: number): Promise<Uint8Array> {
-    this.#checkOpen();
-    if (!Number.isSafeInteger(offset) || offset < 0 || !Number.isSafeInteger(length) || length < 0) {
-      throw new RangeError(`${this.path}: bad read range ${offset}+${length}`);
-    }
-    await this.#disk.step('read', this.path);
-    this.#checkOpen();
-    return this.#disk.read(this.#ino, offset, length);
-  }
-
-  async close(): Promise<void> {
-    if (this.#closed) return;
-    await this.#disk.step('close', this.path);
-    if (this.#closed) return;
-    this.#closed = true;
-    this.#disk.hold(this.#ino, -1);
-  }
 }
