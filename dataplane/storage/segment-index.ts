@@ -162,13 +162,12 @@ export class SealedIndex {
     this.pagesAt = pagesAt;
   }
 
-  /** Writes the sidecar of a sealed segment durably; returns what the footer must record. */
-  static async write(disk: Disk, path: string, idx: ActiveIndex, segIndex: number, recordsEnd: number, firstSeq: number, bloomBits: number, bloomHashes: number): Promise<{ index: SealedIndex; summaryCrc: number; summaryBytes: number }> {
-    const enc = encodeSidecar(idx, segIndex, recordsEnd, firstSeq);
+  /** Writes an encoded sidecar (encodeSidecar) durably and returns its index, parsed from the bytes in hand. */
+  static async write(disk: Disk, path: string, enc: { bytes: Uint8Array; summaryBytes: number }, bloomBits: number, bloomHashes: number): Promise<SealedIndex> {
     await disk.writeFileDurable(path, enc.bytes);
     const loaded = SealedIndex.parse(disk, path, enc.bytes.subarray(0, enc.summaryBytes), bloomBits, bloomHashes);
     if (loaded === null) throw new Error(`internal: the sidecar just encoded for ${path} does not parse`);
-    return { index: loaded, summaryCrc: enc.summaryCrc, summaryBytes: enc.summaryBytes };
+    return loaded;
   }
 
   /** Loads a sidecar's summary; null when missing, damaged or not the one the footer vouches for. */

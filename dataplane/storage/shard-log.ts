@@ -295,8 +295,7 @@ export class ShardLog {
       throw this.corrupt(seg.index, `its records (end ${res.end}, last seq ${res.nextSeq - 1}) differ from what its footer vouches for (end ${f.recordsEnd}, last seq ${f.lastSeq})`);
     }
     try {
-      const w = await SealedIndex.write(this.opts.disk, sidecarPath(seg.path), idx, seg.index, f.recordsEnd, seg.firstSeq, SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES);
-      seg.sealed = w.index;
+      seg.sealed = await SealedIndex.write(this.opts.disk, sidecarPath(seg.path), encodeSidecar(idx, seg.index, f.recordsEnd, seg.firstSeq), SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES);
     } catch (e) {
       this.opts.log(`shard ${this.opts.shard}: could not write the index of segment ${seg.index} (${(e as Error).message}); keeping it in memory`);
       seg.active = idx;
@@ -671,8 +670,7 @@ export class ShardLog {
     const enc = encodeSidecar(old.active!, old.index, old.end, old.firstSeq);
     let sealed: SealedIndex | null = null;
     try {
-      await this.opts.disk.writeFileDurable(sidecarPath(old.path), enc.bytes);
-      sealed = await SealedIndex.load(this.opts.disk, sidecarPath(old.path), enc.summaryBytes, enc.summaryCrc, SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES);
+      sealed = await SealedIndex.write(this.opts.disk, sidecarPath(old.path), enc, SEGMENT_BLOOM_BITS, SEGMENT_BLOOM_HASHES);
     } catch (e) {
       // Derived data: without it the index stays in memory, and the next start rebuilds it.
       this.opts.log(`shard ${this.opts.shard}: could not write the index of segment ${old.index} (${(e as Error).message}); keeping it in memory`);
