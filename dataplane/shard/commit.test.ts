@@ -7,10 +7,11 @@ import { mkdtemp, open, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeDetailsOk, decodeError, decodeReadOk, decodeWriteOk, encodeKeyRequest, encodeReadRequest, encodeWriteRequest, Expect, Op, type ExpectMode } from '../../client/wire.ts';
+import { ForwardingDisk } from '../../test/lib/forwarding-disk.ts';
 import { nodeFs, verifyShard } from '../cli/verify.ts';
 import { SEGMENT_HEADER_BYTES } from '../constants.ts';
 import { initHashing } from '../storage/checksum.ts';
-import { systemClock, type AlignedWrite, type Clock, type Disk, type SegmentFile } from '../storage/disk.ts';
+import { systemClock, type AlignedWrite, type Clock, type SegmentFile } from '../storage/disk.ts';
 import { openFileIo, type FileIo } from '../storage/io.ts';
 import { batchesOf } from '../storage/record.ts';
 import { RealDisk } from '../storage/real-disk.ts';
@@ -58,15 +59,11 @@ class FakeCommitStep implements CommitStep {
  * The real disk; while `holdFlushes` is set, every segment writeAndSync waits until released;
  * while `holdReadResults` is set, a segment read happens but its result waits in `heldReads`.
  */
-class HoldDisk implements Disk {
-  readonly inner: Disk;
+class HoldDisk extends ForwardingDisk {
   holdFlushes = false;
   holdReadResults = false;
   readonly heldReads: (() => void)[] = [];
   private readonly held: (() => void)[] = [];
-  constructor(inner: Disk) {
-    this.inner = inner;
-  }
   get heldFlushes(): number {
     return this.held.length;
   }
@@ -74,13 +71,7 @@ class HoldDisk implements Disk {
     this.holdFlushes = false;
     for (const r of this.held.splice(0)) r();
   }
-  get direct(): boolean {
-    return this.inner.direct;
-  }
-  allocAligned(size: number): Uint8Array {
-    return this.inner.allocAligned(size);
-  }
-  async openSegment(path: string, opts: { create: boolean; sizeBytes: number }): Promise<SegmentFile> {
+  override async openSegment(path: string, opts: { create: boolean; sizeBytes: number }): Promise<SegmentFile> {
     const f = await this.inner.openSegment(path, opts);
     return {
       path: f.path,
@@ -96,33 +87,6 @@ class HoldDisk implements Disk {
       },
       close: () => f.close(),
     };
-  }
-  mkdirp(dir: string): Promise<void> {
-    return this.inner.mkdirp(dir);
-  }
-  list(dir: string): Promise<string[]> {
-    return this.inner.list(dir);
-  }
-  readFile(path: string): Promise<Uint8Array | null> {
-    return this.inner.readFile(path);
-  }
-  readRange(path: string, offset: number, length: number): Promise<Uint8Array> {
-    return this.inner.readRange(path, offset, length);
-  }
-  writeFileDurable(path: string, bytes: Uint8Array): Promise<void> {
-    return this.inner.writeFileDurable(path, bytes);
-  }
-  rename(from: string, to: string): Promise<void> {
-    return this.inner.rename(from, to);
-  }
-  remove(path: string): Promise<void> {
-    return this.inner.remove(path);
-  }
-  syncDir(dir: string): Promise<void> {
-    return this.inner.syncDir(dir);
-  }
-  lock(path: string): Promise<{ release(): Promise<void> }> {
-    return this.inner.lock(path);
   }
 }
 

@@ -6,10 +6,11 @@ import { mkdtemp, open, rm, stat, truncate } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeDetailsOk, decodeError, decodeReadOk, encodeKeyRequest, encodeReadRequest, encodeWriteRequest, Expect, Op } from '../../client/wire.ts';
+import { ForwardingDisk } from '../../test/lib/forwarding-disk.ts';
 import { verifyDataDir } from '../cli/verify.ts';
 import { SEGMENT_HEADER_BYTES } from '../constants.ts';
 import { initHashing } from '../storage/checksum.ts';
-import { systemClock, type Disk, type SegmentFile } from '../storage/disk.ts';
+import { systemClock, type SegmentFile } from '../storage/disk.ts';
 import { openFileIo, type FileIo } from '../storage/io.ts';
 import { openDataMeta } from '../storage/meta.ts';
 import { RealDisk } from '../storage/real-disk.ts';
@@ -28,19 +29,9 @@ const BIG = 10_000;
 const RECORD_BYTES = recordSize([{ eventsBytes: 2 + 1 + 4 + BIG }]);
 
 /** The real disk, recording every segment read (path, offset, length) while `recording`. */
-class CountingDisk implements Disk {
-  readonly inner: Disk;
+class CountingDisk extends ForwardingDisk {
   readonly reads: { path: string; offset: number; length: number }[] = [];
-  constructor(inner: Disk) {
-    this.inner = inner;
-  }
-  get direct(): boolean {
-    return this.inner.direct;
-  }
-  allocAligned(size: number): Uint8Array {
-    return this.inner.allocAligned(size);
-  }
-  async openSegment(path: string, opts: { create: boolean; sizeBytes: number }): Promise<SegmentFile> {
+  override async openSegment(path: string, opts: { create: boolean; sizeBytes: number }): Promise<SegmentFile> {
     const f = await this.inner.openSegment(path, opts);
     return {
       path: f.path,
@@ -52,33 +43,6 @@ class CountingDisk implements Disk {
       writeAndSync: (w) => f.writeAndSync(w),
       close: () => f.close(),
     };
-  }
-  mkdirp(dir: string): Promise<void> {
-    return this.inner.mkdirp(dir);
-  }
-  list(dir: string): Promise<string[]> {
-    return this.inner.list(dir);
-  }
-  readFile(path: string): Promise<Uint8Array | null> {
-    return this.inner.readFile(path);
-  }
-  readRange(path: string, offset: number, length: number): Promise<Uint8Array> {
-    return this.inner.readRange(path, offset, length);
-  }
-  writeFileDurable(path: string, bytes: Uint8Array): Promise<void> {
-    return this.inner.writeFileDurable(path, bytes);
-  }
-  rename(from: string, to: string): Promise<void> {
-    return this.inner.rename(from, to);
-  }
-  remove(path: string): Promise<void> {
-    return this.inner.remove(path);
-  }
-  syncDir(dir: string): Promise<void> {
-    return this.inner.syncDir(dir);
-  }
-  lock(path: string): Promise<{ release(): Promise<void> }> {
-    return this.inner.lock(path);
   }
 }
 

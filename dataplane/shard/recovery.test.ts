@@ -8,10 +8,11 @@ import { mkdtemp, open, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeDetailsOk, decodeError, decodeReadOk, decodeWriteOk, encodeKeyRequest, encodeReadRequest, encodeWriteRequest, Expect, Op, type ExpectMode } from '../../client/wire.ts';
+import { ForwardingDisk } from '../../test/lib/forwarding-disk.ts';
 import { nodeFs, verifyShard } from '../cli/verify.ts';
 import { SEGMENT_HEADER_BYTES } from '../constants.ts';
 import { initHashing } from '../storage/checksum.ts';
-import { systemClock, type AlignedWrite, type Disk, type DiskError, type SegmentFile } from '../storage/disk.ts';
+import { systemClock, type AlignedWrite, type DiskError, type SegmentFile } from '../storage/disk.ts';
 import { openFileIo } from '../storage/io.ts';
 import { RealDisk } from '../storage/real-disk.ts';
 import { decodeSegmentHeader } from '../storage/segment.ts';
@@ -49,24 +50,14 @@ interface HeldOp {
  * writeAndSync) waits in `heldReads` (`heldFlushes`) until the test releases it; `failRename` can
  * make a rename fail with EIO.
  */
-class HookDisk implements Disk {
-  readonly inner: Disk;
+class HookDisk extends ForwardingDisk {
   holdReads = false;
   holdFlushes = false;
   readonly heldReads: HeldOp[] = [];
   readonly heldFlushes: HeldOp[] = [];
   failRename: ((from: string, to: string) => boolean) | null = null;
 
-  constructor(inner: Disk) {
-    this.inner = inner;
-  }
-  get direct(): boolean {
-    return this.inner.direct;
-  }
-  allocAligned(size: number): Uint8Array {
-    return this.inner.allocAligned(size);
-  }
-  async openSegment(path: string, opts: { create: boolean; sizeBytes: number }): Promise<SegmentFile> {
+  override async openSegment(path: string, opts: { create: boolean; sizeBytes: number }): Promise<SegmentFile> {
     const f = await this.inner.openSegment(path, opts);
     const hold = async (on: boolean, list: HeldOp[], offset: number): Promise<void> => {
       if (!on) return;
@@ -97,37 +88,13 @@ class HookDisk implements Disk {
     this.holdFlushes = false;
     for (const h of this.heldFlushes.splice(0)) h.release();
   }
-  mkdirp(dir: string): Promise<void> {
-    return this.inner.mkdirp(dir);
-  }
-  list(dir: string): Promise<string[]> {
-    return this.inner.list(dir);
-  }
-  readFile(path: string): Promise<Uint8Array | null> {
-    return this.inner.readFile(path);
-  }
-  readRange(path: string, offset: number, length: number): Promise<Uint8Array> {
-    return this.inner.readRange(path, offset, length);
-  }
-  writeFileDurable(path: string, bytes: Uint8Array): Promise<void> {
-    return this.inner.writeFileDurable(path, bytes);
-  }
-  async rename(from: string, to: string): Promise<void> {
+  override async rename(from: string, to: string): Promise<void> {
     if (this.failRename?.(from, to)) {
       const e: DiskError = new Error(`EIO: rename '${from}' (injected by the test)`);
       e.code = 'EIO';
       throw e;
     }
     return this.inner.rename(from, to);
-  }
-  remove(path: string): Promise<void> {
-    return this.inner.remove(path);
-  }
-  syncDir(dir: string): Promise<void> {
-    return this.inner.syncDir(dir);
-  }
-  lock(path: string): Promise<{ release(): Promise<void> }> {
-    return this.inner.lock(path);
   }
 }
 

@@ -1,61 +1,19 @@
 // The power-loss checker has teeth: on a disk broken in a way that loses acknowledged writes, it
 // finds a failing seed within a bounded number of seeds. Each broken disk is a SimDisk with one
-// durability step removed, the way a real engine bug would remove it.
+// durability step removed (a ForwardingDisk over it that overrides that step), the way a real engine
+// bug would remove it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { AlignedWrite, Disk, SegmentFile } from '../../dataplane/storage/disk.ts';
+import { ForwardingDisk } from '../lib/forwarding-disk.ts';
 import { runPowerLoss } from './powerloss.ts';
 import type { SimDisk, SimSegment } from './sim-disk.ts';
 
 /** Seeds each breakage gets to show itself. Measured over seeds 1..100: acknowledging before the fsync fails 15 of them (first: seed 1), skipping the directory fsync 9 (first: seed 4; seeds 4, 15 and 92 lose the writes of a later segment, the others those of the first). */
 const SEEDS_MAX = 60;
 
-/** Forwards everything to the SimDisk; subclasses break one thing. */
-class Forward implements Disk {
-  readonly inner: SimDisk;
-  constructor(inner: SimDisk) {
-    this.inner = inner;
-  }
-  get direct(): boolean {
-    return this.inner.direct;
-  }
-  allocAligned(size: number): Uint8Array {
-    return this.inner.allocAligned(size);
-  }
-  openSegment(path: string, opts: { create: boolean; sizeBytes: number }): Promise<SegmentFile> {
-    return this.inner.openSegment(path, opts);
-  }
-  mkdirp(dir: string): Promise<void> {
-    return this.inner.mkdirp(dir);
-  }
-  list(dir: string): Promise<string[]> {
-    return this.inner.list(dir);
-  }
-  readFile(path: string): Promise<Uint8Array | null> {
-    return this.inner.readFile(path);
-  }
-  readRange(path: string, offset: number, length: number): Promise<Uint8Array> {
-    return this.inner.readRange(path, offset, length);
-  }
-  writeFileDurable(path: string, bytes: Uint8Array): Promise<void> {
-    return this.inner.writeFileDurable(path, bytes);
-  }
-  rename(from: string, to: string): Promise<void> {
-    return this.inner.rename(from, to);
-  }
-  remove(path: string): Promise<void> {
-    return this.inner.remove(path);
-  }
-  syncDir(dir: string): Promise<void> {
-    return this.inner.syncDir(dir);
-  }
-  lock(path: string): Promise<{ release(): Promise<void> }> {
-    return this.inner.lock(path);
-  }
-}
-
 /** (a) Acknowledges before fdatasync returns: writeAndSync resolves after the write, the fsync follows later. */
-class AckBeforeSync extends Forward {
+class AckBeforeSync extends ForwardingDisk<SimDisk> {
   override async openSegment(path: string, opts: { create: boolean; sizeBytes: number }): Promise<SegmentFile> {
     const f: SimSegment = await this.inner.openSegment(path, opts);
     return {
@@ -72,7 +30,7 @@ class AckBeforeSync extends Forward {
 }
 
 /** (b) Skips the directory fsync (on rotation: the rename of the spare into place is never synced). */
-class NoDirSync extends Forward {
+class NoDirSync extends ForwardingDisk<SimDisk> {
   override async syncDir(): Promise<void> {}
 }
 
