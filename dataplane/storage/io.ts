@@ -45,6 +45,25 @@ export interface FileIo {
   close(): void;
 }
 
+/**
+ * The rule for the writes of one SegmentFile.writeAndSync (every implementation, the simulated one
+ * of the tests included, checks through this): offsets and lengths IO_ALIGN_BYTES-aligned, and
+ * nothing past the preallocated size. Throws a RangeError naming the first write that breaks it.
+ */
+export function checkSegmentWrites(path: string, sizeBytes: number, writes: readonly AlignedWrite[]): void {
+  for (const w of writes) {
+    const len = w.buf.byteLength;
+    if (!Number.isSafeInteger(w.offset) || w.offset < 0 || w.offset % IO_ALIGN_BYTES !== 0 || len % IO_ALIGN_BYTES !== 0) {
+      throw new RangeError(`${path}: write at ${w.offset} of ${len} bytes is not ${IO_ALIGN_BYTES}-aligned`);
+    }
+    // Growing past the preallocated size would bring back the slow extending writes that
+    // preallocation exists to avoid (feasibility §3); the engine opens a new segment instead.
+    if (w.offset + len > sizeBytes) {
+      throw new RangeError(`${path}: write at ${w.offset} of ${len} bytes ends past the segment size ${sizeBytes}`);
+    }
+  }
+}
+
 // IMPLEMENTATION (below the contract; backends in io-uring.ts and io-sync.ts)
 
 /** What a SegmentFile needs from an I/O implementation (io-uring.ts, io-sync.ts). */
@@ -132,17 +151,7 @@ class Segment implements SegmentFile {
 
   async writeAndSync(writes: readonly AlignedWrite[]): Promise<void> {
     this.#checkOpen();
-    for (const w of writes) {
-      const len = w.buf.byteLength;
-      if (!Number.isSafeInteger(w.offset) || w.offset < 0 || w.offset % IO_ALIGN_BYTES !== 0 || len % IO_ALIGN_BYTES !== 0) {
-        throw new RangeError(`${this.path}: write at ${w.offset} of ${len} bytes is not ${IO_ALIGN_BYTES}-aligned`);
-      }
-      // Growing past the preallocated size would bring back the slow extending writes that
-      // preallocation exists to avoid (feasibility §3); the engine opens a new segment instead.
-      if (w.offset + len > this.sizeBytes) {
-        throw new RangeError(`${this.path}: write at ${w.offset} of ${len} bytes ends past the segment size ${this.sizeBytes}`);
-      }
-    }
+    checkSegmentWrites(this.path, this.sizeBytes, writes);
     return this.#track(this.#io.backend.writevFsync(this.#fd, writes));
   }
 

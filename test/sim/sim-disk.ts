@@ -39,7 +39,7 @@
 // Where the parts live: sim-file.ts (the file model: visible and durable images, unsynced writes),
 // sim-dir.ts (the directory model: visible, durable and pending entries), sim-crash.ts (crash
 // styles and the image a power cut leaves), sim-faults.ts (steps, options, errors of the fault
-// hook), sim-segment.ts (SimSegment), segment-write-rule.ts (the write-range rule of io.ts).
+// hook), sim-segment.ts (SimSegment, whose writes are checked by io.ts checkSegmentWrites).
 // This file is SimDisk itself: steps, names, the Disk operations, test helpers, crash().
 import { posix } from 'node:path';
 import { DataDirLockedError, type Disk } from '../../dataplane/storage/disk.ts';

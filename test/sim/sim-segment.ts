@@ -2,7 +2,7 @@
 // openSegment returns, and SegmentOps, what it may do to the disk that opened it. Its
 // writeAndSync is two steps (write, then fsync), so a power cut can land between them.
 import type { AlignedWrite, SegmentFile } from '../../dataplane/storage/disk.ts';
-import { checkSegmentWrites } from './segment-write-rule.ts';
+import { checkSegmentWrites } from '../../dataplane/storage/io.ts';
 import type { SimOpKind } from './sim-faults.ts';
 import type { Inode } from './sim-file.ts';
 
