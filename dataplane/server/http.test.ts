@@ -12,6 +12,7 @@ function standaloneStatus(): NodeStatus {
     role: 'standalone',
     epoch: 0,
     leaseExpiresAtMs: null,
+    leaseRemainingMs: null,
     leader: null,
     listen: { client: '127.0.0.1:7000', grpc: '127.0.0.1:7001', http: '127.0.0.1:7002' },
     ready: true,

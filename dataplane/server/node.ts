@@ -108,6 +108,7 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
       role: 'standalone',
       epoch: 0,
       leaseExpiresAtMs: null,
+      leaseRemainingMs: null,
       leader: native.address,
       listen: { client: native.address, grpc: grpc?.address ?? null, http: httpAddress },
       ready: shards.length === meta.numShards && shards.every((s) => s.state === 'serving' && s.writable !== false),

@@ -11,7 +11,7 @@
 //                          cannot (standalone, or not leader).
 
 /** A node's role. 'standalone' is the only role a --standalone node ever has. */
-export type NodeRole = 'standalone' | 'boot' | 'follower' | 'promoting' | 'leader' | 'fenced';
+export type NodeRole = 'standalone' | 'boot' | 'follower' | 'catching-up' | 'promoting' | 'leader' | 'fenced';
 
 export type ShardState = 'opening' | 'serving' | 'corrupt' | 'failed';
 
@@ -41,6 +41,11 @@ export interface NodeStatus {
   epoch: number;
   /** Wall-clock ms at which this node's lease expires; null when it holds none. */
   leaseExpiresAtMs: number | null;
+  /**
+   * Leader: ms until it stops accepting writes unless its authority is renewed (heartbeat ack or
+   * S3). Follower: ms until it may challenge for the lease. Null when standalone or unknown.
+   */
+  leaseRemainingMs: number | null;
   /** Client address of the current leader when known ("host:port"), else null. */
   leader: string | null;
   /** Addresses this node listens on. */
@@ -49,8 +54,14 @@ export interface NodeStatus {
   numShards: number;
   routing: 'org' | 'type' | 'id';
   shards: ShardStatus[];
-  /** Replication peer; null when standalone. lagRecords = leader commitSeq - peer's acked seq, summed over shards. */
-  peer: { address: string | null; lagRecords: number | null } | null;
+  /**
+   * Replication peer; null when standalone. address: its replication address; client: its client
+   * address when known; connected: the replication link is up; lagRecords: on the leader, its
+   * durable seq minus the peer's, summed over shards (on a follower, what it knows it lacks).
+   */
+  peer: { address: string | null; client?: string | null; connected?: boolean; lagRecords: number | null } | null;
+  /** Leader only: whether group commits currently go to S3 because the follower is not reachable. */
+  s3Fallback?: { active: boolean; batches: number };
 }
 
 export interface StepDownResult {
