@@ -1,9 +1,11 @@
-// The PostgreSQL peer of `celer bench --vs postgres`: the W1 workload against a throw-away
-// PostgreSQL 15 cluster on this machine. Durability matches Celer's standalone ack (fsync=on,
-// synchronous_commit=on, full_page_writes=on, every commit flushed before it returns); there is no
-// standby, as Celer's standalone has no replica. Each writer owns one stream and one connection and
-// appends with an optimistic-concurrency INSERT at its last version + 1, so a unique violation
-// (SQLSTATE 23505) plays the part of Celer's 2003 wrong-expected-version.
+// The PostgreSQL peer of `celer bench --vs postgres`: the same closed-loop workload against a
+// throw-away PostgreSQL 15 on this machine, either one durable server (fsync=on,
+// synchronous_commit=on, full_page_writes=on, every commit flushed before it returns; the peer of
+// Celer standalone) or, with `standby`, a primary plus a synchronous streaming standby
+// (synchronous_standby_names = FIRST 1, so every commit also waits for the standby's flush; the
+// peer of a replicated Celer). Each writer owns one stream and one connection and appends in its
+// own transaction with an INSERT at its last version + 1 into a table keyed by (stream, version), so
+// a unique violation (SQLSTATE 23505) plays the part of Celer's 2003 wrong-expected-version.
 import { spawnSync } from 'node:child_process';
 import { appendFileSync, chownSync, existsSync, mkdtempSync, rmSync, readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
@@ -18,6 +20,11 @@ export const POSTGRES_BIN_DIR = '/usr/lib/postgresql/15/bin';
 export const POSTGRES_MAX_CONNECTIONS = 1024;
 /** Writers the peer accepts: max_connections less the harness's setup/check connection. */
 export const POSTGRES_MAX_WRITERS = POSTGRES_MAX_CONNECTIONS - 1;
+/** The standby's name in the primary's synchronous_standby_names and its primary_conninfo. */
+export const STANDBY_APPLICATION_NAME = 'celer_bench_standby';
+/** How long the harness waits for pg_stat_replication to report the standby as sync. */
+export const SYNC_WAIT_MS = 30_000;
+const SYNC_POLL_MS = 100;
 /** Ports are picked here, below Linux's default ephemeral range (32768–60999), so outgoing sockets cannot take them. */
 const PORT_MIN = 20_000;
 const PORT_MAX = 32_767;
@@ -25,32 +32,49 @@ const PORT_MAX = 32_767;
 const PORT_ATTEMPTS = 50;
 /** Connections opened at once while the writers connect. */
 const CONNECT_PARALLELISM = 32;
-/** Bounds on the server's start and stop (pg_ctl -w waits up to this long). */
+/** Bounds on the server's start and stop (pg_ctl -w waits up to this long) and on pg_basebackup. */
 const PG_CTL_TIMEOUT_S = 60;
 const SPAWN_TIMEOUT_MS = (PG_CTL_TIMEOUT_S + 30) * 1000;
+const LOG_TAIL_LINES = 15;
 
 /** The settings the benchmark relies on, written explicitly so a changed default cannot alter them. */
 export const POSTGRES_DURABILITY = { fsync: 'on', synchronous_commit: 'on', full_page_writes: 'on' } as const;
 
-export const POSTGRES_NOTE =
-  'PostgreSQL 15 as a single durable server (fsync=on, synchronous_commit=on, full_page_writes=on; each commit is ' +
-  'flushed to disk before it returns), like Celer standalone; with a synchronous standby, as a replicated Celer would ' +
-  'be compared against, every PostgreSQL commit would also wait for the standby and be slower.';
+export function postgresNote(standby: boolean): string {
+  const durable = 'fsync=on, synchronous_commit=on, full_page_writes=on';
+  return standby
+    ? `PostgreSQL 15 primary + synchronous streaming standby on this machine (${durable}, synchronous_standby_names = 'FIRST 1 (${STANDBY_APPLICATION_NAME})'; ` +
+        'each commit returns once it is flushed on the primary and on the standby), the peer of a replicated Celer'
+    : `PostgreSQL 15 as a single durable server (${durable}; each commit is flushed to disk before it returns), like Celer standalone; ` +
+        'with a synchronous standby (--pg-standby), as a replicated Celer would be compared against, every commit would also wait for the standby';
+}
 
 export class PostgresUnavailableError extends Error {}
 
 export interface PostgresCluster {
-  /** The temp directory holding the data directory, the unix socket and the server log. */
+  /** The temp directory holding the data directories, the unix sockets and the server logs. */
   dir: string;
   host: string;
+  /** The primary's port (the only server without a standby). */
   port: number;
-  /** Stops the server (fast shutdown, or immediate when `immediate`) and removes `dir`. Idempotent, synchronous so signal handlers can use it. */
+  /** Set when started with a synchronous standby. */
+  standby?: { port: number; applicationName: string };
+  /** Data directories of the servers started so far, primary first; each postmaster.pid names a postmaster. */
+  dataDirs: string[];
+  /**
+   * Stops the servers (standby first; fast shutdown, or immediate when `immediate`) and removes
+   * `dir`. Idempotent, synchronous so signal handlers can use it.
+   */
   stop(immediate?: boolean): void;
 }
 
 export interface StartOptions {
   binDir?: string;
   out?: (line: string) => void;
+  /** Also start a synchronous streaming standby and wait until the primary reports it sync. */
+  standby?: boolean;
+  /** Bound on that wait (default SYNC_WAIT_MS). */
+  syncWaitMs?: number;
 }
 
 function run(cmd: string, args: string[], asPostgres: boolean): { ok: boolean; output: string } {
@@ -86,36 +110,60 @@ function postgresIds(): { uid: number; gid: number } {
   return { uid: Number(uid), gid: Number(gid) };
 }
 
-/** initdb + start a throw-away cluster on 127.0.0.1 at a free port. The caller must call stop(). */
+const logTail = (log: string): string => (existsSync(log) ? readFileSync(log, 'utf8').split('\n').slice(-LOG_TAIL_LINES).join('\n') : '');
+const conf = (settings: Record<string, string | number>): string =>
+  `\n# celer bench --vs postgres\n${Object.entries(settings).map(([k, v]) => `${k} = ${v}`).join('\n')}\n`;
+
+/**
+ * initdb + start a throw-away primary on 127.0.0.1 at a free port and, with `standby`, a
+ * synchronous streaming standby (pg_basebackup -R). The caller must call stop(); a SIGINT or
+ * SIGTERM before that stops the servers and is then re-raised.
+ */
 export async function startPostgres(o: StartOptions = {}): Promise<PostgresCluster> {
   const bin = o.binDir ?? POSTGRES_BIN_DIR;
-  checkBinaries(bin);
+  checkBinaries(bin, o.standby);
+  const say = o.out ?? ((): void => {});
   const asPostgres = process.getuid?.() === 0;
   const dir = mkdtempSync(join(tmpdir(), 'celer-bench-pg-'));
-  const data = join(dir, 'data');
-  const log = join(dir, 'server.log');
+  const primary = join(dir, 'primary');
   let stopped = false;
-  let started = false;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    cluster.stop(true);
+    process.kill(process.pid, sig);
+  };
   const cluster: PostgresCluster = {
     dir,
     host: '127.0.0.1',
     port: 0,
+    dataDirs: [],
     stop(immediate = false) {
       if (stopped) return;
       stopped = true;
-      if (started) {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+      // The standby first, so the primary's shutdown does not wait on a walsender.
+      for (const data of [...cluster.dataDirs].reverse()) {
         const r = run(join(bin, 'pg_ctl'), ['-D', data, '-m', immediate ? 'immediate' : 'fast', '-t', String(PG_CTL_TIMEOUT_S), '-w', 'stop'], asPostgres);
         if (!r.ok) killPostmaster(data);
       }
       rmSync(dir, { recursive: true, force: true });
     },
   };
+  process.once('SIGINT', onSignal);
+  process.once('SIGTERM', onSignal);
+  const startServer = (data: string, role: string): void => {
+    const log = join(dir, `${role}.log`);
+    cluster.dataDirs.push(data); // from here on a half-started postmaster may exist; stop() handles both
+    const start = run(join(bin, 'pg_ctl'), ['-D', data, '-l', log, '-t', String(PG_CTL_TIMEOUT_S), '-w', 'start'], asPostgres);
+    if (!start.ok) throw new Error(`PostgreSQL ${role} did not start: ${start.output}\n${logTail(log)}`);
+  };
   try {
     if (asPostgres) {
       const { uid, gid } = postgresIds();
       chownSync(dir, uid, gid);
     }
-    const init = run(join(bin, 'initdb'), ['-D', data, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-locale', '--no-sync'], asPostgres);
+    say(`postgres: initdb ${primary}`);
+    const init = run(join(bin, 'initdb'), ['-D', primary, '-U', 'postgres', '--auth=trust', '-E', 'UTF8', '--no-locale', '--no-sync'], asPostgres);
     if (!init.ok) throw new Error(`initdb failed: ${init.output}`);
     cluster.port = await freePort();
     const settings: Record<string, string | number> = {
@@ -125,14 +173,15 @@ export async function startPostgres(o: StartOptions = {}): Promise<PostgresClust
       max_connections: POSTGRES_MAX_CONNECTIONS,
       ...POSTGRES_DURABILITY,
     };
-    appendFileSync(join(data, 'postgresql.conf'), `\n# celer bench --vs postgres\n${Object.entries(settings).map(([k, v]) => `${k} = ${v}`).join('\n')}\n`);
-    started = true; // from here on a half-started postmaster may exist; stop() handles both
-    const start = run(join(bin, 'pg_ctl'), ['-D', data, '-l', log, '-t', String(PG_CTL_TIMEOUT_S), '-w', 'start'], asPostgres);
-    if (!start.ok) {
-      const tail = existsSync(log) ? readFileSync(log, 'utf8').split('\n').slice(-15).join('\n') : '';
-      throw new Error(`PostgreSQL did not start: ${start.output}\n${tail}`);
+    if (o.standby) {
+      Object.assign(settings, { wal_level: 'replica', max_wal_senders: 4, synchronous_standby_names: `'FIRST 1 (${STANDBY_APPLICATION_NAME})'` });
+      appendFileSync(join(primary, 'pg_hba.conf'), '\nhost replication postgres 127.0.0.1/32 trust\n');
     }
-    o.out?.(`postgres: PostgreSQL 15 cluster in ${dir}, listening on 127.0.0.1:${cluster.port}`);
+    appendFileSync(join(primary, 'postgresql.conf'), conf(settings));
+    startServer(primary, 'primary');
+    say(`postgres: primary started on 127.0.0.1:${cluster.port}`);
+    if (o.standby) await startStandby(o, cluster, bin, asPostgres, startServer, say);
+    else say(`postgres: PostgreSQL 15 cluster in ${dir}, listening on 127.0.0.1:${cluster.port}`);
     return cluster;
   } catch (e) {
     cluster.stop(true);
@@ -140,9 +189,72 @@ export async function startPostgres(o: StartOptions = {}): Promise<PostgresClust
   }
 }
 
+async function startStandby(
+  o: StartOptions,
+  cluster: PostgresCluster,
+  bin: string,
+  asPostgres: boolean,
+  startServer: (data: string, role: string) => void,
+  say: (line: string) => void,
+): Promise<void> {
+  const standby = join(cluster.dir, 'standby');
+  say(`postgres: pg_basebackup of the primary into ${standby}`);
+  // -R writes standby.signal and a primary_conninfo into postgresql.auto.conf.
+  const backup = run(join(bin, 'pg_basebackup'), ['-h', cluster.host, '-p', String(cluster.port), '-U', 'postgres', '-D', standby, '-R', '-X', 'stream', '-c', 'fast', '--no-sync'], asPostgres);
+  if (!backup.ok) throw new Error(`pg_basebackup failed: ${backup.output}`);
+  const port = await freePort();
+  appendFileSync(join(standby, 'postgresql.conf'), conf({ port }));
+  // postgresql.auto.conf overrides postgresql.conf, and pg_basebackup's primary_conninfo there has no
+  // application_name: the standby would connect as "walreceiver", match no synchronous_standby_names
+  // entry and stay async. So the full conninfo goes into postgresql.auto.conf, after -R's line.
+  appendFileSync(
+    join(standby, 'postgresql.auto.conf'),
+    `primary_conninfo = 'host=${cluster.host} port=${cluster.port} user=postgres application_name=${STANDBY_APPLICATION_NAME}'\n`,
+  );
+  cluster.standby = { port, applicationName: STANDBY_APPLICATION_NAME };
+  startServer(standby, 'standby');
+  const waitMs = o.syncWaitMs ?? SYNC_WAIT_MS;
+  say(`postgres: standby started on 127.0.0.1:${port}; waiting up to ${waitMs / 1000}s for pg_stat_replication to report it sync`);
+  const t0 = performance.now();
+  await waitForSync(cluster, waitMs, join(cluster.dir, 'standby.log'));
+  say(`postgres: standby ${STANDBY_APPLICATION_NAME} is synchronous (sync_state = sync) after ${((performance.now() - t0) / 1000).toFixed(1)}s`);
+}
+
+export interface ReplicationRow {
+  application_name: string;
+  state: string;
+  sync_state: string;
+}
+
+export async function replicationState(c: PostgresCluster): Promise<ReplicationRow[]> {
+  const admin = await connectPostgres(c);
+  try {
+    return (await admin.query<ReplicationRow>('SELECT application_name, state, sync_state FROM pg_stat_replication ORDER BY application_name')).rows;
+  } finally {
+    await admin.end();
+  }
+}
+
+/** Polls the primary's pg_stat_replication until the standby shows sync_state = 'sync', at most `waitMs`. */
+async function waitForSync(c: PostgresCluster, waitMs: number, standbyLog: string): Promise<void> {
+  const deadline = performance.now() + waitMs;
+  let rows: ReplicationRow[] = [];
+  for (;;) {
+    rows = await replicationState(c);
+    if (rows.some((r) => r.application_name === STANDBY_APPLICATION_NAME && r.sync_state === 'sync')) return;
+    if (performance.now() >= deadline) break;
+    await new Promise((r) => setTimeout(r, SYNC_POLL_MS));
+  }
+  const seen = rows.length === 0 ? 'no standby connected' : rows.map((r) => `application_name=${r.application_name} state=${r.state} sync_state=${r.sync_state}`).join('; ');
+  throw new Error(
+    `the PostgreSQL standby did not become synchronous within ${waitMs / 1000}s: pg_stat_replication on the primary shows ${seen} ` +
+      `(expected application_name=${STANDBY_APPLICATION_NAME} with sync_state=sync). Standby log:\n${logTail(standbyLog)}`,
+  );
+}
+
 /** Throws PostgresUnavailableError, naming the Debian package, when the server binaries are absent. */
-export function checkBinaries(bin: string = POSTGRES_BIN_DIR): void {
-  for (const b of ['initdb', 'pg_ctl', 'postgres']) {
+export function checkBinaries(bin: string = POSTGRES_BIN_DIR, standby = false): void {
+  for (const b of ['initdb', 'pg_ctl', 'postgres', ...(standby ? ['pg_basebackup'] : [])]) {
     if (!existsSync(join(bin, b))) {
       throw new PostgresUnavailableError(`PostgreSQL 15 not found (${join(bin, b)} is missing); install the Debian package \`postgresql\` (apt-get install -y postgresql)`);
     }
@@ -159,9 +271,10 @@ function killPostmaster(data: string): void {
   }
 }
 
-export async function connectPostgres(c: PostgresCluster): Promise<Client> {
+/** A connection to the primary, or to the server at `port` (the standby's, for reads there). */
+export async function connectPostgres(c: PostgresCluster, port: number = c.port): Promise<Client> {
   const { default: pg } = await import('pg');
-  const client = new pg.Client({ host: c.host, port: c.port, user: 'postgres', database: 'postgres' });
+  const client = new pg.Client({ host: c.host, port, user: 'postgres', database: 'postgres' });
   await client.connect();
   return client;
 }
@@ -180,11 +293,16 @@ export function checkWriters(writers: number): void {
   }
 }
 
-/** W1 against a running cluster: creates `events`, then N writers on N connections, each appending to its own stream. */
+/**
+ * The workload against a running cluster: (re)creates an empty `events`, then N writers on N
+ * connections, each appending to its own stream, one autocommit INSERT (one transaction) per write.
+ */
 export async function runPostgresWorkload(c: PostgresCluster, o: LoopOptions): Promise<BenchResult> {
   checkWriters(o.writers);
   const admin = await connectPostgres(c);
   try {
+    // Every round starts from an empty table, as every Celer round starts on fresh aggregates.
+    await admin.query('DROP TABLE IF EXISTS events');
     await admin.query(EVENTS_DDL);
   } finally {
     await admin.end();
@@ -212,35 +330,12 @@ export async function runPostgresWorkload(c: PostgresCluster, o: LoopOptions): P
       }
       versions[i] = next;
     };
+    const where = c.standby ? `primary 127.0.0.1:${c.port} + synchronous standby 127.0.0.1:${c.standby.port}` : `127.0.0.1:${c.port}`;
     const header =
-      `W1 against PostgreSQL 15 at 127.0.0.1:${c.port}: ${o.writers} writers on ${o.writers} connections, one ${PAYLOAD.length}-byte event per ` +
-      `INSERT (autocommit), ${o.warmupS}s warm-up + ${o.durationS}s measured`;
-    return await runClosedLoop(o, 'postgres', header, append);
+      `PostgreSQL 15 at ${where}: ${o.writers} writers on ${o.writers} connections, one ${PAYLOAD.length}-byte event per ` +
+      `INSERT at the stream's next version (autocommit), ${o.warmupS}s warm-up + ${o.durationS}s measured`;
+    return await runClosedLoop(o, 'postgres', header, append, (e) => (e as { code?: string }).code === UNIQUE_VIOLATION);
   } finally {
     await Promise.allSettled(clients.map((cl) => cl.end()));
-  }
-}
-
-/**
- * Starts a throw-away cluster, runs W1 against it and always stops and removes it, also on
- * SIGINT/SIGTERM (the signal is re-raised afterwards so the process still ends as it would have).
- */
-export async function runPostgresBench(o: LoopOptions & StartOptions): Promise<BenchResult & { clusterDir: string }> {
-  checkWriters(o.writers);
-  o.out(`postgres: ${POSTGRES_NOTE}`);
-  const cluster = await startPostgres(o);
-  const onSignal = (sig: NodeJS.Signals): void => {
-    cluster.stop(true);
-    process.kill(process.pid, sig);
-  };
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
-  try {
-    const r = await runPostgresWorkload(cluster, o);
-    return { ...r, clusterDir: cluster.dir };
-  } finally {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
-    cluster.stop();
   }
 }

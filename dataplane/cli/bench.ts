@@ -1,13 +1,20 @@
-// `celer bench`: the W1 workload against a running node. N writers, each owning one aggregate,
+// `celer bench`: W1 or W2 against a running node or cluster. N writers, each owning one aggregate,
 // append one ~25-byte event per write and wait for its durable ack before the next (closed loop).
+// W1 sends no guard; W2 (`--guard exact`) sends each writer's exact expectedVersion, so every
+// write is checked, and counts 2003 wrong-expected-version answers as errors.
 // Prints writes/s and latency percentiles of the measured window (warm-up excluded).
-import { connect } from '@celer/client';
+import { connect, WrongExpectedVersionError } from '@celer/client';
 import { randomInt } from 'node:crypto';
 
+/** none = W1 (no guard, as Celeriant's load generator); exact = W2 (exact expectedVersion on every write). */
+export type Guard = 'none' | 'exact';
+
 export interface BenchOptions {
-  address: string;
+  /** One node, or every node of a cluster (the client follows the leader). */
+  addresses: string[];
   /** native: @celer/client over the framed TCP protocol; grpc: unary Append over @grpc/grpc-js. */
   transport: 'native' | 'grpc';
+  guard: Guard;
   writers: number;
   durationS: number;
   warmupS: number;
@@ -19,7 +26,10 @@ export interface BenchResult {
   writes: number;
   seconds: number;
   writesPerSecond: number;
+  /** Failed writes, warm-up included; conflicts among them. */
   errors: number;
+  /** Optimistic-concurrency conflicts (Celer 2003, PostgreSQL unique violation), counted in errors too. */
+  conflicts: number;
   latencyMs: { p50: number; p90: number; p99: number; p999: number; max: number };
 }
 
@@ -28,38 +38,75 @@ const LATENCY_SAMPLES_MAX = 1_000_000;
 /** The W1 payload: a "Hello World"-sized event (Celeriant's benchmark used ~25 bytes). */
 export const PAYLOAD = new TextEncoder().encode('{"hello":"world","n":42}!');
 
+export const workloadName = (guard: Guard): string => (guard === 'exact' ? 'W2' : 'W1');
+
 export function percentile(sorted: Float64Array, p: number): number {
   if (sorted.length === 0) return 0;
   return sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]!;
 }
 
-type AppendFn = (id: bigint) => Promise<unknown>;
+/** Thrown by an appender when the guard failed; carries the aggregate's version the server reported. */
+export class ConflictError extends Error {
+  readonly currentVersion: bigint;
+  constructor(currentVersion: bigint, cause: unknown) {
+    super(`wrong expected version; current version is ${currentVersion}`, { cause });
+    this.currentVersion = currentVersion;
+  }
+}
 
-async function nativeAppender(o: BenchOptions, run: bigint): Promise<{ append: AppendFn; close(): Promise<void> }> {
-  const client = await connect(o.address, { connectionsPerNode: o.connections, clientId: 1 });
+/** Appends one event to aggregate `id`, guarded by `expected` when given; resolves with the new version. */
+type AppendFn = (id: bigint, expected: bigint | undefined) => Promise<bigint>;
+interface Appender {
+  append: AppendFn;
+  close(): Promise<void>;
+}
+
+async function nativeAppender(o: BenchOptions, run: bigint): Promise<Appender> {
+  const client = await connect(o.addresses, { connectionsPerNode: o.connections, clientId: 1 });
   return {
-    append: (id) => client.append({ org: run, type: 1n, id }, [{ type: 'Hello', data: PAYLOAD }]),
+    append: async (id, expected) => {
+      try {
+        const r = await client.append({ org: run, type: 1n, id }, [{ type: 'Hello', data: PAYLOAD }], expected === undefined ? {} : { expectedVersion: expected });
+        return r.toVersion;
+      } catch (e) {
+        if (e instanceof WrongExpectedVersionError) throw new ConflictError(e.currentVersion, e);
+        throw e;
+      }
+    },
     close: () => client.close(),
   };
 }
 
+type GrpcError = Error & { metadata?: { get(k: string): unknown[] } };
+
 /** The same workload through the gRPC service, for comparison (SPEC §8: gRPC for other languages). */
-async function grpcAppender(o: BenchOptions, run: bigint): Promise<{ append: AppendFn; close(): Promise<void> }> {
+async function grpcAppender(o: BenchOptions, run: bigint): Promise<Appender> {
+  if (o.addresses.length !== 1) throw new RangeError('--transport grpc takes one address (the gRPC client does not follow a leader)');
   const grpc = await import('@grpc/grpc-js');
   const protoLoader = await import('@grpc/proto-loader');
-  const { PROTO_PATH, PROTO_LOADER_OPTIONS } = await import('../server/grpc.ts');
+  const { PROTO_PATH, PROTO_LOADER_OPTIONS, CELER_CODE_KEY, CELER_DETAIL_KEY } = await import('../server/grpc.ts');
   const def = grpc.loadPackageDefinition(await protoLoader.load(PROTO_PATH, PROTO_LOADER_OPTIONS)) as unknown as {
-    celer: { v1: { EventStore: new (addr: string, creds: unknown, opts: object) => Record<string, (req: unknown, cb: (e: Error | null, r: unknown) => void) => void> & { close(): void } } };
+    celer: { v1: { EventStore: new (addr: string, creds: unknown, opts: object) => Record<string, (req: unknown, cb: (e: GrpcError | null, r: { toVersion: string }) => void) => void> & { close(): void } } };
   };
   const clients = Array.from({ length: o.connections }, () =>
-    new def.celer.v1.EventStore(o.address, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 }),
+    new def.celer.v1.EventStore(o.addresses[0]!, grpc.credentials.createInsecure(), { 'grpc.use_local_subchannel_pool': 1 }),
   );
+  const conflict = (e: GrpcError): ConflictError | undefined => {
+    if (String(e.metadata?.get(CELER_CODE_KEY)[0]) !== '2003') return undefined;
+    const detail = JSON.parse(String(e.metadata?.get(CELER_DETAIL_KEY)[0] ?? '{}')) as { currentVersion?: string };
+    return new ConflictError(BigInt(detail.currentVersion ?? '0'), e);
+  };
   return {
-    append: (id) =>
+    append: (id, expected) =>
       new Promise((resolve, reject) =>
         clients[Number(id % BigInt(clients.length))]!.Append!(
-          { key: { org: String(run), type: '1', id: String(id) }, events: [{ type: 'Hello', data: Buffer.from(PAYLOAD) }], clientId: '1' },
-          (e, r) => (e ? reject(e) : resolve(r)),
+          {
+            key: { org: String(run), type: '1', id: String(id) },
+            events: [{ type: 'Hello', data: Buffer.from(PAYLOAD) }],
+            clientId: '1',
+            ...(expected === undefined ? {} : { expectedVersion: { exact: String(expected) } }),
+          },
+          (e, r) => (e ? reject(conflict(e) ?? e) : resolve(BigInt(r.toVersion))),
         ),
       ),
     close: async () => {
@@ -71,9 +118,27 @@ async function grpcAppender(o: BenchOptions, run: bigint): Promise<{ append: App
 export async function runBench(o: BenchOptions): Promise<BenchResult> {
   const run = BigInt(Date.now()) * 1000n + BigInt(randomInt(1000));
   const client = o.transport === 'grpc' ? await grpcAppender(o, run) : await nativeAppender(o, run);
-  const header = `W1 against ${o.address} over ${o.transport}: ${o.writers} writers, one ${PAYLOAD.length}-byte event per write, ${o.warmupS}s warm-up + ${o.durationS}s measured, ${o.connections} connections`;
+  const w = workloadName(o.guard);
+  const guard = o.guard === 'exact' ? 'exact expectedVersion on every write' : 'no guard';
+  const header =
+    `${w} against ${o.addresses.join(',')} over ${o.transport}: ${o.writers} writers, one ${PAYLOAD.length}-byte event per write, ${guard}, ` +
+    `${o.warmupS}s warm-up + ${o.durationS}s measured, ${o.connections} connections${o.transport === 'native' ? ' per node' : ''}`;
+  // W2: each writer's aggregate version as it last saw it (every aggregate of a run starts at 0).
+  const versions = new Array<bigint>(o.writers).fill(0n);
+  const append =
+    o.guard === 'exact'
+      ? async (i: number): Promise<void> => {
+          try {
+            versions[i] = await client.append(BigInt(i), versions[i]!);
+          } catch (e) {
+            // Re-sync to the version the server reported, as a client handling 2003 would, then count it.
+            if (e instanceof ConflictError) versions[i] = e.currentVersion;
+            throw e;
+          }
+        }
+      : (i: number): Promise<bigint> => client.append(BigInt(i), undefined);
   try {
-    return await runClosedLoop(o, 'bench', header, (i) => client.append(BigInt(i)));
+    return await runClosedLoop(o, 'celer', header, append, (e) => e instanceof ConflictError);
   } finally {
     await client.close();
   }
@@ -82,14 +147,22 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
 export type LoopOptions = Pick<BenchOptions, 'writers' | 'durationS' | 'warmupS' | 'out'>;
 
 /**
- * The W1 closed loop, shared with the PostgreSQL peer (bench-postgres.ts): writer i calls append(i)
+ * The closed loop, shared with the PostgreSQL peer (bench-postgres.ts): writer i calls append(i)
  * and waits for it before the next; only writes that finish inside the measured window count.
+ * `isConflict` picks the failures that are optimistic-concurrency conflicts.
  */
-export async function runClosedLoop(o: LoopOptions, label: string, header: string, append: (writer: number) => Promise<unknown>): Promise<BenchResult> {
+export async function runClosedLoop(
+  o: LoopOptions,
+  label: string,
+  header: string,
+  append: (writer: number) => Promise<unknown>,
+  isConflict: (e: unknown) => boolean = () => false,
+): Promise<BenchResult> {
   const samples = new Float64Array(LATENCY_SAMPLES_MAX);
   let n = 0;
   let seen = 0;
   let errors = 0;
+  let conflicts = 0;
   let measuring = false;
   let stop = false;
   const t0 = performance.now();
@@ -99,8 +172,9 @@ export async function runClosedLoop(o: LoopOptions, label: string, header: strin
       const s = performance.now();
       try {
         await append(i);
-      } catch {
+      } catch (e) {
         errors++;
+        if (isConflict(e)) conflicts++;
         continue;
       }
       if (!measuring) continue;
@@ -130,11 +204,12 @@ export async function runClosedLoop(o: LoopOptions, label: string, header: strin
     seconds,
     writesPerSecond: seen / seconds,
     errors,
+    conflicts,
     latencyMs: { p50: percentile(sorted, 50), p90: percentile(sorted, 90), p99: percentile(sorted, 99), p999: percentile(sorted, 99.9), max: sorted[sorted.length - 1] ?? 0 },
   };
   const l = result.latencyMs;
   o.out(
-    `${label}: ${result.writesPerSecond.toFixed(0)} writes/s (${seen} durable writes in ${seconds.toFixed(1)}s, ${errors} errors); ` +
+    `${label}: ${result.writesPerSecond.toFixed(0)} writes/s (${seen} durable writes in ${seconds.toFixed(1)}s, ${errors} errors incl. ${conflicts} conflicts); ` +
       `latency ms p50 ${l.p50.toFixed(2)} p90 ${l.p90.toFixed(2)} p99 ${l.p99.toFixed(2)} p99.9 ${l.p999.toFixed(2)} max ${l.max.toFixed(2)} (total ${((performance.now() - t0) / 1000).toFixed(1)}s)`,
   );
   return result;

@@ -22,8 +22,10 @@ usage:
   celer read    [--addr HOST:PORT] KEY [--from N] [--to N] [--types A,B]   (one JSON line per batch)
   celer details [--addr HOST:PORT] KEY
   celer verify  --data-dir DIR
-  celer bench   [--addr HOST:PORT] [--transport native|grpc] [--writers N] [--duration-s S] [--warmup-s S] [--connections N]
-                [--vs postgres]   (then the same workload against a throw-away local PostgreSQL 15, and the ratio)
+  celer bench   [--addr HOST:PORT[,HOST:PORT…]] [--transport native|grpc] [--guard none|exact] [--writers N]
+                [--duration-s S] [--warmup-s S] [--connections N] [--rounds N]
+                [--vs postgres [--pg-standby]]   (alternating rounds against a throw-away local PostgreSQL 15
+                                                  [primary + synchronous standby]; medians and the ratio)
 
 KEY is org/type/id, each part decimal or a UUID. --addr defaults to 127.0.0.1:7400.
 Run "celer COMMAND --help" for the flags of one command.`;
@@ -201,43 +203,52 @@ async function verify(args: string[]): Promise<number> {
 }
 
 async function bench(args: string[]): Promise<number> {
-  const { values } = parse(args, { addr: { type: 'string' }, transport: { type: 'string' }, writers: { type: 'string' }, 'duration-s': { type: 'string' }, 'warmup-s': { type: 'string' }, connections: { type: 'string' }, vs: { type: 'string' } });
+  const { values } = parse(args, {
+    addr: { type: 'string' },
+    transport: { type: 'string' },
+    guard: { type: 'string' },
+    writers: { type: 'string' },
+    'duration-s': { type: 'string' },
+    'warmup-s': { type: 'string' },
+    connections: { type: 'string' },
+    vs: { type: 'string' },
+    'pg-standby': { type: 'boolean' },
+    rounds: { type: 'string' },
+  });
   const transport = values.transport ?? 'native';
   if (transport !== 'native' && transport !== 'grpc') throw new UsageError(`--transport must be native or grpc; got "${transport}"`);
+  const guard = values.guard ?? 'none';
+  if (guard !== 'none' && guard !== 'exact') throw new UsageError(`--guard must be none (W1) or exact (W2); got "${guard}"`);
   if (values.vs !== undefined && values.vs !== 'postgres') throw new UsageError(`--vs accepts only postgres; got "${values.vs}"`);
+  const vs = values.vs ?? (values['pg-standby'] ? 'postgres' : undefined);
+  const addresses = (values.addr ?? (transport === 'grpc' ? '127.0.0.1:7402' : '127.0.0.1:7400')).split(',').map((a) => a.trim()).filter((a) => a !== '');
+  if (addresses.length === 0) throw new UsageError('--addr needs at least one HOST:PORT');
+  if (transport === 'grpc' && addresses.length > 1) throw new UsageError('--transport grpc takes one --addr');
   const writers = int(values.writers, '--writers', 1) ?? 64;
-  const durationS = int(values['duration-s'], '--duration-s', 1) ?? 10;
-  const warmupS = int(values['warmup-s'], '--warmup-s', 0) ?? 2;
-  const pgBench = values.vs === 'postgres' ? await import('./bench-postgres.ts') : undefined;
-  if (pgBench !== undefined) {
-    // Fail on the peer's preconditions before spending the Celer run.
+  if (vs === 'postgres') {
+    // Fail on the peer's preconditions before spending a Celer run.
+    const pg = await import('./bench-postgres.ts');
     try {
-      pgBench.checkWriters(writers);
+      pg.checkWriters(writers);
     } catch (e) {
       throw new UsageError((e as Error).message);
     }
-    pgBench.checkBinaries();
+    pg.checkBinaries(undefined, values['pg-standby']);
   }
-  const { runBench } = await import('./bench.ts');
-  const celer = await runBench({
-    address: values.addr ?? (transport === 'grpc' ? '127.0.0.1:7402' : '127.0.0.1:7400'),
+  const { runBenchCommand } = await import('./bench-rounds.ts');
+  await runBenchCommand({
+    addresses,
     transport,
+    guard,
     writers,
-    durationS,
-    warmupS,
+    durationS: int(values['duration-s'], '--duration-s', 1) ?? 10,
+    warmupS: int(values['warmup-s'], '--warmup-s', 0) ?? 2,
     connections: int(values.connections, '--connections', 1) ?? 4,
+    rounds: int(values.rounds, '--rounds', 1) ?? (vs === undefined ? 1 : 3),
+    vs,
+    pgStandby: values['pg-standby'] ?? false,
     out,
   });
-  if (pgBench === undefined) return 0;
-  const pg = await pgBench.runPostgresBench({ writers, durationS, warmupS, out });
-  const row = (name: string, r: typeof celer): string =>
-    `${name.padEnd(10)} ${r.writesPerSecond.toFixed(0).padStart(9)} ${r.latencyMs.p50.toFixed(2).padStart(8)} ${r.latencyMs.p99.toFixed(2).padStart(8)} ${String(r.errors).padStart(7)}`;
-  out(`vs: W1, ${writers} writers, ${durationS}s measured after ${warmupS}s warm-up, same machine, same run`);
-  out(`vs: ${'system'.padEnd(10)} ${'writes/s'.padStart(9)} ${'p50 ms'.padStart(8)} ${'p99 ms'.padStart(8)} ${'errors'.padStart(7)}`);
-  out(`vs: ${row('celer', celer)}`);
-  out(`vs: ${row('postgres', pg)}`);
-  const ratio = pg.writesPerSecond > 0 ? (celer.writesPerSecond / pg.writesPerSecond).toFixed(2) : 'n/a (PostgreSQL completed no writes)';
-  out(`vs: Celer ÷ PostgreSQL writes/s = ${ratio}; PostgreSQL here has no standby — a synchronous standby would make it slower`);
   return 0;
 }
 
