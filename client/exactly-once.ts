@@ -7,7 +7,13 @@
 //   2013            an earlier attempt is still in flight: wait, then ask again;
 //   2003            the guard failed: someone else wrote; the caller must re-read and re-decide
 //                   (and take a new clientSeq);
-//   timeout / lost  unknown: ask again.
+//   timeout / lost  unknown: ask again;
+//   2007            not acknowledged (replication failed, or the leader was fenced mid-write):
+//                   unknown: ask again (after a failover the new leader answers 2002 if it landed).
+// Each attempt goes through the pool, which itself rides out a failover (failoverTimeoutMs:
+// refused connects, 2011, 2012) for requests that certainly did not land; what it throws after
+// a write was sent (timeout, lost connection, 2007) comes back here and is asked again with the
+// same clientSeq.
 // The subtlety: guards are checked before idempotency. If an attempt of a conditional write
 // (exact version or 'no_stream') landed but its answer was lost, the retry fails the guard (the
 // version moved, by our own write) and gets 2003, not 2002. Taking that 2003 at face value and
@@ -21,6 +27,7 @@ import {
   ConnectFailedError,
   ConnectionError,
   DuplicateInFlightError,
+  NotAcknowledgedError,
   NotLeaderError,
   RequestQueueFullError,
   ServerBusyError,
@@ -89,6 +96,7 @@ function isRetryable(err: unknown): boolean {
     err instanceof TimeoutError ||
     err instanceof ConnectionError ||
     err instanceof DuplicateInFlightError ||
+    err instanceof NotAcknowledgedError ||
     err instanceof ServerBusyError ||
     err instanceof NotLeaderError ||
     err instanceof ShardUnavailableError ||
@@ -98,7 +106,12 @@ function isRetryable(err: unknown): boolean {
 
 /** Errors after which an earlier attempt may have landed (or is known to be in flight). */
 function leavesOutcomeOpen(err: unknown): boolean {
-  return err instanceof TimeoutError || (err instanceof ConnectionError && !(err instanceof ConnectFailedError)) || err instanceof DuplicateInFlightError;
+  return (
+    err instanceof TimeoutError ||
+    (err instanceof ConnectionError && !(err instanceof ConnectFailedError)) ||
+    err instanceof DuplicateInFlightError ||
+    err instanceof NotAcknowledgedError
+  );
 }
 
 /** The delay before attempt `attempt + 1`: exponential, capped, jittered into its upper half. */

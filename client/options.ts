@@ -20,7 +20,23 @@ export interface ClientOptions {
   circuitBreakerThreshold?: number;
   /** While the breaker is open, requests to that node fail at once with ConnectFailedError. */
   circuitBreakerOpenMs?: number;
-  /** Other nodes tried when a node is unreachable or answers "not leader" without naming one. */
+  /**
+   * How long one request may keep looking for a leader (a failover: the old leader unreachable
+   * or answering "not leader", an election running) before the last error is thrown. Only
+   * requests that certainly did not take effect are tried again: a connect that failed, 2011
+   * not leader, 2012 busy, an open circuit breaker; reads and pings also after a lost
+   * connection or a timeout. 0: no waiting (each node is still tried once). The clock starts
+   * when the request is issued; each try still has its own requestTimeoutMs.
+   */
+  failoverTimeoutMs?: number;
+  /** The first wait between rounds of tries while looking for a leader; waits double per round. */
+  failoverBackoffInitialMs?: number;
+  /** The longest wait between rounds of tries (each wait is jittered into its upper half). */
+  failoverBackoffMaxMs?: number;
+  /**
+   * A backstop on further tries per request (redirects, other nodes, rounds after a wait);
+   * failoverTimeoutMs is what normally ends a search for the leader.
+   */
   maxLeaderRetries?: number;
   /**
    * Writer identity used when a write names none. For exactly-once writes it must be stable per
@@ -45,8 +61,20 @@ export const DEFAULTS = {
   circuitBreakerThreshold: 1,
   /** 2 s, as Celeriant's .NET pool: about a failover, so a restarted node is retried soon. */
   circuitBreakerOpenMs: 2_000,
-  /** 3, as Celeriant's pools: enough to walk a two-node cluster twice over. */
-  maxLeaderRetries: 3,
+  /**
+   * 5 s: the SPEC §7 failover target (under 2 s, of which an election takes most) plus 3 s for
+   * a slow S3 lease write and the new leader opening its shards.
+   */
+  failoverTimeoutMs: 5_000,
+  /** 25 ms: a leader that is about to answer is found again quickly. */
+  failoverBackoffInitialMs: 25,
+  /** 250 ms: a round costs a request or two per node, so a new leader is found within ¼ s. */
+  failoverBackoffMaxMs: 250,
+  /**
+   * 1 000: never reached within failoverTimeoutMs at the default backoff (a two-node cluster
+   * takes at most 3 tries per round, at most about 40 rounds in 5 s); it only stops a runaway loop.
+   */
+  maxLeaderRetries: 1_000,
 } as const;
 
 /** Hard ceilings on options (a typo such as 1e9 connections fails at connect, not at runtime). */
@@ -66,6 +94,9 @@ export interface ResolvedOptions {
   maxQueuedPerConnection: number;
   circuitBreakerThreshold: number;
   circuitBreakerOpenMs: number;
+  failoverTimeoutMs: number;
+  failoverBackoffInitialMs: number;
+  failoverBackoffMaxMs: number;
   maxLeaderRetries: number;
   clientId: KeyPart | undefined;
 }
@@ -88,7 +119,10 @@ export function resolveOptions(options: ClientOptions = {}): ResolvedOptions {
     maxQueuedPerConnection: intOption(options, 'maxQueuedPerConnection', DEFAULTS.maxQueuedPerConnection, 0, OPTION_MAX.maxQueuedPerConnection),
     circuitBreakerThreshold: intOption(options, 'circuitBreakerThreshold', DEFAULTS.circuitBreakerThreshold, 1, 1_000),
     circuitBreakerOpenMs: intOption(options, 'circuitBreakerOpenMs', DEFAULTS.circuitBreakerOpenMs, 0, OPTION_MAX.timeoutMs),
-    maxLeaderRetries: intOption(options, 'maxLeaderRetries', DEFAULTS.maxLeaderRetries, 0, 100),
+    failoverTimeoutMs: intOption(options, 'failoverTimeoutMs', DEFAULTS.failoverTimeoutMs, 0, OPTION_MAX.timeoutMs),
+    failoverBackoffInitialMs: intOption(options, 'failoverBackoffInitialMs', DEFAULTS.failoverBackoffInitialMs, 1, OPTION_MAX.timeoutMs),
+    failoverBackoffMaxMs: intOption(options, 'failoverBackoffMaxMs', DEFAULTS.failoverBackoffMaxMs, 1, OPTION_MAX.timeoutMs),
+    maxLeaderRetries: intOption(options, 'maxLeaderRetries', DEFAULTS.maxLeaderRetries, 0, 100_000),
     clientId: options.clientId,
   };
 }

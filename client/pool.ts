@@ -4,16 +4,39 @@
 // a request's slot comes from a hash of its aggregate key, so one aggregate's requests share one
 // connection and keep their order. A circuit breaker stops dialling a node that just refused.
 //
-// Across nodes: requests go to the cached leader. "Not leader" naming the leader moves the cache
-// and retries once there; "not leader" without a name, or a node that cannot be reached, walks
-// the seed addresses (at most maxLeaderRetries more tries). A request that was sent and then lost
-// (timeout, broken connection) is never resent here: for a write that is the caller's decision.
+// Across nodes (failover): requests go to the cached leader. A request that certainly did not
+// take effect is tried again, for up to failoverTimeoutMs:
+//   2011 naming the leader     the cache moves there and the request goes straight there;
+//   2011 without a name, a     the next node is tried at once; once every node was tried in
+//   failed connect, an open    this round, a backoff wait, then a new round from the cached
+//   circuit breaker            leader (an election, up to ~2 s, is ridden out this way);
+//   2012 busy                  a backoff wait, then the same node again.
+// Reads and pings (they change nothing) are also tried on the next node after a lost connection
+// or a timeout. A write that was sent and then lost (timeout, broken connection) or answered 2007
+// (not acknowledged) has an unknown outcome and is never resent here: that is the caller's
+// decision, and the exactly-once helper's job.
 import { Connection, parseAddress } from './connection.ts';
-import { ConnectFailedError, ConnectionError, NotLeaderError, errorFromCode, type CelerError, type ErrorDetail } from './errors.ts';
+import { setTimeout as sleep } from 'node:timers/promises';
+import {
+  ConnectFailedError,
+  ConnectionError,
+  NotAcknowledgedError,
+  NotLeaderError,
+  ServerBusyError,
+  TimeoutError,
+  errorFromCode,
+  type CelerError,
+  type ErrorDetail,
+} from './errors.ts';
 import type { ResolvedOptions } from './options.ts';
 import { Op, decodeError, type Frame } from './wire.ts';
 
 export type BreakerState = 'closed' | 'open';
+
+/** Where the op byte sits in a frame (u32 length, u32 correlation id, then the op; frame.ts). */
+const FRAME_OP_AT = 8;
+
+type TryResult = { answer: Frame } | { fail: Error } | { retry: Error; next: string; resend: boolean };
 
 class NodePool {
   readonly address: string;
@@ -143,6 +166,8 @@ export class Pool {
   private leader: string;
   private roundRobin = 0;
   private closed = false;
+  /** Aborted by close(), so requests waiting out a failover stop waiting. */
+  private readonly closing = new AbortController();
 
   constructor(seeds: readonly string[], options: ResolvedOptions) {
     this.seeds = seeds;
@@ -186,54 +211,98 @@ export class Pool {
   }
 
   /**
-   * Sends a frame to the leader and resolves with its successful answer, following leader
-   * redirects. An error answer is thrown as its typed class (errorFromCode); "not leader" only
-   * once the redirect and the seed walk are spent.
+   * Sends a frame to the leader and resolves with its successful answer, following the leader
+   * across a failover (see the top of this file). An error answer is thrown as its typed class
+   * (errorFromCode); a retryable one (2011, 2012, connect failures) only once failoverTimeoutMs
+   * or maxLeaderRetries are spent, as the last error seen.
    */
   async send(frame: Uint8Array, slot: number): Promise<Frame> {
     if (this.closed) throw new ConnectionError('the client is closed');
+    const o = this.options;
+    const idempotent = frame[FRAME_OP_AT] !== Op.Write;
+    const deadline = performance.now() + o.failoverTimeoutMs;
+    const tried = new Set<string>();
     let target = this.leader;
-    let redirected = false;
-    let walks = 0;
-    for (;;) {
-      const node = this.node(target);
-      let answer: Frame;
-      try {
-        const conn = node.ready(slot) ?? (await node.acquire(slot));
-        answer = await conn.request(frame);
-      } catch (err) {
-        // Only a failed connect is safe to retry elsewhere: the request never left.
-        const next = this.nextSeed(target);
-        if (err instanceof ConnectFailedError && !this.closed && walks < this.options.maxLeaderRetries && next !== target) {
-          walks++;
-          target = next;
-          continue;
-        }
-        throw err;
+    let payload = frame;
+    let rounds = 0;
+    for (let retries = 0; ; retries++) {
+      tried.add(target);
+      const r = await this.tryNode(target, slot, payload, idempotent);
+      if ('answer' in r) return r.answer;
+      if ('fail' in r) throw r.fail;
+      if (this.closed) throw new ConnectionError('the client is closed', { cause: r.retry });
+      if (retries >= o.maxLeaderRetries) throw r.retry;
+      let next = r.next;
+      if (tried.has(next)) {
+        // Every candidate of this round has been asked: wait, then start a new round.
+        const left = deadline - performance.now();
+        if (left <= 0) throw r.retry;
+        await this.pause(Math.min(left, this.backoffMs(rounds++)));
+        if (this.closed) throw new ConnectionError('the client is closed', { cause: r.retry });
+        tried.clear();
+        // 2012 asks the same node again; otherwise the round starts at the leader as known now
+        // (a redirect moved it, or another request learnt it while this one waited).
+        if (next !== target) next = this.leader;
+      } else if (rounds > 0 && performance.now() >= deadline) {
+        throw r.retry;
       }
-      if (answer.op !== Op.Error) {
-        this.leader = target;
-        return answer;
-      }
-      const e = serverError(answer);
-      if (!(e instanceof NotLeaderError)) {
-        this.leader = target; // it answered as the node in charge
-        throw e;
-      }
+      // A frame handed to a connection that then broke may still sit in its socket's queue.
+      if (r.resend) payload = payload.slice();
+      target = next;
+    }
+  }
+
+  /** One try at one node: an answer to return, an error to throw, or the error and where to go next. */
+  private async tryNode(target: string, slot: number, frame: Uint8Array, idempotent: boolean): Promise<TryResult> {
+    const node = this.node(target);
+    let conn: Connection;
+    try {
+      conn = node.ready(slot) ?? (await node.acquire(slot));
+    } catch (err) {
+      // Nothing was sent (a refused or timed-out connect, or an open circuit breaker).
+      if (err instanceof ConnectFailedError) return { retry: err, next: this.nextSeed(target), resend: false };
+      return { fail: err as Error };
+    }
+    let answer: Frame;
+    try {
+      answer = await conn.request(frame);
+    } catch (err) {
+      // Sent, or maybe sent, and then lost: only a request that changes nothing may go again.
+      if (idempotent && (err instanceof TimeoutError || err instanceof ConnectionError)) return { retry: err, next: this.nextSeed(target), resend: true };
+      return { fail: err as Error };
+    }
+    if (answer.op !== Op.Error) {
+      if (!idempotent) this.leader = target; // it took a write: it leads
+      return { answer };
+    }
+    const e = serverError(answer);
+    if (e instanceof NotLeaderError) {
       const named = e.leader !== undefined && parseAddress(e.leader) !== undefined ? e.leader : undefined;
-      if (named !== undefined && named !== target && !redirected) {
-        redirected = true;
+      if (named !== undefined && named !== target) {
         this.leader = named;
-        target = named;
-        continue;
+        return { retry: e, next: named, resend: false };
       }
-      const next = this.nextSeed(target);
-      if (walks < this.options.maxLeaderRetries && next !== target) {
-        walks++;
-        target = next;
-        continue;
-      }
-      throw e;
+      return { retry: e, next: this.nextSeed(target), resend: false };
+    }
+    if (e instanceof ServerBusyError) return { retry: e, next: target, resend: false };
+    // It judged the write itself (a guard, a bad request …): it is the node in charge. Not after
+    // 2007, which a leader that has just been fenced also answers.
+    if (!idempotent && !(e instanceof NotAcknowledgedError)) this.leader = target;
+    return { fail: e };
+  }
+
+  /** The wait before round `round + 1`: exponential, capped, jittered into its upper half. */
+  private backoffMs(round: number): number {
+    const d = Math.min(this.options.failoverBackoffMaxMs, this.options.failoverBackoffInitialMs * 2 ** round);
+    return d / 2 + (d / 2) * Math.random();
+  }
+
+  /** Waits `ms`, or less when the client is closed meanwhile. */
+  private async pause(ms: number): Promise<void> {
+    try {
+      await sleep(ms, undefined, { signal: this.closing.signal });
+    } catch {
+      // aborted by close(): the caller checks `closed`
     }
   }
 
@@ -243,6 +312,7 @@ export class Pool {
 
   close(): void {
     this.closed = true;
+    this.closing.abort();
     for (const n of this.nodes.values()) n.close();
   }
 
