@@ -1,12 +1,14 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { FakeServer, MemoryStore } from './fake-server.ts';
+import { FakeServer, MemoryStore, type FakeConnection, type FrameHandler } from './fake-server.ts';
 import {
   AlreadyAppliedError,
   BadRequestError,
   ConnectionError,
   DuplicateInFlightError,
   EXACTLY_ONCE_DEFAULTS,
+  NotAcknowledgedError,
+  NotLeaderError,
   ServerBusyError,
   TimeoutError,
   WrongExpectedVersionError,
@@ -85,6 +87,18 @@ test('every attempt resends the same clientId and clientSeq', async () => {
     assert.equal(w.clientId, ME);
     assert.equal(w.writes[0]?.clientSeq, 12);
   }
+});
+
+test('2007 (not acknowledged), 2011 and a lost connection are retried with the same clientSeq; a later 2002 means done', async () => {
+  const s = new Script([new NotAcknowledgedError(2007, 'fenced'), new NotLeaderError(2011, 'election'), lost(), applied()]);
+  assert.deepEqual(await run(s), { alreadyApplied: true, attempts: 4 });
+  for (const w of s.writes) assert.equal(w.writes[0]?.clientSeq, 12);
+});
+
+test('2007 leaves the outcome open: a conditional retry that then gets 2003 checks whose batch follows the guard', async () => {
+  const s = new Script([new NotAcknowledgedError(2007, 'replication failed'), conflict()]);
+  s.batchAfterGuard = batchBy(ME);
+  assert.deepEqual(await run(s, 3), { alreadyApplied: true, attempts: 2 });
 });
 
 test('2013 (the first copy is still in flight) is retried after a backoff, and the later success returned', async () => {
@@ -218,3 +232,63 @@ test('against a server, an unconditional retry after a lost acknowledgement gets
   assert.deepEqual(r, { alreadyApplied: true, attempts: 2 });
   assert.equal((await client.details(key)).version, 1n);
 });
+
+/** A connection whose answers go nowhere: the store applies the write, the client hears nothing. */
+const deaf = (conn: FakeConnection): FakeConnection => ({ socket: conn.socket, reply: () => {}, error: () => {}, drop: () => {} });
+
+for (const death of ['dies mid-write without an answer', 'answers 2007 (fenced) and then says "not leader"'] as const) {
+  test(`across a failover the write lands once: the old leader ${death}, the new leader later answers 2002`, async (t) => {
+    // One MemoryStore stands for the replicated log: what the old leader wrote, the new one has.
+    const store = new MemoryStore();
+    let phase: 'a-leads' | 'election' | 'b-leads' = 'a-leads';
+    let bAddress = '';
+    let electionTimer: NodeJS.Timeout | undefined;
+    const startElection = (): void => {
+      phase = 'election';
+      electionTimer = setTimeout(() => (phase = 'b-leads'), 800);
+    };
+    const a = await FakeServer.start((frame, conn) => {
+      if (phase !== 'a-leads') return conn.error(frame, 2011, 'not leader', phase === 'b-leads' ? { leader: bAddress } : {});
+      if (frame.op !== Op.Write) return store.handler(frame, conn);
+      store.handler(frame, deaf(conn)); // applied (and replicated) …
+      startElection();
+      if (death === 'dies mid-write without an answer') {
+        conn.drop(); // … and the process dies before it answers
+        void a.close();
+      } else {
+        conn.error(frame, 2007, 'not acknowledged: the lease was lost mid-write');
+      }
+    });
+    const bHandler: FrameHandler = (frame, conn) =>
+      phase === 'b-leads' || frame.op !== Op.Write ? store.handler(frame, conn) : conn.error(frame, 2011, 'not leader', phase === 'a-leads' ? { leader: a.address } : {});
+    const b = await FakeServer.start(bHandler);
+    bAddress = b.address;
+    const client = await connect([a.address, b.address], { clientId: ME });
+    t.after(async () => {
+      clearTimeout(electionTimer);
+      await client.close();
+      await a.close();
+      await b.close();
+    });
+
+    const outcomes: unknown[] = [];
+    await client.appendExactlyOnce(key, events, { clientSeq: 1 }).then(
+      (r) => outcomes.push(r),
+      (e: unknown) => outcomes.push(e),
+    );
+
+    assert.equal(outcomes.length, 1);
+    const r = outcomes[0] as { alreadyApplied?: boolean; attempts?: number };
+    assert.equal(r.alreadyApplied, true, `expected success (2002), got ${String(outcomes[0])}`);
+    assert.equal(r.attempts, 2, 'the pool rode out the election inside the second attempt');
+    assert.equal(client.leader, bAddress);
+    // The dead node got the write once; the fenced one keeps answering "not leader" to retries.
+    if (death === 'dies mid-write without an answer') assert.equal(a.count(Op.Write), 1);
+    const page = await client.read(key);
+    assert.deepEqual(
+      page.batches.map((x) => [x.fromVersion, x.clientId]),
+      [[1n, ME]],
+      'one batch: the write was not duplicated',
+    );
+  });
+}
