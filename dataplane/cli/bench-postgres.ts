@@ -143,8 +143,11 @@ export async function startPostgres(o: StartOptions = {}): Promise<PostgresClust
       process.off('SIGTERM', onSignal);
       // The standby first, so the primary's shutdown does not wait on a walsender.
       for (const data of [...cluster.dataDirs].reverse()) {
+        const pid = postmasterPid(data);
         const r = run(join(bin, 'pg_ctl'), ['-D', data, '-m', immediate ? 'immediate' : 'fast', '-t', String(PG_CTL_TIMEOUT_S), '-w', 'stop'], asPostgres);
-        if (!r.ok) killPostmaster(data);
+        if (!r.ok && pid !== undefined) signal(pid, 'SIGQUIT');
+        // pg_ctl returns once postmaster.pid is gone, a moment before the postmaster has exited.
+        if (pid !== undefined) waitForExit(pid);
       }
       rmSync(dir, { recursive: true, force: true });
     },
@@ -261,13 +264,42 @@ export function checkBinaries(bin: string = POSTGRES_BIN_DIR, standby = false): 
   }
 }
 
-/** Last resort when pg_ctl cannot stop the server: SIGQUIT (immediate shutdown) to the postmaster. */
-function killPostmaster(data: string): void {
+function postmasterPid(data: string): number | undefined {
   try {
     const pid = Number(readFileSync(join(data, 'postmaster.pid'), 'utf8').split('\n')[0]);
-    if (Number.isSafeInteger(pid) && pid > 0) process.kill(pid, 'SIGQUIT');
+    return Number.isSafeInteger(pid) && pid > 0 ? pid : undefined;
   } catch {
-    // no pid file or no such process: nothing is running
+    return undefined; // no pid file: nothing is running
+  }
+}
+
+/** Last resort when pg_ctl cannot stop the server: SIGQUIT (immediate shutdown) to the postmaster. */
+function signal(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    // no such process
+  }
+}
+
+/** The state letter of /proc/PID/stat (Z = exited, not yet reaped), or undefined when the process is gone. */
+export function processState(pid: number): string | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+  } catch {
+    return undefined;
+  }
+}
+
+/** Blocks (stop() is synchronous) until `pid` has exited, at most PG_CTL_TIMEOUT_S. */
+function waitForExit(pid: number): void {
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  const deadline = Date.now() + PG_CTL_TIMEOUT_S * 1000;
+  for (;;) {
+    const state = processState(pid);
+    if (state === undefined || state === 'Z' || Date.now() >= deadline) return;
+    Atomics.wait(pause, 0, 0, 10);
   }
 }
 
