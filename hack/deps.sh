@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages Celer needs. Idempotent: does nothing when they are present.
 #   hack/deps.sh          what running a node needs: liburing-dev (the io_uring addon's build)
-#   hack/deps.sh --test   plus what the tests need: prometheus (promtool; the Prometheus e2e) and
-#                         postgresql (the peer of `celer bench --vs postgres` and its test)
+#   hack/deps.sh --test   plus what the tests need: prometheus (promtool; the Prometheus e2e),
+#                         postgresql (the peer of `celer bench --vs postgres` and its test) and
+#                         Ceph RGW (ceph-mon, ceph-osd, radosgw, ceph-common: hack/s3.sh, the S3
+#                         server of the cluster tests)
 set -euo pipefail
 packages=(liburing-dev)
 if [ "${1:-}" = "--test" ]; then
-  packages+=(prometheus postgresql)
+  packages+=(prometheus postgresql ceph-mon ceph-osd radosgw ceph-common)
 fi
 need=()
 for p in "${packages[@]}"; do
