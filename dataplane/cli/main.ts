@@ -1,4 +1,4 @@
-// The `celer` command line: serve, write, read, details, verify, bench.
+// The `celer` command line: serve, write, read, details, verify, bench, cluster status.
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
@@ -21,6 +21,8 @@ usage:
                 [--expected-version any|no_stream|stream_exists|N] [--client-id ID] [--client-seq N]
   celer read    [--addr HOST:PORT] KEY [--from N] [--to N] [--types A,B]   (one JSON line per batch)
   celer details [--addr HOST:PORT] KEY
+  celer cluster status [--addr HTTP_HOST:PORT[,HTTP_HOST:PORT]] [--json] [--timeout-ms N]
+                (both nodes' GET /status; one address finds the peer; default 127.0.0.1:7401)
   celer verify  --data-dir DIR
   celer bench   [--addr HOST:PORT[,HOST:PORT…]] [--transport native|grpc] [--guard none|exact] [--writers N]
                 [--duration-s S] [--warmup-s S] [--connections N] [--rounds N]
@@ -193,6 +195,19 @@ async function details(args: string[]): Promise<number> {
   return 0;
 }
 
+async function cluster(args: string[]): Promise<number> {
+  if (args[0] !== 'status') throw new UsageError(`expected "cluster status"; got "cluster ${args[0] ?? ''}"`);
+  const { values } = parse(args.slice(1), { addr: { type: 'string' }, json: { type: 'boolean' }, 'timeout-ms': { type: 'string' } });
+  const { clusterStatus, parseHttpAddrs } = await import('./cluster-status.ts');
+  let addrs: string[];
+  try {
+    addrs = parseHttpAddrs(values.addr ?? '127.0.0.1:7401');
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  return clusterStatus({ addrs, json: values.json === true, timeoutMs: int(values['timeout-ms'], '--timeout-ms', 1), out });
+}
+
 async function verify(args: string[]): Promise<number> {
   const { values } = parse(args, { 'data-dir': { type: 'string' } });
   if (!values['data-dir']) throw new UsageError('--data-dir DIR is required');
@@ -252,7 +267,7 @@ async function bench(args: string[]): Promise<number> {
   return 0;
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<number>> = { serve, write, read, details, verify, bench };
+const COMMANDS: Record<string, (args: string[]) => Promise<number>> = { serve, write, read, details, verify, bench, cluster };
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
