@@ -48,11 +48,9 @@ export type S3RequestObserver = (kind: S3RequestKind, result: S3RequestResult, m
 /** Raised by a store for a failure whose outcome is unknown (transport, 5xx, throttling, timeout). */
 export class ObjectStoreError extends Error {
   override name = 'ObjectStoreError';
-  constructor(
-    message: string,
-    readonly result: Exclude<S3RequestResult, 'ok' | 'not_found' | 'precondition_failed'>,
-    options?: { cause?: unknown },
-  ) {
+  readonly result: Exclude<S3RequestResult, 'ok' | 'not_found' | 'precondition_failed'>;
+  constructor(message: string, result: Exclude<S3RequestResult, 'ok' | 'not_found' | 'precondition_failed'>, options?: { cause?: unknown }) {
     super(message, options);
+    this.result = result;
   }
 }

@@ -46,7 +46,7 @@ export const FSYNC_BUCKETS: readonly number[] = [0.000025, 0.00005, ...LATENCY_B
 export const BATCH_SIZE_BUCKETS: readonly number[] = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096];
 
 /** Every role, so celer_node_role can report 0 for the roles the node is not in. */
-const ROLES: Record<NodeRole, true> = { standalone: true, boot: true, follower: true, promoting: true, leader: true, fenced: true };
+const ROLES: Record<NodeRole, true> = { standalone: true, boot: true, follower: true, 'catching-up': true, promoting: true, leader: true, fenced: true };
 
 const CACHE_NAME_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 const SEQ_RE = /^[0-9]{1,20}$/;

@@ -14,7 +14,8 @@ import { ErrorCode } from '../../client/errors.ts';
 import { COLD_LOADS_MAX, HEADER_CATCH_UP_IDLE_MS, READ_AHEAD_SHARE, RECENT_CACHE_SHARE, SHARD_QUEUE_WRITES_MAX, STATE_ENTRY_BYTES_ESTIMATE, STATE_LOAD_ATTEMPTS_MAX } from '../constants.ts';
 import { isDiskFull } from '../storage/disk.ts';
 import { Lru } from '../storage/lru.ts';
-import { batchesOf, encodeRecord, recordSize, type BatchInput, type BatchView, type RecordHeader } from '../storage/record.ts';
+import { batchesOf, checkRecord, encodeRecord, keysOf, recordHash, recordSize, relocateRecord, type BatchInput, type BatchView, type RecordHeader } from '../storage/record.ts';
+import { equalBytes, ZERO_HASH } from '../storage/checksum.ts';
 import { CorruptionError, DiskFullError, FormatError, GroupWriteError, ShardLog, type RecordAt, type ShardLogOptions } from '../storage/shard-log.ts';
 import type { ShardState } from '../server/status.ts';
 import { keyString, newState, setFloor, type AggState, type BatchLoc } from './state.ts';
@@ -30,7 +31,30 @@ import { err, Refusal, type ShardResult } from './results.ts';
  * Standalone has none: records commit at their fdatasync.
  */
 export interface CommitStep {
-  commit(fromSeq: number, toSeq: number): Promise<void>;
+  /** `records`: the group's encoded records when the shard still holds them (empty for a tail kept over a restart). */
+  commit(fromSeq: number, toSeq: number, records: readonly Uint8Array[]): Promise<void>;
+}
+
+/** Why a replica refused replicated records (the leader re-syncs from the replica's tip). */
+export class ReplicaRejectError extends Error {
+  override name = 'ReplicaRejectError';
+  readonly reason: 'gap' | 'diverged' | 'invalid' | 'busy';
+  readonly placedSeq: number;
+  constructor(message: string, reason: 'gap' | 'diverged' | 'invalid' | 'busy', placedSeq: number) {
+    super(message);
+    this.reason = reason;
+    this.placedSeq = placedSeq;
+  }
+}
+
+/** A replica's position, for the leader's handshake. */
+export interface ShardTip {
+  placedSeq: number;
+  durableSeq: number;
+  committedSeq: number;
+  barrierSeq: number;
+  /** Hash of the record ending at durableSeq (zeros for an empty shard). */
+  tipHash: Uint8Array;
 }
 
 export interface ShardOptions extends Omit<ShardLogOptions, 'ackAtDurable'> {
@@ -41,6 +65,8 @@ export interface ShardOptions extends Omit<ShardLogOptions, 'ackAtDurable'> {
   /** The writer's epoch, carried by every record (0 standalone). */
   epoch?: number;
   commitStep?: CommitStep;
+  /** Open as a replica (a cluster node starts so; the cluster makes it leader). Needs a commit step. */
+  replica?: boolean;
 }
 
 export type { ShardResult } from './results.ts';
@@ -114,10 +140,27 @@ export class Shard {
   private generation = 0;
   /** Samples for metrics, drained by the worker. */
   fsyncSamples: FsyncSample[] = [];
+  /**
+   * Replica mode (a cluster node that is not the leader): records arrive through
+   * applyReplicated, become durable with the same group commit, and commit when the leader says
+   * (commitTo); the commit step does not run. Cluster nodes start as replicas.
+   */
+  private replica: boolean;
+  /** The epoch new records carry. */
+  private epoch: number;
+  /** Replicated records not yet durable: their keys' cached states are dropped once they are. */
+  private replicaKeys: { lastSeq: number; keys: string[] }[] = [];
+  /** Keys whose cold load was in flight when a replicated record of theirs became durable: that load retries. */
+  private readonly staleLoads = new Set<string>();
+  private durableWaiters: Waiter[] = [];
+  /** Group records the commit step has not been handed yet, in seq order (leader role). */
+  private unsent: { lastSeq: number; bytes: Uint8Array }[] = [];
 
   private constructor(opts: ShardOptions) {
     this.opts = opts;
     this.id = opts.shard;
+    this.replica = opts.replica === true && opts.commitStep !== undefined;
+    this.epoch = opts.epoch ?? 0;
     const recentBytes = Math.floor(opts.memoryBudgetBytes * RECENT_CACHE_SHARE);
     const readAheadBytes = Math.floor(opts.memoryBudgetBytes * READ_AHEAD_SHARE);
     const stateEntries = Math.max(16, Math.floor((opts.memoryBudgetBytes - recentBytes - readAheadBytes) / STATE_ENTRY_BYTES_ESTIMATE));
@@ -201,6 +244,7 @@ export class Shard {
     try {
       switch (op) {
         case Op.Write:
+          if (this.replica) return err(ErrorCode.NotLeader, `shard ${this.id} is a replica: this node is not the leader`);
           if (this.closing) return err(ErrorCode.ShardUnavailable, `shard ${this.id} is shutting down`, { shard: this.id });
           if (this.truncating) return err(ErrorCode.ServerBusy, `shard ${this.id} is rewinding its log; retry`);
           if (this.writesStopped !== null) {
@@ -246,6 +290,7 @@ export class Shard {
       states = await this.ensureStates(req, keys);
     }
     // ---- synchronous from here: check every guard, then every floor, then place the record ----
+    if (this.replica) return err(ErrorCode.NotLeader, `shard ${this.id} is a replica: this node is not the leader`);
     if (this.state !== 'serving') return err(ErrorCode.ShardUnavailable, `shard ${this.id} is not being served (${this.state}): ${this.reason ?? ''}`);
     if (this.writesStopped !== null) return err(ErrorCode.StorageFailed, `shard ${this.id} takes no more writes: ${this.writesStopped}`, { shard: this.id, diskFull: false });
     // A truncation reopened the log while this write loaded its states: start over.
@@ -295,7 +340,7 @@ export class Shard {
     const bytes = encodeRecord({
       shard: this.id,
       firstSeq: place.firstSeq,
-      epoch: this.opts.epoch ?? 0,
+      epoch: this.epoch,
       nodeId: this.opts.nodeId,
       vouchedEnd: place.vouchedEnd,
       timestampMs: ts,
@@ -305,6 +350,7 @@ export class Shard {
     });
     log.commitPlacement(bytes, batches.map((b) => b.key), batches.length);
     const lastSeq = place.firstSeq + batches.length - 1;
+    if (this.opts.commitStep !== undefined) this.unsent.push({ lastSeq, bytes });
     for (let i = 0; i < batches.length; i++) {
       const s = states[i]!;
       const wr = req.writes[i]!;
@@ -325,7 +371,7 @@ export class Shard {
       batchCount: batches.length,
       shard: this.id,
       firstSeq: place.firstSeq,
-      epoch: this.opts.epoch ?? 0,
+      epoch: this.epoch,
       timestampMs: ts,
       nodeId: this.opts.nodeId,
       prevHash: place.prevHash,
@@ -452,9 +498,16 @@ export class Shard {
       this.advanceCommitted(durableSeq);
       return;
     }
+    if (this.replica) {
+      this.replicaDurable(durableSeq);
+      return;
+    }
+    let n = 0;
+    while (n < this.unsent.length && this.unsent[n]!.lastSeq <= durableSeq) n++;
+    const records = this.unsent.splice(0, n).map((u) => u.bytes);
     const gen = this.generation;
     // Settled at once (a rejection is a value here, never an unhandled one), applied in seq order.
-    const settled = step.commit(from, durableSeq).then(
+    const settled = step.commit(from, durableSeq, records).then(
       () => null,
       (e: unknown) => (e instanceof Error ? e : new Error(String(e))),
     );
@@ -534,6 +587,9 @@ export class Shard {
   private rewindToDurable(why: string, diskFull: boolean): void {
     this.opts.log(`shard ${this.id}: refusing queued writes: ${why}`);
     this.log!.discardQueued();
+    this.unsent = this.unsent.filter((u) => u.lastSeq <= this.log!.durableSeq);
+    this.replicaKeys = [];
+    for (const w of this.durableWaiters.splice(0)) w.fail(new Refusal(err(ErrorCode.StorageFailed, `shard ${this.id}: replicated records were not stored: ${why}`, { shard: this.id, diskFull })));
     // Durable writes still waiting for their commit step stay: only what never reached the disk fails.
     const durable = this.log!.durableSeq;
     const waiters = this.waiters.filter((w) => w.lastSeq > durable);
@@ -547,8 +603,9 @@ export class Shard {
   private stopWrites(why: string, code: number = ErrorCode.StorageFailed): void {
     if (this.writesStopped === null) this.opts.log(`shard ${this.id} takes no more writes: ${why}; reads of committed data go on`);
     this.writesStopped ??= why;
-    const waiters = this.waiters;
+    const waiters = this.waiters.concat(this.durableWaiters);
     this.waiters = [];
+    this.durableWaiters = [];
     for (const w of waiters) w.fail(new Refusal(err(code, `shard ${this.id}: this write was not acknowledged: ${why}; restart the node to recover from the log`, { shard: this.id, diskFull: false })));
   }
 
@@ -561,8 +618,9 @@ export class Shard {
     if (this.state === 'serving') this.opts.log(`shard ${this.id} stopped serving: ${reason}`);
     this.state = state;
     this.reason = reason;
-    const waiters = this.waiters;
+    const waiters = this.waiters.concat(this.durableWaiters);
     this.waiters = [];
+    this.durableWaiters = [];
     for (const w of waiters) w.fail(new Refusal(err(ErrorCode.ShardUnavailable, `shard ${this.id} stopped serving before this write was durable: ${reason}`)));
   }
 
@@ -651,6 +709,8 @@ export class Shard {
       // Only a load that walked back over an uncommitted tail depends on the committed seq (a
       // load of an aggregate with nothing uncommitted is right whatever commits meanwhile).
       if (replaced() || (found !== null && found.batch.seq > cs && this.committedSeq !== cs)) return null;
+      // A replicated record of this aggregate became durable while it loaded: load again.
+      if (this.staleLoads.delete(ks)) return null;
       const present = this.states.peek(ks);
       if (present) return present;
       if (found !== null && found.batch.seq > cs) this.behindTail.add(ks);
@@ -758,6 +818,8 @@ export class Shard {
       if (this.syncingHeader) await this.syncingHeader;
       await log.truncateAfter(seq);
       this.generation++;
+      this.unsent = [];
+      this.replicaKeys = [];
       await log.close();
       this.states.clear();
       this.behindTail.clear();
@@ -778,6 +840,160 @@ export class Shard {
     } finally {
       this.truncating = false;
       finished();
+    }
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Cluster roles and replication (dataplane/cluster drives these)
+
+  /** True while this shard is a replica (records come from the leader, writes are refused). */
+  get isReplica(): boolean {
+    return this.replica;
+  }
+
+  /** Where this shard's log stands, for the leader's handshake. */
+  tip(): ShardTip {
+    const log = this.log;
+    if (log === null) return { placedSeq: 0, durableSeq: 0, committedSeq: 0, barrierSeq: 0, tipHash: ZERO_HASH };
+    return { placedSeq: log.placedSeq, durableSeq: log.durableSeq, committedSeq: this.committedSeq, barrierSeq: log.barrierSeq, tipHash: log.tipHash };
+  }
+
+  /** The chain hash of the durable record that ends at `seq` (zeros for 0); null when no durable record ends there. */
+  async hashAt(seq: number): Promise<Uint8Array | null> {
+    const log = this.log;
+    if (log === null) return null;
+    if (seq === 0) return ZERO_HASH;
+    if (seq > log.durableSeq) return null;
+    if (seq === log.placedSeq) return log.tipHash;
+    const at = await log.locate(seq);
+    if (at === null) return null;
+    const rec = await log.readRecord(at.segment, at.offset);
+    if (rec.header.firstSeq + rec.header.batchCount - 1 !== seq) return null;
+    return recordHash(rec.bytes, rec.header.length);
+  }
+
+  /** Durable records from the one holding `fromSeq` up to `toSeq`, about `maxBytes` (at least one). */
+  async readDurable(fromSeq: number, toSeq: number, maxBytes: number): Promise<Uint8Array[]> {
+    const log = this.log;
+    if (log === null || fromSeq > Math.min(toSeq, log.durableSeq)) return [];
+    return (await log.readFrom(fromSeq, Math.min(toSeq, log.durableSeq), maxBytes)).map((r) => r.bytes);
+  }
+
+  /**
+   * Replica: appends records the leader wrote (exact bytes, so both nodes hold the same chain)
+   * through the same group commit, and resolves with the durable seq once they are fdatasync'd.
+   * A record that repeats one already held (same seq, same hash) is skipped. Refuses
+   * (ReplicaRejectError) a record that leaves a gap, does not link to the local tip, or fails its
+   * checks; nothing after a refused record is placed.
+   */
+  async applyReplicated(records: readonly Uint8Array[]): Promise<number> {
+    const log = this.log;
+    if (log === null || this.state !== 'serving') throw new ReplicaRejectError(`shard ${this.id} is not being served (${this.state})`, 'busy', 0);
+    if (!this.replica) throw new ReplicaRejectError(`shard ${this.id} is not a replica`, 'busy', log.placedSeq);
+    if (this.truncating) throw new ReplicaRejectError(`shard ${this.id} is rewinding its log`, 'busy', log.placedSeq);
+    if (this.writesStopped !== null) throw new ReplicaRejectError(`shard ${this.id} takes no more writes: ${this.writesStopped}`, 'busy', log.placedSeq);
+    let lastSeq = log.placedSeq;
+    for (const input of records) {
+      const c = checkRecord(input, 0, input.length);
+      if (!c.ok || ('incomplete' in c)) throw new ReplicaRejectError(`shard ${this.id}: a replicated record fails its checks (${'why' in c ? c.why : 'incomplete'})`, 'invalid', log.placedSeq);
+      const h = c.header;
+      if (h.shard !== this.id) throw new ReplicaRejectError(`shard ${this.id}: a replicated record belongs to shard ${h.shard}`, 'invalid', log.placedSeq);
+      const recLast = h.firstSeq + h.batchCount - 1;
+      if (recLast <= log.placedSeq) {
+        // A repeat (a resent batch): fine if it is the record we hold, divergence if not.
+        if (recLast <= log.durableSeq) {
+          const held = await this.hashAt(recLast);
+          if (held !== null && equalBytes(held, recordHash(input, h.length))) continue;
+        }
+        throw new ReplicaRejectError(`shard ${this.id}: replicated seqs ${h.firstSeq}..${recLast} differ from the records held there`, 'diverged', log.placedSeq);
+      }
+      if (h.firstSeq !== log.placedSeq + 1) throw new ReplicaRejectError(`shard ${this.id}: replicated record starts at seq ${h.firstSeq}, the log ends at ${log.placedSeq}`, 'gap', log.placedSeq);
+      if (!equalBytes(h.prevHash, log.tipHash)) throw new ReplicaRejectError(`shard ${this.id}: replicated record at seq ${h.firstSeq} does not link to the local tip`, 'diverged', log.placedSeq);
+      if (h.length > log.recordBytesMax) throw new ReplicaRejectError(`shard ${this.id}: a ${h.length}-byte replicated record does not fit a segment here`, 'invalid', log.placedSeq);
+      let place: ReturnType<ShardLog['reserve']>;
+      try {
+        place = log.reserve(h.length);
+      } catch (e) {
+        if (e instanceof DiskFullError) throw new ReplicaRejectError(e.message, 'busy', log.placedSeq);
+        throw e;
+      }
+      const bytes = input.slice(0, h.length);
+      relocateRecord(bytes, place.vouchedEnd);
+      const keys = keysOf(bytes, h);
+      log.commitPlacement(bytes, keys, h.batchCount);
+      this.replicaKeys.push({ lastSeq: recLast, keys: keys.map((k) => keyString(k)) });
+      lastSeq = recLast;
+    }
+    if (lastSeq <= log.durableSeq) return log.durableSeq;
+    await new Promise<void>((done, fail) => {
+      this.durableWaiters.push({ lastSeq, done, fail });
+      if (!this.committing) this.loopDone = this.commitLoop();
+    });
+    return log.durableSeq;
+  }
+
+  /** Replica: replicated records up to `durableSeq` are on disk; their aggregates' cached states are stale now. */
+  private replicaDurable(durableSeq: number): void {
+    let n = 0;
+    while (n < this.replicaKeys.length && this.replicaKeys[n]!.lastSeq <= durableSeq) n++;
+    for (const r of this.replicaKeys.splice(0, n)) {
+      for (const ks of r.keys) {
+        this.states.delete(ks);
+        if (this.loading.has(ks)) this.staleLoads.add(ks);
+      }
+    }
+    let w = 0;
+    while (w < this.durableWaiters.length && this.durableWaiters[w]!.lastSeq <= durableSeq) w++;
+    for (const x of this.durableWaiters.splice(0, w)) x.done();
+  }
+
+  /**
+   * Makes records up to `seq` (at most the durable seq) visible and marks them acknowledged (the
+   * ack barrier: never truncated). A replica calls it with what the leader committed; a new leader
+   * with the tail it adopts. Returns the committed seq.
+   */
+  commitTo(seq: number): number {
+    const log = this.log;
+    if (log === null || this.state !== 'serving') return this.committedSeq;
+    const to = Math.min(seq, log.durableSeq);
+    if (to <= this.committedSeq) return this.committedSeq;
+    this.advanceCommitted(to);
+    log.setAcked(to);
+    if (this.durableSent < to) this.durableSent = to;
+    this.releaseWaiters();
+    if (!this.committing && log.headerBehind) this.loopDone = this.commitLoop();
+    return this.committedSeq;
+  }
+
+  /**
+   * Leader role with `epoch`: writes are taken (new records carry the epoch), and the durable tail
+   * above the committed seq goes through the commit step before anything after it commits.
+   */
+  becomeLeader(epoch: number): void {
+    this.replica = false;
+    this.epoch = epoch;
+    this.states.clear();
+    this.readAhead.clear();
+    this.behindTail.clear();
+    const log = this.log;
+    if (log === null || this.state !== 'serving') return;
+    this.durableSent = this.committedSeq;
+    if (log.durableSeq > this.committedSeq) this.afterDurable(log.durableSeq);
+  }
+
+  /** Replica role: writes are refused (2011); the caller rewinds the speculative tail with truncateAfter(committedSeq). */
+  becomeReplica(epoch: number): void {
+    this.replica = true;
+    this.epoch = epoch;
+    this.unsent = [];
+  }
+
+  /** Writes, commit steps and replicated appends in flight have settled (a truncateAfter may run). */
+  async quiesce(): Promise<void> {
+    await this.commitChain;
+    for (let done = this.loopDone; ; done = this.loopDone) {
+      await done;
+      if (done === this.loopDone && !this.committing) break;
     }
   }
 

@@ -6,7 +6,7 @@ import type { NodeStatus } from '../../dataplane/server/status.ts';
 import { DEFAULT_NODE_URL_TEMPLATE, fetchNodeStatus, nodeBaseUrl, requestStepDown } from './node-client.ts';
 
 const status: NodeStatus = {
-  nodeId: 'n0', version: '1.0.0', role: 'leader', epoch: 4, leaseExpiresAtMs: 5, leader: '10.0.0.1:7400',
+  nodeId: 'n0', version: '1.0.0', role: 'leader', epoch: 4, leaseExpiresAtMs: 5, leaseRemainingMs: null, leader: '10.0.0.1:7400',
   listen: { client: '0.0.0.0:7400', grpc: null, http: '0.0.0.0:7401' }, ready: true, numShards: 1, routing: 'id',
   shards: [{ shard: 0, state: 'serving', writeSeq: '3', commitSeq: '3' }], peer: { address: '10.0.0.2:7400', lagRecords: 0 },
 };
