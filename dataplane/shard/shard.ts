@@ -872,6 +872,19 @@ export class Shard {
     return recordHash(rec.bytes, rec.header.length);
   }
 
+  /** Hash and writer's epoch of the durable record that ends at `seq` (zeros/0 for 0); null when no durable record ends there. */
+  async recordAt(seq: number): Promise<{ hash: Uint8Array; epoch: number } | null> {
+    const log = this.log;
+    if (log === null) return null;
+    if (seq === 0) return { hash: ZERO_HASH, epoch: 0 };
+    if (seq > log.durableSeq) return null;
+    const at = await log.locate(seq);
+    if (at === null) return null;
+    const rec = await log.readRecord(at.segment, at.offset);
+    if (rec.header.firstSeq + rec.header.batchCount - 1 !== seq) return null;
+    return { hash: recordHash(rec.bytes, rec.header.length), epoch: rec.header.epoch };
+  }
+
   /** Durable records from the one holding `fromSeq` up to `toSeq`, about `maxBytes` (at least one). */
   async readDurable(fromSeq: number, toSeq: number, maxBytes: number): Promise<Uint8Array[]> {
     const log = this.log;
@@ -893,18 +906,39 @@ export class Shard {
     if (this.truncating) throw new ReplicaRejectError(`shard ${this.id} is rewinding its log`, 'busy', log.placedSeq);
     if (this.writesStopped !== null) throw new ReplicaRejectError(`shard ${this.id} takes no more writes: ${this.writesStopped}`, 'busy', log.placedSeq);
     let lastSeq = log.placedSeq;
+    try {
+      lastSeq = await this.placeReplicated(log, records);
+    } catch (e) {
+      // What was placed before the refusal still becomes durable (the leader resends after it).
+      if (log.queuedRecords > 0 && !this.committing) this.loopDone = this.commitLoop();
+      throw e;
+    }
+    if (lastSeq <= log.durableSeq) return log.durableSeq;
+    await new Promise<void>((done, fail) => {
+      this.durableWaiters.push({ lastSeq, done, fail });
+      if (!this.committing) this.loopDone = this.commitLoop();
+    });
+    return log.durableSeq;
+  }
+
+  private async placeReplicated(log: ShardLog, records: readonly Uint8Array[]): Promise<number> {
+    let lastSeq = log.placedSeq;
     for (const input of records) {
       const c = checkRecord(input, 0, input.length);
       if (!c.ok || ('incomplete' in c)) throw new ReplicaRejectError(`shard ${this.id}: a replicated record fails its checks (${'why' in c ? c.why : 'incomplete'})`, 'invalid', log.placedSeq);
       const h = c.header;
       if (h.shard !== this.id) throw new ReplicaRejectError(`shard ${this.id}: a replicated record belongs to shard ${h.shard}`, 'invalid', log.placedSeq);
       const recLast = h.firstSeq + h.batchCount - 1;
+      if (h.firstSeq <= log.placedSeq && recLast > log.placedSeq) {
+        throw new ReplicaRejectError(`shard ${this.id}: replicated record ${h.firstSeq}..${recLast} overlaps the end of the local log at ${log.placedSeq}`, 'diverged', log.placedSeq);
+      }
       if (recLast <= log.placedSeq) {
         // A repeat (a resent batch): fine if it is the record we hold, divergence if not.
         if (recLast <= log.durableSeq) {
           const held = await this.hashAt(recLast);
           if (held !== null && equalBytes(held, recordHash(input, h.length))) continue;
         }
+        if (recLast > log.durableSeq) throw new ReplicaRejectError(`shard ${this.id}: replicated seqs ${h.firstSeq}..${recLast} repeat records not yet durable here`, 'busy', log.placedSeq);
         throw new ReplicaRejectError(`shard ${this.id}: replicated seqs ${h.firstSeq}..${recLast} differ from the records held there`, 'diverged', log.placedSeq);
       }
       if (h.firstSeq !== log.placedSeq + 1) throw new ReplicaRejectError(`shard ${this.id}: replicated record starts at seq ${h.firstSeq}, the log ends at ${log.placedSeq}`, 'gap', log.placedSeq);
@@ -924,12 +958,7 @@ export class Shard {
       this.replicaKeys.push({ lastSeq: recLast, keys: keys.map((k) => keyString(k)) });
       lastSeq = recLast;
     }
-    if (lastSeq <= log.durableSeq) return log.durableSeq;
-    await new Promise<void>((done, fail) => {
-      this.durableWaiters.push({ lastSeq, done, fail });
-      if (!this.committing) this.loopDone = this.commitLoop();
-    });
-    return log.durableSeq;
+    return lastSeq;
   }
 
   /** Replica: replicated records up to `durableSeq` are on disk; their aggregates' cached states are stale now. */

@@ -1,0 +1,71 @@
+// S3 catch-up of one shard: apply the peer's fallback batches that extend the local log. Run at
+// boot (a follower coming back), and by a node about to lead before it takes writes (it must hold
+// everything the old leader acknowledged through S3).
+//
+// Choice among objects: only the peer's (a node never re-applies its own uploads); among those
+// covering the next seq, the highest epoch wins (a deposed leader's late upload loses to the newer
+// leader's). The shard checks the chain (applyReplicated): a batch that does not link is either
+// stale (its epoch is not above the local records it would replace: dropped) or newer than the
+// local speculative tail (that tail, above the ack barrier, is rewound and the batch applied).
+import { ReplicaRejectError } from '../shard/shard.ts';
+import { decodeFallback, parseFallbackKey, shardPrefix, type FallbackKey } from './fallback.ts';
+import type { ObjectStore } from './object-store.ts';
+import type { ClusterCounters, ShardPort } from './ports.ts';
+
+/** Most objects applied or dropped in one catch-up (a bound on the loop). */
+export const CATCH_UP_OBJECTS_MAX = 100_000;
+
+export async function catchUpFromS3(s: ShardPort, store: ObjectStore, self: string, log: (m: string) => void, counters: ClusterCounters): Promise<number> {
+  const listed = await store.list(shardPrefix(s.id));
+  let objs: FallbackKey[] = [];
+  for (const o of listed) {
+    const k = parseFallbackKey(o.key);
+    if (k !== null && k.shard === s.id && k.node !== self) objs.push(k);
+  }
+  if (objs.length === 0) return 0;
+  let applied = 0;
+  for (let step = 0; step < CATCH_UP_OBJECTS_MAX && objs.length > 0; step++) {
+    const tip = await s.tip();
+    const at = tip.durableSeq;
+    objs = objs.filter((o) => o.to > at);
+    const covering = objs.filter((o) => o.from <= at + 1).sort((a, b) => b.epoch - a.epoch || b.to - a.to);
+    const o = covering[0];
+    if (o === undefined) break;
+    const drop = (why: string): void => {
+      log(`shard ${s.id}: S3 catch-up skips ${o.key}: ${why}`);
+      objs = objs.filter((x) => x !== o);
+    };
+    const got = await store.get(o.key);
+    if (got === null) {
+      drop('it is gone');
+      continue;
+    }
+    let records: Uint8Array[];
+    try {
+      records = decodeFallback(got.body, o);
+    } catch (e) {
+      drop((e as Error).message);
+      continue;
+    }
+    try {
+      await s.applyReplicated(records);
+      applied++;
+      objs = objs.filter((x) => x !== o);
+    } catch (e) {
+      if (!(e instanceof ReplicaRejectError)) throw e;
+      await s.quiesce();
+      const t = await s.tip();
+      const mine = await s.recordAt(t.durableSeq);
+      if (e.reason === 'diverged' && t.durableSeq > t.barrierSeq && mine !== null && o.epoch > mine.epoch) {
+        log(`shard ${s.id}: S3 batch ${o.key} (epoch ${o.epoch}) replaces the local unacknowledged tail after seq ${t.barrierSeq} (epoch ${mine.epoch})`);
+        counters.rewoundRecords += t.durableSeq - t.barrierSeq;
+        await s.truncateAfter(t.barrierSeq);
+        continue;
+      }
+      drop(`${e.reason}: ${e.message}`);
+    }
+  }
+  const end = await s.tip();
+  if (applied > 0) log(`shard ${s.id}: caught up from S3 to seq ${end.durableSeq} (${applied} batches)`);
+  return applied;
+}
