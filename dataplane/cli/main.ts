@@ -17,6 +17,12 @@ usage:
   celer serve --standalone --data-dir DIR [--shards N] [--routing org|type|id]
               [--listen HOST:PORT] [--http HOST:PORT] [--grpc HOST:PORT|off]
               [--memory-budget-mb N] [--segment-mb N] [--workers N] [--sync-io] [--unsafe-no-direct-io]
+  celer serve --node-id ID --data-dir DIR --listen HOST:PORT [--http HOST:PORT] [--replication HOST:PORT]
+              --peers ADDRS --s3-bucket B [--s3-prefix P] [--s3-endpoint URL] [--s3-region R]
+              [--lease-ttl-ms N] [--renew-deadline-ms N] [--renew-interval-ms N] [--max-clock-drift-ms N]
+              [--advertise HOST] [--shards N] [--routing org|type|id]
+              (a two-node cluster member; S3 credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+               AWS_REGION, AWS_ENDPOINT_URL)
   celer write   [--addr HOST:PORT] KEY --type TYPE (--data TEXT | --data-file FILE)
                 [--expected-version any|no_stream|stream_exists|N] [--client-id ID] [--client-seq N]
   celer read    [--addr HOST:PORT] KEY [--from N] [--to N] [--types A,B]   (one JSON line per batch)
@@ -68,8 +74,45 @@ async function serve(args: string[]): Promise<number> {
     workers: { type: 'string' },
     'sync-io': { type: 'boolean' },
     'unsafe-no-direct-io': { type: 'boolean' },
+    'node-id': { type: 'string' },
+    replication: { type: 'string' },
+    peers: { type: 'string' },
+    advertise: { type: 'string' },
+    's3-bucket': { type: 'string' },
+    's3-prefix': { type: 'string' },
+    's3-endpoint': { type: 'string' },
+    's3-region': { type: 'string' },
+    'lease-ttl-ms': { type: 'string' },
+    'renew-deadline-ms': { type: 'string' },
+    'renew-interval-ms': { type: 'string' },
+    'max-clock-drift-ms': { type: 'string' },
+    'test-clock-offset-ms': { type: 'string' },
   });
-  if (!values.standalone) throw new UsageError('cluster mode (leader + follower + S3 lease) is not available in this version; start a single node with --standalone');
+  const clusterFlags = ['node-id', 'replication', 'peers', 'advertise', 's3-bucket', 's3-prefix', 's3-endpoint', 's3-region', 'lease-ttl-ms', 'renew-deadline-ms', 'renew-interval-ms', 'max-clock-drift-ms', 'test-clock-offset-ms'] as const;
+  const given = clusterFlags.filter((f) => values[f] !== undefined);
+  if (values.standalone && given.length > 0) throw new UsageError(`--standalone takes no cluster flags (got --${given.join(', --')})`);
+  let cluster: import('../server/node.ts').ClusterOptions | undefined;
+  if (!values.standalone) {
+    const missing = (['node-id', 'peers', 's3-bucket'] as const).filter((f) => values[f] === undefined);
+    if (missing.length > 0) throw new UsageError(`a cluster node needs --${missing.join(', --')} (or run one node with --standalone)`);
+    const { DEFAULT_TIMING } = await import('../cluster/timing.ts');
+    const offset = values['test-clock-offset-ms'];
+    if (offset !== undefined && !/^-?\d+$/.test(offset)) throw new UsageError(`--test-clock-offset-ms must be an integer; got "${offset}"`);
+    cluster = {
+      nodeId: values['node-id']!,
+      replication: values.replication,
+      peers: values.peers!,
+      advertise: values.advertise,
+      s3: { bucket: values['s3-bucket']!, prefix: values['s3-prefix'], endpoint: values['s3-endpoint'], region: values['s3-region'] },
+      timing: {
+        leaseTtlMs: int(values['lease-ttl-ms'], '--lease-ttl-ms', 1) ?? DEFAULT_TIMING.leaseTtlMs,
+        renewDeadlineMs: int(values['renew-deadline-ms'], '--renew-deadline-ms', 1) ?? DEFAULT_TIMING.renewDeadlineMs,
+        renewIntervalMs: int(values['renew-interval-ms'], '--renew-interval-ms', 1) ?? DEFAULT_TIMING.renewIntervalMs,
+        maxClockDriftMs: int(values['max-clock-drift-ms'], '--max-clock-drift-ms', 1) ?? DEFAULT_TIMING.maxClockDriftMs,
+      },
+      clockOffsetMs: offset === undefined ? undefined : Number(offset),
+    };
+  }
   const dataDir = values['data-dir'];
   if (!dataDir) throw new UsageError('--data-dir DIR is required');
   if (values.routing !== undefined && !isRouting(values.routing)) throw new UsageError(`--routing must be org, type or id; got "${values.routing}"`);
@@ -89,6 +132,7 @@ async function serve(args: string[]): Promise<number> {
     segmentBytes: segMb === undefined ? undefined : segMb * 1024 * 1024,
     unsafeNoDirectIo: values['unsafe-no-direct-io'],
     forceSyncIo: values['sync-io'] || process.env.CELER_IO === 'sync',
+    cluster,
     log,
   });
   out(`listening native ${node.listen.native}`);

@@ -15,12 +15,36 @@ import type { AddressInfo } from 'node:net';
 import { metricsRegistry, updateFromStatus } from './metrics.ts';
 import type { NodeStatus, StepDownResult } from './status.ts';
 
+/** Step-down: the largest body read, the default and largest handover wait. */
+export const STEP_DOWN_BODY_MAX = 4096;
+export const STEP_DOWN_HANDOVER_DEFAULT_MS = 1000;
+export const STEP_DOWN_HANDOVER_MAX_MS = 60_000;
+
+function readBody(req: http.IncomingMessage, max: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let n = 0;
+    req.on('data', (c: Buffer) => {
+      n += c.length;
+      if (n > max) {
+        req.destroy();
+        reject(new Error(`request body over ${max} bytes`));
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
+  });
+}
+
 export interface HttpServerOptions {
   /** "host:port"; port 0 picks a free port. */
   address: string;
   status: () => NodeStatus;
   /** Resolves steppedDown: true (200) or false (409, with the reason). */
-  stepDown: () => Promise<StepDownResult>;
+  /** Hands leadership over; `handoverTtlMs` bounds the wait for the follower to catch up. */
+  stepDown: (handoverTtlMs: number) => Promise<StepDownResult>;
 }
 
 export interface HttpServerHandle {
@@ -86,17 +110,35 @@ export async function startHttpServer(opts: HttpServerOptions): Promise<HttpServ
     },
     '/admin/step-down': {
       methods: ['POST'],
-      handle: async (_req, res) => {
-        const result = await opts.stepDown();
+      handle: async (req, res) => {
+        const body = await readBody(req, STEP_DOWN_BODY_MAX);
+        let ttl = STEP_DOWN_HANDOVER_DEFAULT_MS;
+        if (body.trim() !== '') {
+          let v: unknown;
+          try {
+            v = (JSON.parse(body) as { handoverTtlMs?: unknown }).handoverTtlMs;
+          } catch {
+            json(res, 400, { steppedDown: false, reason: 'the body must be JSON like {"handoverTtlMs": 1000}' } satisfies StepDownResult);
+            return;
+          }
+          if (v !== undefined) {
+            if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0 || v > STEP_DOWN_HANDOVER_MAX_MS) {
+              json(res, 400, { steppedDown: false, reason: `handoverTtlMs must be an integer from 0 to ${STEP_DOWN_HANDOVER_MAX_MS}` } satisfies StepDownResult);
+              return;
+            }
+            ttl = v;
+          }
+        }
+        const result = await opts.stepDown(ttl);
         json(res, result.steppedDown ? 200 : 409, result);
       },
     },
   };
 
   const server = http.createServer((req, res) => {
-    // Bodies are never used; drain them so keep-alive connections stay usable.
-    req.resume();
     const path = new URL(req.url ?? '/', 'http://x').pathname;
+    // Bodies are used only by step-down; drain the others so keep-alive connections stay usable.
+    if (path !== '/admin/step-down') req.resume();
     const route = routes[path];
     if (!route) {
       text(res, 404, `no such endpoint: ${path} (endpoints: ${Object.keys(routes).join(', ')})`);

@@ -12,6 +12,33 @@ import { setNodeState } from './metrics.ts';
 import { splitHostPort, startNativeServer } from './native.ts';
 import { Router } from './router.ts';
 import type { NodeStatus, StepDownResult } from './status.ts';
+import { ClusterNode } from '../cluster/cluster-node.ts';
+import { S3ObjectStore } from '../cluster/s3-store.ts';
+import { TcpTransport } from '../cluster/tcp-transport.ts';
+import { validateTiming, type ClusterTiming } from '../cluster/timing.ts';
+import { systemClock, type Clock } from '../storage/disk.ts';
+import { workerShardPorts } from './cluster-shards.ts';
+import { observeS3Request, registerClusterMetrics } from './cluster-metrics.ts';
+
+/** A cluster node's settings (SPEC §7); absent for --standalone. */
+export interface ClusterOptions {
+  /** The node's cluster identity (the lease names it; letters, digits and '-'). */
+  nodeId: string;
+  /** Replication listen address; undefined = listen host, listen port + 3. */
+  replication?: string | undefined;
+  /** The peer's replication address, a comma-separated list (own entry skipped), or a DNS name. */
+  peers: string;
+  /** Host the peer and clients dial when the listen host is 0.0.0.0. */
+  advertise?: string | undefined;
+  s3: { bucket: string; prefix?: string | undefined; endpoint?: string | undefined; region?: string | undefined };
+  timing: ClusterTiming;
+  /** Tests only: offset of this node's wall clock, to exercise the clock-drift check. */
+  clockOffsetMs?: number | undefined;
+}
+
+/** The default replication port: client port + 3 (SPEC §7, the operator's Service). */
+export const REPLICATION_PORT_OFFSET = 3;
+const NODE_ID_RE = /^[A-Za-z0-9-]{1,64}$/;
 
 export const VERSION: string = (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
 
@@ -30,6 +57,7 @@ export interface NodeOptions {
   segmentBytes?: number | undefined;
   unsafeNoDirectIo?: boolean | undefined;
   forceSyncIo?: boolean | undefined;
+  cluster?: ClusterOptions | undefined;
   log: (msg: string) => void;
 }
 
@@ -37,6 +65,28 @@ export interface RunningNode {
   listen: { native: string; grpc: string | null; http: string };
   status(): NodeStatus;
   close(): Promise<void>;
+}
+
+/** A cluster node's addresses, from its flags (ConfigError when they do not add up). */
+function clusterAddresses(co: ClusterOptions, listen: string): { host: string; advertise: string; replListen: string; replPort: number; peer: string } {
+  const { host, port } = splitHostPort(listen);
+  const advertise = co.advertise ?? (host === '0.0.0.0' || host === '::' ? undefined : host);
+  if (advertise === undefined) throw new ConfigError('--advertise HOST is required when --listen is 0.0.0.0 (the peer and clients must know where to dial)');
+  if (port === 0 && co.replication === undefined) throw new ConfigError('a cluster node needs a fixed --listen port (or an explicit --replication HOST:PORT)');
+  const replListen = co.replication ?? `${host}:${port + REPLICATION_PORT_OFFSET}`;
+  const replPort = splitHostPort(replListen).port;
+  const self = new Set([replListen, `${advertise}:${replPort}`, `${host}:${replPort}`]);
+  const peer = co.peers
+    .split(',')
+    .map((p) => p.trim())
+    .filter((p) => p !== '' && !self.has(p))[0];
+  if (peer === undefined) throw new ConfigError(`--peers "${co.peers}" names no node other than this one`);
+  return { host, advertise, replListen, replPort, peer };
+}
+
+/** The peer's replication address as configured (for /status). */
+function peerAddress(a: { peer: string } | null): string | null {
+  return a?.peer ?? null;
 }
 
 function sibling(listen: string, offset: number): string {
@@ -64,6 +114,22 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
     throw e;
   }
   const workers = Math.max(1, Math.min(o.workers ?? availableParallelism(), meta.numShards));
+  const co = o.cluster;
+  let clusterAddrs: ReturnType<typeof clusterAddresses> | null = null;
+  if (co !== undefined) {
+    if (!NODE_ID_RE.test(co.nodeId)) {
+      await lock.release();
+      throw new ConfigError(`--node-id must be 1 to 64 letters, digits or '-' (got "${co.nodeId}")`);
+    }
+    try {
+      validateTiming(co.timing);
+      clusterAddrs = clusterAddresses(co, o.listen);
+    } catch (e) {
+      await lock.release();
+      throw e;
+    }
+  }
+  let cluster: ClusterNode | null = null;
   let router: Router;
   try {
     router = await Router.start({
@@ -77,6 +143,15 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
       forceSyncIo: o.forceSyncIo ?? false,
       nodeId: meta.nodeId,
       log: o.log,
+      ...(co !== undefined
+        ? {
+            cluster: {
+              commit: (shard: number, from: number, to: number, records: Uint8Array[]) =>
+                cluster === null ? Promise.reject(new Error('the cluster is not started')) : cluster.replicator.commit(shard, from, to, records),
+              writeGate: () => (cluster === null ? { message: 'not the leader: the node is starting', leader: null } : cluster.writeGate()),
+            },
+          }
+        : {}),
     });
   } catch (e) {
     unlock();
@@ -98,39 +173,93 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
     }
   };
   const native = await startOrUnwind('the native protocol', () => startNativeServer(router, o.listen, o.log));
+  let transport: TcpTransport | null = null;
+  if (co !== undefined && clusterAddrs !== null) {
+    const { host, advertise, replListen, replPort, peer } = clusterAddrs;
+    const port = splitHostPort(native.address).port;
+    transport = await startOrUnwind('replication', async () => {
+      const t = new TcpTransport({ nodeId: co.nodeId, listen: replListen, peer, defaultPort: 7400 + REPLICATION_PORT_OFFSET, selfAddresses: [`${advertise}:${replPort}`, `${host}:${replPort}`], log: o.log });
+      await t.start();
+      return t;
+    });
+    const store = new S3ObjectStore({ bucket: co.s3.bucket, prefix: co.s3.prefix, endpoint: co.s3.endpoint, region: co.s3.region, observe: (kind, result) => observeS3Request(kind, result) });
+    const offset = co.clockOffsetMs ?? 0;
+    const clock: Clock = offset === 0 ? systemClock : { nowMs: () => systemClock.nowMs() + offset, monoMs: () => systemClock.monoMs(), after: (ms, fn) => systemClock.after(ms, fn) };
+    const clientAddress = `${advertise}:${port}`;
+    cluster = new ClusterNode({
+      nodeId: co.nodeId,
+      clientAddress,
+      replicationAddress: `${advertise}:${replPort}`,
+      timing: co.timing,
+      clock,
+      store,
+      transport,
+      shards: workerShardPorts(router, meta.numShards),
+      log: (m) => o.log(m),
+    });
+    registerClusterMetrics(() => cluster);
+    o.log(`cluster node ${co.nodeId}: replication on ${transport.address}, peer ${peer}, S3 bucket ${co.s3.bucket}${co.s3.prefix ? ` prefix ${co.s3.prefix}` : ''}, lease TTL ${co.timing.leaseTtlMs} ms`);
+    void cluster.start();
+  }
   const grpcAddr = o.grpc === 'off' ? null : (o.grpc ?? sibling(o.listen, 2));
   const grpc = grpcAddr === null ? null : await startOrUnwind('gRPC', () => startGrpcServer(router, grpcAddr));
   const status = (): NodeStatus => {
     const shards = router.shardInfo().map((s) => ({ ...s }));
+    const serving = shards.length === meta.numShards && shards.every((s) => s.state === 'serving');
+    if (cluster === null) {
+      return {
+        nodeId: meta.nodeId,
+        version: VERSION,
+        role: 'standalone',
+        epoch: 0,
+        leaseExpiresAtMs: null,
+        leaseRemainingMs: null,
+        leader: native.address,
+        listen: { client: native.address, grpc: grpc?.address ?? null, http: httpAddress },
+        ready: serving && shards.every((s) => s.writable !== false),
+        numShards: meta.numShards,
+        routing: meta.routing,
+        shards,
+        peer: null,
+      };
+    }
+    const c = cluster;
+    const remaining = c.leaseRemainingMs();
+    const peer = c.peerInfo();
     return {
-      nodeId: meta.nodeId,
+      nodeId: co!.nodeId,
       version: VERSION,
-      role: 'standalone',
-      epoch: 0,
-      leaseExpiresAtMs: null,
-      leaseRemainingMs: null,
-      leader: native.address,
+      role: c.role,
+      epoch: c.epoch,
+      leaseExpiresAtMs: remaining === null ? null : Date.now() + remaining,
+      leaseRemainingMs: remaining,
+      leader: c.leader?.client ?? null,
       listen: { client: native.address, grpc: grpc?.address ?? null, http: httpAddress },
-      ready: shards.length === meta.numShards && shards.every((s) => s.state === 'serving' && s.writable !== false),
+      // Ready = serving its role: the leader takes writes, a follower replicates.
+      ready: serving && (c.role === 'leader' ? shards.every((s) => s.writable !== false) : c.role === 'follower'),
       numShards: meta.numShards,
       routing: meta.routing,
       shards,
-      peer: null,
+      peer: { address: peerAddress(clusterAddrs), client: peer.client, connected: peer.connected, lagRecords: peer.lagRecords },
+      s3Fallback: { active: c.replicator.fallbackActive, batches: c.counters.s3FallbackBatches },
     };
   };
   let httpAddress = '';
-  const stepDown = (): Promise<StepDownResult> => Promise.resolve({ steppedDown: false, reason: 'this node runs --standalone: there is no other node to hand leadership to' });
+  const stepDown = (handoverTtlMs: number): Promise<StepDownResult> =>
+    cluster === null ? Promise.resolve({ steppedDown: false, reason: 'this node runs --standalone: there is no other node to hand leadership to' }) : cluster.stepDown(handoverTtlMs);
   const http = await startOrUnwind('HTTP', () => startHttpServer({ address: o.http ?? sibling(o.listen, 1), status, stepDown }));
   httpAddress = http.address;
-  setNodeState({ role: 'standalone', epoch: 0, leaseExpiresAtMs: null, lagRecords: null });
+  if (cluster === null) setNodeState({ role: 'standalone', epoch: 0, leaseExpiresAtMs: null, lagRecords: null });
   let closing: Promise<void> | null = null;
   return {
     listen: { native: native.address, grpc: grpc?.address ?? null, http: http.address },
     status,
     close: () =>
       (closing ??= (async () => {
+        await cluster?.stop();
         await native.close();
         await grpc?.close();
+        await transport?.close();
         await router.close();
         await http.close();
         unlock();

@@ -14,6 +14,9 @@ import { REQ_ITEM_WIDTH, RES_ITEM_WIDTH, type ShardInfo, type WorkerConfig } fro
 import { applyWorkerStats, setCacheUsage, type CacheUsage, type WorkerStats } from './metrics.ts';
 import type { DispatchResult, Dispatcher } from './dispatch.ts';
 import type { Routing } from '../storage/segment.ts';
+import type { ClusterRpc } from '../shard/worker.ts';
+import { unpackRecords } from '../cluster/records-pack.ts';
+import { ReplicaRejectError } from '../shard/shard.ts';
 
 export interface RouterConfig {
   dataDir: string;
@@ -29,6 +32,16 @@ export interface RouterConfig {
   log: (msg: string) => void;
   /** Overrides DISPATCH_BYTES_IN_FLIGHT_MAX (tests); at least Limits.frameBytesMax. */
   bytesInFlightMax?: number;
+  /** A cluster node: shards are replicas until the cluster makes them lead; writes pass the gate first. */
+  cluster?: ClusterHooks;
+}
+
+/** What the router asks of the cluster (server/node.ts wires a ClusterNode in). */
+export interface ClusterHooks {
+  /** A shard's commit step: resolves once the group is on the follower or in S3. */
+  commit(shard: number, from: number, to: number, records: Uint8Array[]): Promise<void>;
+  /** Null when writes are taken now; else 2011 with the leader's address. */
+  writeGate(): { message: string; leader: string | null } | null;
 }
 
 interface WorkerHandle {
@@ -70,6 +83,8 @@ export class Router implements Dispatcher {
   private readonly shards = new Map<number, ShardInfo>();
   io = '';
   private closing = false;
+  private nextRpc = 1;
+  private readonly rpcs = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
 
   private constructor(cfg: RouterConfig) {
     this.cfg = cfg;
@@ -105,6 +120,7 @@ export class Router implements Dispatcher {
         unsafeNoDirectIo: cfg.unsafeNoDirectIo,
         forceSyncIo: cfg.forceSyncIo,
         nodeId: cfg.nodeId ?? '00000000-0000-0000-0000-000000000000',
+        cluster: cfg.cluster !== undefined,
       };
       const worker = new Worker(new URL('../shard/worker.ts', import.meta.url), {
         workerData: wc,
@@ -182,6 +198,25 @@ export class Router implements Dispatcher {
       case 'log':
         this.cfg.log(m.msg);
         break;
+      case 'commit': {
+        const h = this.workers[m.shard % this.workers.length]!;
+        const hooks = this.cfg.cluster;
+        const p = hooks === undefined ? Promise.reject(new Error('not a cluster node')) : hooks.commit(m.shard, m.from, m.to, unpackRecords(m.buf));
+        p.then(
+          () => h.worker.postMessage({ t: 'commitRes', id: m.id, ok: true }),
+          (e: Error) => h.worker.postMessage({ t: 'commitRes', id: m.id, ok: false, msg: e.message }),
+        );
+        break;
+      }
+      case 'crpcRes': {
+        const r = this.rpcs.get(m.id);
+        this.rpcs.delete(m.id);
+        if (r === undefined) break;
+        if (m.ok) r.resolve(m.v);
+        else if (m.e.name === 'ReplicaRejectError') r.reject(new ReplicaRejectError(m.e.message, m.e.reason as ReplicaRejectError['reason'], m.e.placedSeq ?? 0));
+        else r.reject(Object.assign(new Error(m.e.message), { name: m.e.name }));
+        break;
+      }
       case 'closed':
       case 'ready':
       case 'fatal':
@@ -212,6 +247,17 @@ export class Router implements Dispatcher {
     return Number((part & U64_MAX) % BigInt(this.cfg.numShards));
   }
 
+  /** A cluster operation on one shard, run on its worker (shard/worker.ts ClusterRpc). */
+  rpc(shard: number, op: ClusterRpc['op'], a: unknown[] = [], transfer: ArrayBuffer[] = []): Promise<unknown> {
+    const h = this.workers[shard % this.workers.length]!;
+    if (h.exited) return Promise.reject(new Error(`the worker of shard ${shard} has exited`));
+    const id = this.nextRpc++;
+    return new Promise((resolve, reject) => {
+      this.rpcs.set(id, { resolve, reject });
+      h.worker.postMessage({ t: 'crpc', id, shard, op, a } satisfies ClusterRpc, transfer);
+    });
+  }
+
   /** Per-shard state as last reported by the workers. */
   shardInfo(): ShardInfo[] {
     return [...this.shards.values()].sort((a, b) => a.shard - b.shard);
@@ -224,6 +270,8 @@ export class Router implements Dispatcher {
         case Op.Ping:
           return Promise.resolve({ op: Op.Pong, body: new Uint8Array(0) });
         case Op.Write: {
+          const gate = this.cfg.cluster?.writeGate() ?? null;
+          if (gate !== null) return Promise.resolve(error(ErrorCode.NotLeader, gate.message, gate.leader === null ? {} : { leader: gate.leader }));
           const req = decodeWriteRequest(body);
           const shards = new Set<number>();
           for (const w of req.writes) {
@@ -340,5 +388,8 @@ type WorkerMessage =
   | { t: 'ready'; shards: ShardInfo[]; io: string }
   | { t: 'stats'; stats: WorkerStats; shards: ShardInfo[]; caches: CacheUsage; worker: number }
   | { t: 'log'; msg: string }
+  | { t: 'commit'; id: number; shard: number; from: number; to: number; buf: ArrayBuffer }
+  | { t: 'crpcRes'; id: number; ok: true; v: unknown }
+  | { t: 'crpcRes'; id: number; ok: false; e: { name: string; message: string; reason?: string; placedSeq?: number } }
   | { t: 'fatal'; msg: string }
   | { t: 'closed' };

@@ -11,6 +11,11 @@
 //                  { t: 'stats', stats: WorkerStats, shards: ShardInfo[] }   every STATS_INTERVAL_MS
 //                  { t: 'log', msg }
 //   main → worker  { t: 'close' }  → worker closes its shards and replies { t: 'closed' }
+//   cluster nodes only:
+//   worker → main  { t: 'commit', id, shard, from, to, buf }   a group's commit step (buf: its records)
+//   main → worker  { t: 'commitRes', id, ok, msg? }
+//   main → worker  { t: 'crpc', id, shard, op, a }   ClusterRpc: the cluster drives a shard
+//   worker → main  { t: 'crpcRes', id, ok, v | e }
 import { parentPort, workerData } from 'node:worker_threads';
 import { join } from 'node:path';
 import { ErrorCode } from '../../client/errors.ts';
@@ -23,7 +28,10 @@ import { RealDisk } from '../storage/real-disk.ts';
 import { nodeIdBytes } from '../storage/meta.ts';
 import { WorkerStatsBuffer } from '../server/metrics.ts';
 import type { ShardState } from '../server/status.ts';
-import { Shard, type ShardResult } from './shard.ts';
+import { ReplicaRejectError, Shard, type ShardResult } from './shard.ts';
+import { localShardPort } from '../cluster/local-shard.ts';
+import { packRecords, unpackRecords } from '../cluster/records-pack.ts';
+import type { ShardPort } from '../cluster/ports.ts';
 
 export interface WorkerConfig {
   index: number;
@@ -36,6 +44,8 @@ export interface WorkerConfig {
   unsafeNoDirectIo: boolean;
   forceSyncIo: boolean;
   nodeId: string;
+  /** A cluster node: shards open as replicas, and their commit step is the main thread's replication. */
+  cluster: boolean;
 }
 
 export interface ShardInfo {
@@ -68,10 +78,27 @@ async function main(): Promise<void> {
   const disk = new RealDisk(io);
   const nodeId = nodeIdBytes(cfg.nodeId);
   const shards = new Map<number, Shard>();
+  // Cluster: the commit step asks the main thread (replication to the follower, or S3).
+  let nextCommit = 1;
+  const commits = new Map<number, { done: () => void; fail: (e: Error) => void }>();
+  const commitStep = (shard: number) =>
+    cfg.cluster
+      ? {
+          commit: (from: number, to: number, records: readonly Uint8Array[]): Promise<void> =>
+            new Promise<void>((done, fail) => {
+              const id = nextCommit++;
+              commits.set(id, { done, fail });
+              const buf = packRecords(records);
+              port.postMessage({ t: 'commit', id, shard, from, to, buf }, [buf]);
+            }),
+        }
+      : undefined;
   for (let s = cfg.index; s < cfg.numShards; s += cfg.workers) {
+    const step = commitStep(s);
     shards.set(
       s,
       await Shard.open({
+        ...(step !== undefined ? { commitStep: step, replica: true } : {}),
         disk,
         clock: systemClock,
         nodeId,
@@ -145,7 +172,66 @@ async function main(): Promise<void> {
     port.postMessage({ t: 'stats', stats: stats.take(), shards: info(), caches, worker: cfg.index });
   }, STATS_INTERVAL_MS);
 
-  port.on('message', (m: { t: 'req'; items: Float64Array; buf: ArrayBuffer } | { t: 'close' }) => {
+  const ports = new Map<number, ShardPort>();
+  for (const [id, sh] of shards) ports.set(id, localShardPort(sh));
+  const rpc = (m: ClusterRpc): void => {
+    const p = ports.get(m.shard);
+    const answer = (v: unknown, transfer: ArrayBuffer[] = []): void => port.postMessage({ t: 'crpcRes', id: m.id, ok: true, v }, transfer);
+    const refuse = (e: Error): void =>
+      port.postMessage({ t: 'crpcRes', id: m.id, ok: false, e: { name: e.name, message: e.message, reason: (e as ReplicaRejectError).reason, placedSeq: (e as ReplicaRejectError).placedSeq } });
+    if (p === undefined) return refuse(new Error(`shard ${m.shard} is not owned by worker ${cfg.index}`));
+    const a = m.a;
+    let work: Promise<void>;
+    switch (m.op) {
+      case 'tip':
+        work = p.tip().then((t) => answer(t));
+        break;
+      case 'recordAt':
+        work = p.recordAt(a[0] as number).then((r) => answer(r));
+        break;
+      case 'readDurable':
+        work = p.readDurable(a[0] as number, a[1] as number, a[2] as number).then((r) => {
+          const buf = packRecords(r);
+          answer(buf, [buf]);
+        });
+        break;
+      case 'applyReplicated':
+        work = p.applyReplicated(unpackRecords(a[0] as ArrayBuffer)).then((r) => answer(r));
+        break;
+      case 'commitTo':
+        work = p.commitTo(a[0] as number).then((r) => answer(r));
+        break;
+      case 'becomeLeader':
+        work = p.becomeLeader(a[0] as number).then(() => answer(null));
+        break;
+      case 'becomeReplica':
+        work = p.becomeReplica(a[0] as number).then(() => answer(null));
+        break;
+      case 'quiesce':
+        work = p.quiesce().then(() => answer(null));
+        break;
+      case 'truncateAfter':
+        work = p.truncateAfter(a[0] as number).then(() => answer(null));
+        break;
+      default:
+        work = Promise.reject(new Error(`unknown cluster operation ${String(m.op)}`));
+    }
+    work.catch((e: Error) => refuse(e));
+  };
+
+  port.on('message', (m: { t: 'req'; items: Float64Array; buf: ArrayBuffer } | { t: 'close' } | ClusterRpc | { t: 'commitRes'; id: number; ok: boolean; msg?: string }) => {
+    if (m.t === 'crpc') {
+      rpc(m);
+      return;
+    }
+    if (m.t === 'commitRes') {
+      const c = commits.get(m.id);
+      commits.delete(m.id);
+      if (c === undefined) return;
+      if (m.ok) c.done();
+      else c.fail(new Error(m.msg ?? 'not committed'));
+      return;
+    }
     if (m.t === 'close') {
       clearInterval(statsTimer);
       void (async () => {
@@ -176,6 +262,15 @@ async function main(): Promise<void> {
     }
   });
   port.postMessage({ t: 'ready', shards: info(), io: `${io.kind}${io.direct ? '+O_DIRECT' : ' (buffered: --unsafe-no-direct-io)'}` });
+}
+
+/** main → worker: one cluster operation on one shard (server/cluster-rpc.ts). */
+export interface ClusterRpc {
+  t: 'crpc';
+  id: number;
+  shard: number;
+  op: 'tip' | 'recordAt' | 'readDurable' | 'applyReplicated' | 'commitTo' | 'becomeLeader' | 'becomeReplica' | 'quiesce' | 'truncateAfter';
+  a: unknown[];
 }
 
 main().catch((e: Error) => {
