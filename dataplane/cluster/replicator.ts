@@ -174,7 +174,7 @@ export class Replicator {
 
   /** True when the follower holds everything durable here, on every shard. */
   caughtUp(): boolean {
-    for (const st of this.streams.values()) if (st.state !== 'streaming' || st.ackSeq < st.durable) return false;
+    for (const st of this.streams.values()) if (st.state !== 'streaming' || st.ackSeq < st.durable || st.waits.length > 0) return false;
     return true;
   }
 
@@ -301,10 +301,22 @@ export class Replicator {
   private onRestart(st: Stream, m: ProbeState | AppendReject): void {
     if (m.t === 'appendReject') {
       this.o.log(`replication of shard ${st.port.id}: the follower refused (${m.reason}: ${m.message}); resending from seq ${m.placed + 1}`);
-      if (m.reason === 'fatal') {
-        // The follower's acknowledged history differs from ours: never paper over it.
+      if (m.reason === 'fatal' || m.reason === 'busy') {
+        // fatal: the follower's acknowledged history differs from ours — never paper over it.
+        // busy: it cannot take records now (clock drift, a full disk, rewinding). Either way the
+        // waits go to S3; a busy follower is probed again after an interval.
+        st.session++;
         st.state = 'down';
+        st.inflight = [];
+        st.inflightBytes = 0;
         for (const w of st.waits) this.fallback(st, w);
+        if (m.reason === 'busy') {
+          st.cancelProbe?.();
+          st.cancelProbe = this.o.clock.after(this.o.probeIntervalMs, () => {
+            st.cancelProbe = null;
+            if (this.active && st.state === 'down' && this.o.connected()) this.probe(st);
+          });
+        }
         return;
       }
     }

@@ -84,7 +84,7 @@ export class Router implements Dispatcher {
   io = '';
   private closing = false;
   private nextRpc = 1;
-  private readonly rpcs = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
+  private readonly rpcs = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; worker: number }>();
 
   private constructor(cfg: RouterConfig) {
     this.cfg = cfg;
@@ -226,6 +226,11 @@ export class Router implements Dispatcher {
 
   /** Fails the requests waiting on `worker` (all workers when undefined). */
   private failAll(why: string, worker?: number): void {
+    for (const [id, r] of this.rpcs) {
+      if (worker !== undefined && r.worker !== worker) continue;
+      this.rpcs.delete(id);
+      r.reject(new Error(why));
+    }
     for (const [id, p] of this.pending) {
       if (worker !== undefined && p[1] !== worker) continue;
       this.settle(id, p);
@@ -253,7 +258,7 @@ export class Router implements Dispatcher {
     if (h.exited) return Promise.reject(new Error(`the worker of shard ${shard} has exited`));
     const id = this.nextRpc++;
     return new Promise((resolve, reject) => {
-      this.rpcs.set(id, { resolve, reject });
+      this.rpcs.set(id, { resolve, reject, worker: shard % this.workers.length });
       h.worker.postMessage({ t: 'crpc', id, shard, op, a } satisfies ClusterRpc, transfer);
     });
   }
