@@ -27,7 +27,7 @@ function standaloneStatus(): NodeStatus {
 }
 
 let status: NodeStatus | (() => never) = standaloneStatus();
-let stepDown: () => Promise<StepDownResult> = async () => ({ steppedDown: false, reason: 'standalone nodes have no leadership to hand over' });
+let stepDown: (handoverTtlMs: number) => Promise<StepDownResult> = async () => ({ steppedDown: false, reason: 'standalone nodes have no leadership to hand over' });
 let server: HttpServerHandle;
 let base: string;
 
@@ -35,7 +35,7 @@ before(async () => {
   server = await startHttpServer({
     address: '127.0.0.1:0',
     status: () => (typeof status === 'function' ? status() : status),
-    stepDown: () => stepDown(),
+    stepDown: (ttl) => stepDown(ttl),
   });
   base = `http://${server.address}`;
 });
@@ -174,15 +174,31 @@ describe('/admin/step-down', () => {
   });
 
   test('answers 200 when the leader stepped down', async () => {
+    const calls: number[] = [];
+    stepDown = async (ttl: number) => {
+      calls.push(ttl);
+      return { steppedDown: true, reason: 'handed over to node-b at epoch 8' };
+    };
+    const res = await fetch(`${base}/admin/step-down`, { method: 'POST', body: '{"handoverTtlMs": 750}' });
+    assert.equal(res.status, 200);
+    assert.deepEqual(await res.json(), { steppedDown: true, reason: 'handed over to node-b at epoch 8' });
+    const noBody = await fetch(`${base}/admin/step-down`, { method: 'POST' });
+    assert.equal(noBody.status, 200);
+    assert.deepEqual(calls, [750, 1000], 'the handover wait from the body, else the default');
+  });
+
+  test('a body that is not {"handoverTtlMs": N} is refused with 400 and does not step down', async () => {
     let calls = 0;
     stepDown = async () => {
       calls++;
-      return { steppedDown: true, reason: 'handed over to node-b at epoch 8' };
+      return { steppedDown: true, reason: 'x' };
     };
-    const res = await fetch(`${base}/admin/step-down`, { method: 'POST', body: 'ignored' });
-    assert.equal(res.status, 200);
-    assert.deepEqual(await res.json(), { steppedDown: true, reason: 'handed over to node-b at epoch 8' });
-    assert.equal(calls, 1);
+    for (const body of ['ignored', '{"handoverTtlMs": -1}', '{"handoverTtlMs": "1s"}', '{"handoverTtlMs": 1e9}']) {
+      const res = await fetch(`${base}/admin/step-down`, { method: 'POST', body });
+      assert.equal(res.status, 400, body);
+      assert.equal(((await res.json()) as { steppedDown: boolean }).steppedDown, false);
+    }
+    assert.equal(calls, 0);
   });
 
   test('answers 500 with a StepDownResult when the step-down fails', async () => {
