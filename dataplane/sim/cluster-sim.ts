@@ -1,0 +1,149 @@
+// The deterministic cluster simulator: one seed = two real ClusterNodes, each with its real Shards
+// on a simulated disk (sim-node.ts), over a simulated S3 bucket (sim-s3.ts) and network
+// (sim-net.ts), on drifted virtual clocks derived from one scheduler (scheduler.ts); seeded
+// clients write (workload.ts) while the seed's scenario injects faults (faults.ts); then the
+// faults stop, the pair must converge within CONVERGE_BOUND_MS, take a new write, converge
+// again, and pass the checks (checks.ts). Everything comes from the seed: no real time, no
+// Math.random, no real I/O, so a run replays exactly (its trace hash says so).
+import { createHash } from 'node:crypto';
+import type { ClusterNodeOptions } from '../cluster/cluster-node.ts';
+import { DEFAULT_TIMING, type ClusterTiming } from '../cluster/timing.ts';
+import { initHashing } from '../storage/checksum.ts';
+import { prng } from '../../test/lib/prng.ts';
+import { AuthorityWatch, converged, finalChecks } from './checks.ts';
+import { chooseScenario, injectFaults, type FaultLog, type Scenario } from './faults.ts';
+import { Scheduler } from './scheduler.ts';
+import { SimBucket } from './sim-s3.ts';
+import { SimNet } from './sim-net.ts';
+import { SimNode } from './sim-node.ts';
+import { startWorkload } from './workload.ts';
+
+/** After the faults stop, the pair must converge within this much virtual time. */
+export const CONVERGE_BOUND_MS = 30_000;
+
+export interface SimOptions {
+  seed: number;
+  scenario?: Scenario;
+  /** Broken protocol variants (teeth tests only). */
+  unsafe?: ClusterNodeOptions['unsafe'];
+  timing?: ClusterTiming;
+  /** Keep the whole trace (replay, verbose); otherwise only its hash and the last lines. */
+  keepTrace?: boolean;
+}
+
+export interface SimResult {
+  seed: number;
+  scenario: Scenario;
+  failures: string[];
+  summary: string;
+  traceHash: string;
+  trace: string[];
+  virtualMs: number;
+}
+
+export function replayCommand(seed: number, scenario?: Scenario, unsafe?: SimOptions['unsafe']): string {
+  return `npm run sim -- --seed ${seed}${scenario !== undefined ? ` --scenario ${scenario}` : ''}${unsafe?.ackBeforeFsync ? ' --unsafe-ack-before-fsync' : ''}${unsafe?.takeoverAfterMs !== undefined ? ` --unsafe-takeover-after-ms ${unsafe.takeoverAfterMs}` : ''} --verbose`;
+}
+
+export async function runSeed(o: SimOptions): Promise<SimResult> {
+  await initHashing();
+  const rng = prng(o.seed);
+  const int = (n: number): number => Math.floor(rng() * n);
+  const timing = o.timing ?? DEFAULT_TIMING;
+  const scenario = chooseScenario(rng, o.scenario);
+  const hash = createHash('sha256');
+  const tail: string[] = [];
+  const full: string[] = [];
+  const sched = new Scheduler([0.25, 0.5, 1][int(3)]!);
+  const trace = (e: string): void => {
+    const line = `${sched.now.toFixed(2)} ${e}`;
+    hash.update(line + '\n');
+    if (o.keepTrace === true) full.push(line);
+    tail.push(line);
+    if (tail.length > 300) tail.splice(0, 100);
+  };
+  const failures: string[] = [];
+  const fail = (m: string): void => {
+    if (failures.length < 40 && !failures.includes(m)) failures.push(m);
+    trace(`FAIL ${m}`);
+  };
+
+  const numShards = 1 + int(2);
+  const bucket = new SimBucket(sched, prng(o.seed ^ 0x53335), trace);
+  const net = new SimNet(sched, prng(o.seed ^ 0x4e37), trace);
+  const nodes: SimNode[] = [0, 1].map((index) => {
+    const setup = { index, numShards, timing, sched, bucket, net, rng: prng(o.seed * 7 + index + 1), trace, memoryBudgetBytes: 1024 * 1024 };
+    return new SimNode(o.unsafe === undefined ? setup : { ...setup, unsafe: o.unsafe });
+  });
+  for (const n of nodes) n.drift = { offsetMs: (rng() - 0.5) * (timing.maxClockDriftMs / 2), rate: (rng() - 0.5) * 0.002 };
+  const watch = new AuthorityWatch(nodes, () => sched.now);
+  sched.onTurn = () => watch.check();
+
+  const faultMs = 3000 + int(6000);
+  const faultEnd = faultMs + 500;
+  const faultLog: FaultLog = { counts: {} };
+  let phase = 'boot';
+  const boots = nodes.map((n, i) => sched.sleep(i === 0 ? 0 : int(300)).then(() => n.boot()));
+  const workload = startWorkload({ sched, rng: prng(o.seed ^ 0x3011), nodes, numShards, trace, stopAtMs: faultEnd + 1000 });
+  let faultsDone = false;
+  const faults = injectFaults({ sched, rng: prng(o.seed ^ 0xfa17), nodes, net, bucket, trace, maxClockDriftMs: timing.maxClockDriftMs, endMs: faultEnd }, scenario, faultLog).then(() => (faultsDone = true));
+  let workloadDone = false;
+  void workload.done.then(() => (workloadDone = true));
+  let crashedBoot: string | null = null;
+  for (const b of boots) b.catch((e: Error) => (crashedBoot = e.message));
+
+  let convergedAt = -1;
+  let probe = 'not run';
+  try {
+    phase = 'faults';
+    await sched.run(() => faultsDone || crashedBoot !== null, faultEnd + 5000);
+    void faults;
+    if (crashedBoot !== null) throw new Error(`a node failed to boot: ${crashedBoot}`);
+    phase = 'quiet';
+    const quietFrom = sched.now;
+    const bound = quietFrom + CONVERGE_BOUND_MS;
+    let why: string | null = 'not checked';
+    const ok = await sched.run(() => workloadDone && (why = converged(nodes)) === null, bound);
+    if (!ok) fail(`(6) no convergence within ${CONVERGE_BOUND_MS} ms after the faults stopped: ${why ?? (workloadDone ? '' : 'clients still busy')}`);
+    else {
+      convergedAt = sched.now - quietFrom;
+      phase = 'probe';
+      let probed = false;
+      const p = workload.probe().then((w) => {
+        probed = true;
+        probe = w.status;
+      });
+      await sched.run(() => probed, bound + 10_000);
+      void p;
+      if (!probed || (probe !== 'acked' && probe !== 'applied-before')) fail(`(6) a write after convergence was not acknowledged (${probe})`);
+      const ok2 = await sched.run(() => (why = converged(nodes)) === null, sched.now + 10_000);
+      if (!ok2) fail(`(6) the pair did not converge again after the probe write: ${why ?? ''}`);
+      else {
+        phase = 'checks';
+        const leader = nodes.find((n) => n.cluster!.hasAuthority())!;
+        const follower = nodes.find((n) => n !== leader)!;
+        let checked = false;
+        let thrown: Error | null = null;
+        const ctx = { nodes, leader, follower, writes: workload.writes, aggregates: workload.aggregates, numShards, bankAccounts: workload.bankAccounts, fail };
+        void finalChecks(ctx).then(
+          () => (checked = true),
+          (e: Error) => ((thrown = e), (checked = true)),
+        );
+        await sched.run(() => checked, sched.now + 60_000);
+        if (!checked) fail('the final checks did not finish (a read hung)');
+        if (thrown !== null) fail(`the final checks threw: ${(thrown as Error).stack ?? (thrown as Error).message}`);
+      }
+    }
+  } catch (e) {
+    fail(`the simulation threw in phase ${phase}: ${(e as Error).stack ?? (e as Error).message}`);
+  }
+  if (watch.violation !== null) fail(`(1) ${watch.violation}`);
+  const writes = workload.writes;
+  const acked = writes.filter((w) => w.status === 'acked').length;
+  const unknown = writes.filter((w) => w.status === 'unknown').length;
+  const elections = nodes.map((n) => n.cluster?.counters.electionsWon ?? 0).join('+');
+  const faultsText = Object.entries(faultLog.counts).map(([k, v]) => `${k}×${v}`).join(' ') || 'none';
+  const summary = `seed ${o.seed} ${scenario}: ${numShards} shard(s), ${writes.length} writes (${acked} acked, ${unknown} unknown), faults ${faultsText}; restarts ${nodes.map((n) => n.restarts).join('+')}, elections won (last incarnations) ${elections}, S3 requests ${bucket.requests}, messages ${net.delivered}/${net.sent}; ${convergedAt >= 0 ? `converged ${Math.round(convergedAt)} ms after the faults` : 'did not converge'}, virtual ${Math.round(sched.now)} ms, ${sched.turns} turns`;
+  trace(`end: ${failures.length} failures`);
+  return { seed: o.seed, scenario, failures, summary, traceHash: hash.digest('hex'), trace: o.keepTrace === true ? full : tail, virtualMs: sched.now };
+}
