@@ -49,6 +49,8 @@ export interface WriteRefusal {
 
 /** Heartbeat send times remembered for acknowledgements (older ones are forgotten). */
 const HEARTBEATS_REMEMBERED = 64;
+/** Delay of the commit notice after commits (appends carry the committed seq meanwhile). */
+const COMMIT_NOTIFY_DELAY_MS = 5;
 /** Backoff of S3 retries while booting. */
 const BOOT_RETRY_MS = { initial: 100, max: 2000 } as const;
 
@@ -526,16 +528,26 @@ export class ClusterNode {
     this.validUntil = Math.max(this.validUntil, sent + this.o.timing.renewDeadlineMs);
   }
 
+  /**
+   * Tells the follower what is committed once commits pause: under load every append carries the
+   * committed seq already, so this only matters when a burst ends (the follower's reads then see
+   * its last writes without waiting for the next heartbeat). Only shards whose seq moved.
+   */
   private scheduleCommitNotify(): void {
     if (this.notifyScheduled) return;
     this.notifyScheduled = true;
-    this.o.clock.after(0, () => {
+    this.o.clock.after(COMMIT_NOTIFY_DELAY_MS, () => {
       this.notifyScheduled = false;
       if (this.role !== 'leader') return;
       const c = this.replicator.committedSeqs();
-      for (let i = 0; i < c.length; i++) if (c[i] !== undefined) this.o.transport.send('data', { t: 'commit', epoch: this.epoch, shard: i, committed: c[i]! });
+      for (let i = 0; i < c.length; i++) {
+        if (c[i] === undefined || c[i] === this.notified[i]) continue;
+        this.notified[i] = c[i]!;
+        this.o.transport.send('data', { t: 'commit', epoch: this.epoch, shard: i, committed: c[i]! });
+      }
     });
   }
+  private readonly notified: number[] = [];
 
   // -------------------------------------------------------------------------------------------
   // Follower: applying the leader's records
@@ -603,11 +615,9 @@ export class ClusterNode {
           for (const a of batch) this.o.transport.send('data', { t: 'appendOk', epoch: a.epoch, shard, session: a.session, ackSeq: a.last });
           await p;
         } else {
-          await s.applyReplicated(records);
+          await s.applyReplicated(records, Math.max(...batch.map((a) => a.committed)));
           for (const a of batch) this.o.transport.send('data', { t: 'appendOk', epoch: a.epoch, shard, session: a.session, ackSeq: a.last });
         }
-        const committed = Math.max(...batch.map((a) => a.committed));
-        await s.commitTo(committed);
       } catch (e) {
         if (!(e instanceof ReplicaRejectError)) throw e;
         await this.refuse(s, e, epoch, session);

@@ -9,7 +9,11 @@ export function localShardPort(shard: Shard): ShardPort {
     tip: () => Promise.resolve(shard.tip()),
     recordAt: (seq) => shard.recordAt(seq),
     readDurable: (from, to, maxBytes) => shard.readDurable(from, to, maxBytes),
-    applyReplicated: (records) => shard.applyReplicated(records),
+    applyReplicated: async (records, commitTo) => {
+      const durable = await shard.applyReplicated(records);
+      if (commitTo !== undefined) shard.commitTo(commitTo);
+      return durable;
+    },
     commitTo: (seq) => Promise.resolve(shard.commitTo(seq)),
     becomeLeader: (epoch) => Promise.resolve(shard.becomeLeader(epoch)),
     becomeReplica: (epoch) => Promise.resolve(shard.becomeReplica(epoch)),

@@ -18,8 +18,11 @@ export interface ShardPort {
   recordAt(seq: number): Promise<{ hash: Uint8Array; epoch: number } | null>;
   /** Durable records from the one holding `fromSeq` up to `toSeq`, about `maxBytes` (at least one). */
   readDurable(fromSeq: number, toSeq: number, maxBytes: number): Promise<Uint8Array[]>;
-  /** Replica: append the leader's records; resolves with the durable seq; rejects with ReplicaRejectError. */
-  applyReplicated(records: readonly Uint8Array[]): Promise<number>;
+  /**
+   * Replica: append the leader's records; resolves with the durable seq; rejects with
+   * ReplicaRejectError. `commitTo`: the leader's committed seq, applied once they are durable.
+   */
+  applyReplicated(records: readonly Uint8Array[], commitTo?: number): Promise<number>;
   /** Make records up to `seq` visible and acknowledged (never truncated); returns the committed seq. */
   commitTo(seq: number): Promise<number>;
   becomeLeader(epoch: number): Promise<void>;

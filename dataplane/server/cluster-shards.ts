@@ -18,9 +18,9 @@ export function workerShardPorts(router: Router, numShards: number): ShardPort[]
         return r === null ? null : { hash: new Uint8Array(r.hash), epoch: r.epoch };
       },
       readDurable: async (from, to, maxBytes) => unpackRecords((await router.rpc(id, 'readDurable', [from, to, maxBytes])) as ArrayBuffer),
-      applyReplicated: async (records) => {
+      applyReplicated: async (records, commitTo) => {
         const buf = packRecords(records);
-        return (await router.rpc(id, 'applyReplicated', [buf], [buf])) as number;
+        return (await router.rpc(id, 'applyReplicated', [buf, commitTo], [buf])) as number;
       },
       commitTo: async (seq) => (await router.rpc(id, 'commitTo', [seq])) as number,
       becomeLeader: async (epoch) => void (await router.rpc(id, 'becomeLeader', [epoch])),

@@ -196,7 +196,7 @@ async function main(): Promise<void> {
         });
         break;
       case 'applyReplicated':
-        work = p.applyReplicated(unpackRecords(a[0] as ArrayBuffer)).then((r) => answer(r));
+        work = p.applyReplicated(unpackRecords(a[0] as ArrayBuffer), a[1] as number | undefined).then((r) => answer(r));
         break;
       case 'commitTo':
         work = p.commitTo(a[0] as number).then((r) => answer(r));
