@@ -331,6 +331,9 @@ export class ClusterNode {
       // Records the old leader committed through S3 while this node was away.
       await this.catchUp();
       if ((this.role as ClusterRole) !== 'promoting') return;
+      // Appends from the old leader still in flight finish first (new ones are refused now): a
+      // shard must not take writes while replicated records it has not indexed are on their way.
+      for (const s of this.o.shards) await this.onShardQueue(s.id, () => s.quiesce());
       await this.replicator.start(epoch);
       for (const s of this.o.shards) await s.becomeLeader(epoch);
       // Catch-up may have taken long: renew before the authority lapses.

@@ -999,8 +999,12 @@ export class Shard {
    * above the committed seq goes through the commit step before anything after it commits.
    */
   becomeLeader(epoch: number): void {
+    if (this.durableWaiters.length > 0 || (this.log !== null && this.log.queuedRecords > 0)) {
+      throw new Error(`shard ${this.id}: becomeLeader while replicated records are in flight (quiesce first)`);
+    }
     this.replica = false;
     this.epoch = epoch;
+    this.replicaKeys = [];
     this.states.clear();
     this.readAhead.clear();
     this.behindTail.clear();
