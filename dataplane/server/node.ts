@@ -1,6 +1,6 @@
 // A standalone Celer node: data directory identity, shard workers, and the three front ends
 // (native protocol, gRPC, HTTP). `celer serve` and the end-to-end tests start nodes through this.
-import { availableParallelism, totalmem } from 'node:os';
+import { availableParallelism, networkInterfaces, totalmem } from 'node:os';
 import { readFileSync } from 'node:fs';
 import { MEMORY_BUDGET_BYTES_CAP, MEMORY_BUDGET_FRACTION, SEGMENT_BYTES_DEFAULT, SEGMENT_BYTES_MAX, SEGMENT_BYTES_MIN } from '../constants.ts';
 import { ConfigError, openDataMeta } from '../storage/meta.ts';
@@ -67,11 +67,17 @@ export interface RunningNode {
   close(): Promise<void>;
 }
 
+/** The first non-internal IPv4 address of this machine (what a pod's IP is), if any. */
+function firstExternalAddress(): string | undefined {
+  for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) if (a.family === 'IPv4' && !a.internal) return a.address;
+  return undefined;
+}
+
 /** A cluster node's addresses, from its flags (ConfigError when they do not add up). */
 function clusterAddresses(co: ClusterOptions, listen: string): { host: string; advertise: string; replListen: string; replPort: number; peer: string } {
   const { host, port } = splitHostPort(listen);
-  const advertise = co.advertise ?? (host === '0.0.0.0' || host === '::' ? undefined : host);
-  if (advertise === undefined) throw new ConfigError('--advertise HOST is required when --listen is 0.0.0.0 (the peer and clients must know where to dial)');
+  const advertise = co.advertise ?? (host === '0.0.0.0' || host === '::' ? firstExternalAddress() : host);
+  if (advertise === undefined) throw new ConfigError('--advertise HOST is required when --listen is 0.0.0.0 and this machine has no non-loopback IPv4 address (the peer and clients must know where to dial)');
   if (port === 0 && co.replication === undefined) throw new ConfigError('a cluster node needs a fixed --listen port (or an explicit --replication HOST:PORT)');
   const replListen = co.replication ?? `${host}:${port + REPLICATION_PORT_OFFSET}`;
   const replPort = splitHostPort(replListen).port;
