@@ -293,6 +293,28 @@ export class ClusterNode {
     }
   }
 
+  /**
+   * The leader wrote the lease over to this node with `epoch` (a conditional write of its own,
+   * after it stopped taking writes) and said so: lead under that epoch without waiting for a TTL.
+   * If the lease says otherwise, the usual polling decides.
+   */
+  private async takeHandover(epoch: number): Promise<void> {
+    if (this.s3Busy) return;
+    this.s3Busy = true;
+    try {
+      const l = await this.leases.read();
+      if (l === null || l.lease.leader !== this.o.nodeId || l.lease.epoch !== epoch || (this.role !== 'follower' && this.role !== 'fenced')) return;
+      this.observed = l;
+      this.observedAtMono = this.now();
+      this.counters.elections++;
+      void this.promote(epoch, this.now());
+    } catch (e) {
+      this.o.log(`cluster: reading the handed-over lease failed (${(e as Error).message}); the next poll retries`);
+    } finally {
+      this.s3Busy = false;
+    }
+  }
+
   /** Conditional write of the lease with a new epoch; on success, promotion. */
   private async acquire(cur: ObservedLease | null): Promise<void> {
     const sendMono = this.now();
@@ -476,7 +498,7 @@ export class ClusterNode {
       case 'handover':
         this.o.log(`cluster: the leader handed its lease over (epoch ${m.epoch})`);
         this.lastHbMono = Number.NEGATIVE_INFINITY;
-        if (!this.s3Busy) void this.pollLease();
+        void this.takeHandover(m.epoch);
         return;
       case 'probe':
         void this.onShardQueue(m.shard, async () => {

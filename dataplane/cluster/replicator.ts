@@ -200,7 +200,9 @@ export class Replicator {
         this.resolveUpTo(st);
         return;
       }
-      if (st.state !== 'streaming' || !this.o.connected()) {
+      // No link, or a follower that refused (busy/fatal): S3 now. A stream still probing (it just
+      // (re)connected) gets the same grace as a streaming one.
+      if (st.state === 'down' || !this.o.connected()) {
         this.fallback(st, w);
         return;
       }
