@@ -108,6 +108,8 @@ export interface BenchCommandOptions extends BenchOptions {
   vs?: 'postgres';
   /** PostgreSQL as primary + synchronous streaming standby instead of one server. */
   pgStandby: boolean;
+  /** Another Celer to alternate with (e.g. a standalone node against a cluster): its addresses. */
+  vsAddresses?: string[];
 }
 
 /**
@@ -117,6 +119,13 @@ export interface BenchCommandOptions extends BenchOptions {
 export async function runBenchCommand(o: BenchCommandOptions): Promise<RoundRun[]> {
   const celer: RoundSystem = { name: 'celer', run: () => runBench(o) };
   const caption = `${workloadName(o.guard)}, ${o.writers} writers, ${o.durationS}s measured after ${o.warmupS}s warm-up, ${o.rounds} round(s), order flipped every round`;
+  if (o.vsAddresses !== undefined) {
+    const other: RoundSystem = { name: 'baseline', run: () => runBench({ ...o, addresses: o.vsAddresses! }) };
+    const runs = await runRounds([celer, other], o.rounds, o.out);
+    o.out(`vs: ${caption}; celer = ${o.addresses.join(',')}, baseline = ${o.vsAddresses.join(',')}, same machine, same run`);
+    for (const l of formatTable(runs, ['celer', 'baseline'])) o.out(`vs: ${l}`);
+    return runs;
+  }
   if (o.vs === undefined) {
     if (o.rounds === 1) return [{ round: 1, system: 'celer', result: await runBench(o) }];
     const runs = await runRounds([celer], o.rounds, o.out);

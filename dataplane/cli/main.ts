@@ -32,6 +32,7 @@ usage:
   celer verify  --data-dir DIR
   celer bench   [--addr HOST:PORT[,HOST:PORT…]] [--transport native|grpc] [--guard none|exact] [--writers N]
                 [--duration-s S] [--warmup-s S] [--connections N] [--rounds N]
+                [--vs-addr HOST:PORT[,…]]          (alternating rounds against another Celer, e.g. standalone vs cluster)
                 [--vs postgres [--pg-standby]]   (alternating rounds against a throw-away local PostgreSQL 15
                                                   [primary + synchronous standby]; medians and the ratio)
 
@@ -272,8 +273,11 @@ async function bench(args: string[]): Promise<number> {
     connections: { type: 'string' },
     vs: { type: 'string' },
     'pg-standby': { type: 'boolean' },
+    'vs-addr': { type: 'string' },
     rounds: { type: 'string' },
   });
+  const vsAddresses = values['vs-addr']?.split(',').map((a) => a.trim()).filter((a) => a !== '');
+  if (vsAddresses !== undefined && (vsAddresses.length === 0 || values.vs !== undefined || values['pg-standby'])) throw new UsageError('--vs-addr HOST:PORT[,…] (another Celer) cannot be combined with --vs postgres');
   const transport = values.transport ?? 'native';
   if (transport !== 'native' && transport !== 'grpc') throw new UsageError(`--transport must be native or grpc; got "${transport}"`);
   const guard = values.guard ?? 'none';
@@ -303,8 +307,9 @@ async function bench(args: string[]): Promise<number> {
     durationS: int(values['duration-s'], '--duration-s', 1) ?? 10,
     warmupS: int(values['warmup-s'], '--warmup-s', 0) ?? 2,
     connections: int(values.connections, '--connections', 1) ?? 4,
-    rounds: int(values.rounds, '--rounds', 1) ?? (vs === undefined ? 1 : 3),
+    rounds: int(values.rounds, '--rounds', 1) ?? (vs === undefined && vsAddresses === undefined ? 1 : 3),
     vs,
+    ...(vsAddresses !== undefined ? { vsAddresses } : {}),
     pgStandby: values['pg-standby'] ?? false,
     out,
   });
