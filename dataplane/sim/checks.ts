@@ -104,7 +104,7 @@ export async function finalChecks(x: FinalContext): Promise<void> {
   for (let s = 0; s < x.numShards; s++) {
     const a = await walk(L, s);
     const b = await walk(F, s);
-    if (a.length !== b.length) fail(`shard ${s}: ${L.name} holds ${a.length} records, ${F.name} ${b.length}`);
+    if (a.length !== b.length) fail(`(3) shard ${s}: ${L.name} holds ${a.length} records, ${F.name} ${b.length}`);
     const bySeq = new Map<number, string>();
     nodeOfSeq.push(bySeq);
     const epochNode = new Map<number, string>();
@@ -113,14 +113,14 @@ export async function finalChecks(x: FinalContext): Promise<void> {
       const p = a[i]!;
       const q = b[i]!;
       if (p.first !== q.first || p.last !== q.last || !equalBytes(p.hash, q.hash)) {
-        fail(`shard ${s}: records differ at position ${p.first}..${p.last} (${L.name}) vs ${q.first}..${q.last} (${F.name}): hashes ${hex(p.hash).slice(0, 12)} / ${hex(q.hash).slice(0, 12)}`);
+        fail(`(3) shard ${s}: records differ at position ${p.first}..${p.last} (${L.name}) vs ${q.first}..${q.last} (${F.name}): hashes ${hex(p.hash).slice(0, 12)} / ${hex(q.hash).slice(0, 12)}`);
         break;
       }
       for (let seq = p.first; seq <= p.last; seq++) bySeq.set(seq, p.node);
-      if (p.epoch < lastEpoch) fail(`shard ${s}: record ${p.first}..${p.last} has epoch ${p.epoch} after a record of epoch ${lastEpoch}`);
+      if (p.epoch < lastEpoch) fail(`(1) shard ${s}: record ${p.first}..${p.last} has epoch ${p.epoch} after a record of epoch ${lastEpoch}`);
       lastEpoch = Math.max(lastEpoch, p.epoch);
       const other = epochNode.get(p.epoch);
-      if (other !== undefined && other !== p.node) fail(`shard ${s}: epoch ${p.epoch} has records written by two nodes (${other} and ${p.node}); the second at seq ${p.first}`);
+      if (other !== undefined && other !== p.node) fail(`(1) shard ${s}: epoch ${p.epoch} has records written by two nodes (${other} and ${p.node}); the second at seq ${p.first}`);
       epochNode.set(p.epoch, p.node);
     }
     // `celer verify` over both directories.
@@ -146,10 +146,10 @@ export async function finalChecks(x: FinalContext): Promise<void> {
     }
     const [a, b] = got as [SeenBatch[], SeenBatch[]];
     const sig = (bs: SeenBatch[]): string => bs.map((z) => `${z.seq}:${z.from}-${z.to}:${z.events.map((e) => hex(e.data.subarray(0, 6))).join(',')}`).join(' ');
-    if (sig(a) !== sig(b)) fail(`aggregate ${agg} reads differently on ${L.name} and ${F.name}`);
+    if (sig(a) !== sig(b)) fail(`(3) aggregate ${agg} reads differently on ${L.name} and ${F.name}`);
     let v = 0;
     for (const batch of a) {
-      if (batch.from !== v + 1) fail(`aggregate ${agg}: batch at version ${batch.from} follows version ${v} (a gap or an overlap)`);
+      if (batch.from !== v + 1) fail(`(4) aggregate ${agg}: batch at version ${batch.from} follows version ${v} (a gap or an overlap)`);
       v = batch.to;
       const t = tagOf(batch.events[0]!);
       for (const e of batch.events) {
@@ -162,19 +162,19 @@ export async function finalChecks(x: FinalContext): Promise<void> {
       l.push({ agg, part: t.part, batch });
     }
   }
-  if (balance !== 0) fail(`the bank's accounts sum to ${balance}, not 0: a transfer was applied in part`);
+  if (balance !== 0) fail(`(5) the bank's accounts sum to ${balance}, not 0: a transfer was applied in part`);
   for (const w of x.writes) {
     const found = seen.get(w.id) ?? [];
     const desc = `write ${w.id} (client ${w.client}, ${w.status}, attempts ${w.attempts.join(' ')})`;
     const parts = new Set(found.map((f) => f.part));
     if (found.length > parts.size) {
-      fail(`${desc} is applied more than once: ${found.map((f) => `seq ${f.batch.seq}`).join(', ')}`);
+      fail(`(5) ${desc} is applied more than once: ${found.map((f) => `seq ${f.batch.seq}`).join(', ')}`);
       continue;
     }
-    if (found.length > 0 && found.length !== w.parts.length) fail(`${desc}: ${found.length} of its ${w.parts.length} aggregates hold it (all-or-nothing)`);
+    if (found.length > 0 && found.length !== w.parts.length) fail(`(5) ${desc}: ${found.length} of its ${w.parts.length} aggregates hold it (all-or-nothing)`);
     if (w.status === 'acked' || w.status === 'applied-before') {
       if (found.length === 0) {
-        fail(`${desc}: ${w.status === 'acked' ? `acknowledged by ${x.nodes[w.ack!.node]!.name} at seq ${w.ack!.firstSeq} (epoch ${w.ack!.epoch})` : 'answered 2002'} but LOST: not on ${L.name} (leader) nor ${F.name}`);
+        fail(`(2) ${desc}: ${w.status === 'acked' ? `acknowledged by ${x.nodes[w.ack!.node]!.name} at seq ${w.ack!.firstSeq} (epoch ${w.ack!.epoch})` : 'answered 2002'} but LOST: not on ${L.name} (leader) nor ${F.name}`);
         continue;
       }
     }
@@ -183,19 +183,57 @@ export async function finalChecks(x: FinalContext): Promise<void> {
       for (const f of found) {
         const [from, to] = ack.ranges[f.part]!;
         if (f.batch.from !== from || f.batch.to !== to || f.batch.seq !== ack.firstSeq + f.part) {
-          fail(`${desc}: acknowledged at seq ${ack.firstSeq + f.part} versions ${from}..${to} but found at seq ${f.batch.seq} versions ${f.batch.from}..${f.batch.to}`);
+          fail(`(2) ${desc}: acknowledged at seq ${ack.firstSeq + f.part} versions ${from}..${to} but found at seq ${f.batch.seq} versions ${f.batch.from}..${f.batch.to}`);
         }
         const writer = nodeOfSeq[ack.shard]?.get(f.batch.seq);
         const ackName = hex(new Uint8Array([x.nodes[ack.node]!.s.index === 0 ? 0xa0 : 0xb0]));
-        if (writer !== undefined && writer !== ackName) fail(`${desc}: acknowledged by ${x.nodes[ack.node]!.name} but its record was written by the other node`);
+        if (writer !== undefined && writer !== ackName) fail(`(1) ${desc}: acknowledged by ${x.nodes[ack.node]!.name} but its record was written by the other node`);
       }
       const p = w.parts;
       for (let j = 0; j < p.length; j++) {
         const [from] = ack.ranges[j]!;
-        if (p[j]!.mode === 3 && from !== p[j]!.expect + 1) fail(`${desc}: guard expected version ${p[j]!.expect} but was acknowledged at ${from}`);
-        if (p[j]!.mode === 1 && from !== 1) fail(`${desc}: guard no_stream but was acknowledged at ${from}`);
+        if (p[j]!.mode === 3 && from !== p[j]!.expect + 1) fail(`(4) ${desc}: guard expected version ${p[j]!.expect} but was acknowledged at ${from}`);
+        if (p[j]!.mode === 1 && from !== 1) fail(`(4) ${desc}: guard no_stream but was acknowledged at ${from}`);
       }
     }
-    if (w.status === 'refused' && !w.maybeApplied && found.length > 0) fail(`${desc}: refused, never with an unknown outcome, yet applied at seq ${found[0]!.batch.seq}`);
+    if (w.status === 'refused' && !w.maybeApplied && found.length > 0) fail(`(5) ${desc}: refused, never with an unknown outcome, yet applied at seq ${found[0]!.batch.seq}`);
+  }
+}
+
+/**
+ * (3) during the run: node `n` just committed shard `shard` up to `seq`; if the peer has committed
+ * that position too, both must hold the same record there. Returns a description of a violation.
+ */
+export async function committedAgree(n: SimNode, peer: SimNode, shard: number, seq: number): Promise<string | null> {
+  const ps = peer.shards[shard];
+  const ns = n.shards[shard];
+  if (ps === undefined || ns === undefined || !peer.life.alive || ps.committedSeq < seq) return null;
+  let mine: { hash: Uint8Array; epoch: number } | null;
+  let theirs: { hash: Uint8Array; epoch: number } | null;
+  try {
+    mine = await ns.recordAt(seq);
+    theirs = await ps.recordAt(seq);
+  } catch {
+    return null; // a log being reopened (truncateAfter): no verdict
+  }
+  if (mine === null || theirs === null || equalBytes(mine.hash, theirs.hash)) return null;
+  return `(3) ${n.name} committed shard ${shard} up to seq ${seq}, where it holds a record of epoch ${mine.epoch} and ${peer.name} (committed to ${ps.committedSeq}) a different one of epoch ${theirs.epoch}`;
+}
+
+/** (2) without convergence: every acknowledged write must still be on the node that leads (or the newest). */
+export async function lostWrites(x: Omit<FinalContext, 'follower'>): Promise<void> {
+  for (const w of x.writes) {
+    if (w.status !== 'acked' && w.status !== 'applied-before') continue;
+    const shard = (w.parts[0]!.agg + 1) % x.numShards;
+    const sh = x.leader.shards[shard];
+    if (sh === undefined || sh.state !== 'serving') continue;
+    const r = await readAll(sh, w.parts[0]!.agg, 4096);
+    if ('code' in r) {
+      if (r.code === ErrorCode.AggregateNotFound) x.fail(`(2) write ${w.id} (${w.status}, attempts ${w.attempts.join(' ')}) is LOST: its aggregate ${w.parts[0]!.agg} does not exist on ${x.leader.name}`);
+      continue;
+    }
+    if (!r.batches.some((b) => b.events[0] !== undefined && tagOf(b.events[0]).id === w.id)) {
+      x.fail(`(2) write ${w.id} (${w.status}${w.ack !== null ? ` by ${x.nodes[w.ack.node]!.name} at seq ${w.ack.firstSeq}, epoch ${w.ack.epoch}` : ''}, attempts ${w.attempts.join(' ')}) is LOST: not on ${x.leader.name}, which leads`);
+    }
   }
 }

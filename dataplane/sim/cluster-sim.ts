@@ -10,7 +10,8 @@ import type { ClusterNodeOptions } from '../cluster/cluster-node.ts';
 import { DEFAULT_TIMING, type ClusterTiming } from '../cluster/timing.ts';
 import { initHashing } from '../storage/checksum.ts';
 import { prng } from '../../test/lib/prng.ts';
-import { AuthorityWatch, converged, finalChecks } from './checks.ts';
+import { AuthorityWatch, committedAgree, converged, finalChecks, lostWrites } from './checks.ts';
+import { BugSignatures } from './known-bugs.ts';
 import { chooseScenario, injectFaults, type FaultLog, type Scenario } from './faults.ts';
 import { Scheduler } from './scheduler.ts';
 import { SimBucket } from './sim-s3.ts';
@@ -36,6 +37,8 @@ export interface SimResult {
   scenario: Scenario;
   failures: string[];
   summary: string;
+  /** The known bug (known-bugs.ts) that explains every failure, or null. */
+  knownBug: string | null;
   traceHash: string;
   trace: string[];
   virtualMs: number;
@@ -63,16 +66,33 @@ export async function runSeed(o: SimOptions): Promise<SimResult> {
     if (tail.length > 300) tail.splice(0, 100);
   };
   const failures: string[] = [];
+  const signatures = new BugSignatures();
   const fail = (m: string): void => {
     if (failures.length < 40 && !failures.includes(m)) failures.push(m);
     trace(`FAIL ${m}`);
   };
 
+  // A rejection the cluster code leaves unhandled would kill `celer serve`: a failure of the seed.
+  const onUnhandled = (e: unknown): void => {
+    fail(`(6) the cluster code left a promise rejection unhandled (it kills a real node): ${String((e as Error)?.stack ?? e).split('\n').slice(0, 4).join(' | ')}`);
+    signatures.unhandled(e);
+  };
+  process.on('unhandledRejection', onUnhandled);
   const numShards = 1 + int(2);
   const bucket = new SimBucket(sched, prng(o.seed ^ 0x53335), trace);
   const net = new SimNet(sched, prng(o.seed ^ 0x4e37), trace);
   const nodes: SimNode[] = [0, 1].map((index) => {
-    const setup = { index, numShards, timing, sched, bucket, net, rng: prng(o.seed * 7 + index + 1), trace, memoryBudgetBytes: 1024 * 1024 };
+    const setup = { index, numShards, timing, sched, bucket, net, rng: prng(o.seed * 7 + index + 1), trace, memoryBudgetBytes: 1024 * 1024,
+      onNote: (m: string) => signatures.note(m),
+      onCommitTo: (n: SimNode, shard: number, seq: number) => {
+        const peer = nodes.find((x) => x !== n)!;
+        void committedAgree(n, peer, shard, seq).then((v) => {
+          if (v === null) return;
+          fail(v);
+          signatures.committedDivergence(v);
+        });
+      },
+    };
     return new SimNode(o.unsafe === undefined ? setup : { ...setup, unsafe: o.unsafe });
   });
   for (const n of nodes) n.drift = { offsetMs: (rng() - 0.5) * (timing.maxClockDriftMs / 2), rate: (rng() - 0.5) * 0.002 };
@@ -104,39 +124,56 @@ export async function runSeed(o: SimOptions): Promise<SimResult> {
     const bound = quietFrom + CONVERGE_BOUND_MS;
     let why: string | null = 'not checked';
     const ok = await sched.run(() => workloadDone && (why = converged(nodes)) === null, bound);
-    if (!ok) fail(`(6) no convergence within ${CONVERGE_BOUND_MS} ms after the faults stopped: ${why ?? (workloadDone ? '' : 'clients still busy')}`);
-    else {
-      convergedAt = sched.now - quietFrom;
-      phase = 'probe';
-      let probed = false;
-      const p = workload.probe().then((w) => {
-        probed = true;
-        probe = w.status;
-      });
-      await sched.run(() => probed, bound + 10_000);
-      void p;
-      if (!probed || (probe !== 'acked' && probe !== 'applied-before')) fail(`(6) a write after convergence was not acknowledged (${probe})`);
-      const ok2 = await sched.run(() => (why = converged(nodes)) === null, sched.now + 10_000);
-      if (!ok2) fail(`(6) the pair did not converge again after the probe write: ${why ?? ''}`);
-      else {
-        phase = 'checks';
-        const leader = nodes.find((n) => n.cluster!.hasAuthority())!;
-        const follower = nodes.find((n) => n !== leader)!;
+    const before = why;
+    if (!ok) signatures.stalled(nodes);
+    if (ok) convergedAt = sched.now - quietFrom;
+    // One more write (liveness), then convergence again.
+    phase = 'probe';
+    let probed = false;
+    void workload.probe().then((w) => {
+      probed = true;
+      probe = w.status;
+    });
+    await sched.run(() => probed, sched.now + 15_000);
+    const ok2 = await sched.run(() => (why = converged(nodes)) === null, sched.now + 10_000);
+    if (!ok && ok2) {
+      fail(`(6) the pair converged only after a new write, not within ${CONVERGE_BOUND_MS} ms after the faults stopped: ${before ?? ''}`);
+      signatures.idleLag();
+    } else if (!ok) fail(`(6) no convergence within ${CONVERGE_BOUND_MS} ms after the faults stopped: ${before ?? (workloadDone ? '' : 'clients still busy')}; nor after a new write: ${why ?? ''}`);
+    if (!probed || (probe !== 'acked' && probe !== 'applied-before')) fail(`(6) a write after the faults stopped was not acknowledged (${probe})`);
+    if (ok && !ok2) fail(`(6) the pair did not converge again after the probe write: ${why ?? ''}`);
+    if (!ok2) {
+      // No convergence: still, every acknowledged write must be on the node that leads now (or the newest).
+      const alive = nodes.filter((n) => n.life.alive && n.cluster !== null);
+      const leader = alive.find((n) => n.cluster!.hasAuthority()) ?? alive.sort((p, q) => q.cluster!.epoch - p.cluster!.epoch)[0];
+      if (leader !== undefined) {
         let checked = false;
-        let thrown: Error | null = null;
-        const ctx = { nodes, leader, follower, writes: workload.writes, aggregates: workload.aggregates, numShards, bankAccounts: workload.bankAccounts, fail };
-        void finalChecks(ctx).then(
+        void lostWrites({ nodes, leader, writes: workload.writes, aggregates: workload.aggregates, numShards, bankAccounts: workload.bankAccounts, fail }).then(
           () => (checked = true),
-          (e: Error) => ((thrown = e), (checked = true)),
+          () => (checked = true),
         );
         await sched.run(() => checked, sched.now + 60_000);
-        if (!checked) fail('the final checks did not finish (a read hung)');
-        if (thrown !== null) fail(`the final checks threw: ${(thrown as Error).stack ?? (thrown as Error).message}`);
       }
+    }
+    if (ok2) {
+      phase = 'checks';
+      const leader = nodes.find((n) => n.cluster!.hasAuthority())!;
+      const follower = nodes.find((n) => n !== leader)!;
+      let checked = false;
+      let thrown: Error | null = null;
+      const ctx = { nodes, leader, follower, writes: workload.writes, aggregates: workload.aggregates, numShards, bankAccounts: workload.bankAccounts, fail };
+      void finalChecks(ctx).then(
+        () => (checked = true),
+        (e: Error) => ((thrown = e), (checked = true)),
+      );
+      await sched.run(() => checked, sched.now + 60_000);
+      if (!checked) fail('the final checks did not finish (a read hung)');
+      if (thrown !== null) fail(`the final checks threw: ${(thrown as Error).stack ?? (thrown as Error).message}`);
     }
   } catch (e) {
     fail(`the simulation threw in phase ${phase}: ${(e as Error).stack ?? (e as Error).message}`);
   }
+  process.off('unhandledRejection', onUnhandled);
   if (watch.violation !== null) fail(`(1) ${watch.violation}`);
   const writes = workload.writes;
   const acked = writes.filter((w) => w.status === 'acked').length;
@@ -145,5 +182,5 @@ export async function runSeed(o: SimOptions): Promise<SimResult> {
   const faultsText = Object.entries(faultLog.counts).map(([k, v]) => `${k}×${v}`).join(' ') || 'none';
   const summary = `seed ${o.seed} ${scenario}: ${numShards} shard(s), ${writes.length} writes (${acked} acked, ${unknown} unknown), faults ${faultsText}; restarts ${nodes.map((n) => n.restarts).join('+')}, elections won (last incarnations) ${elections}, S3 requests ${bucket.requests}, messages ${net.delivered}/${net.sent}; ${convergedAt >= 0 ? `converged ${Math.round(convergedAt)} ms after the faults` : 'did not converge'}, virtual ${Math.round(sched.now)} ms, ${sched.turns} turns`;
   trace(`end: ${failures.length} failures`);
-  return { seed: o.seed, scenario, failures, summary, traceHash: hash.digest('hex'), trace: o.keepTrace === true ? full : tail, virtualMs: sched.now };
+  return { seed: o.seed, scenario, failures, summary, knownBug: signatures.explain(failures), traceHash: hash.digest('hex'), trace: o.keepTrace === true ? full : tail, virtualMs: sched.now };
 }

@@ -37,6 +37,7 @@ if (!Number.isSafeInteger(seeds) || seeds < 1 || !Number.isSafeInteger(from)) us
 const list = one !== null ? [one] : Array.from({ length: seeds }, (_, i) => from + i);
 const t0 = process.hrtime.bigint();
 const failed: SimResult[] = [];
+const known = new Map<string, number[]>();
 let virtual = 0;
 for (const [k, seed] of list.entries()) {
   const opts: SimOptions = { seed, keepTrace: verbose && list.length === 1 };
@@ -44,8 +45,9 @@ for (const [k, seed] of list.entries()) {
   if (Object.keys(unsafe).length > 0) opts.unsafe = unsafe;
   const r = await runSeed(opts);
   virtual += r.virtualMs;
-  if (r.failures.length > 0) failed.push(r);
-  if (verbose || r.failures.length > 0) console.log(`${r.failures.length === 0 ? 'ok  ' : 'FAIL'} ${r.summary}`);
+  if (r.knownBug !== null) known.set(r.knownBug, [...(known.get(r.knownBug) ?? []), seed]);
+  else if (r.failures.length > 0) failed.push(r);
+  if (verbose || r.failures.length > 0) console.log(`${r.failures.length === 0 ? 'ok  ' : r.knownBug !== null ? `KNOWN BUG ${r.knownBug}:` : 'FAIL'} ${r.summary}`);
   if (r.failures.length > 0) {
     for (const f of r.failures.slice(0, 10)) console.log(`     - ${f}`);
     console.log(`     replay: ${replayCommand(seed, opts.scenario, opts.unsafe)}`);
@@ -54,5 +56,7 @@ for (const [k, seed] of list.entries()) {
   if (!verbose && (k + 1) % 50 === 0) console.log(`${k + 1}/${list.length} seeds, ${failed.length} failed, ${(Number(process.hrtime.bigint() - t0) / 1e9).toFixed(1)} s`);
 }
 const wall = Number(process.hrtime.bigint() - t0) / 1e9;
-console.log(`\n${list.length} seeds run (${list[0]}..${list[list.length - 1]}${scenario !== undefined ? `, scenario ${scenario}` : ''}): ${list.length - failed.length} clean, ${failed.length} failed${failed.length > 0 ? ` (seeds ${failed.map((r) => r.seed).join(', ')})` : ''}; wall ${wall.toFixed(1)} s, virtual ${(virtual / 1000).toFixed(0)} s`);
+const knownCount = [...known.values()].reduce((n, l) => n + l.length, 0);
+for (const [name, l] of known) console.log(`known bug ${name}: seeds ${l.slice(0, 30).join(', ')}${l.length > 30 ? ` … (${l.length})` : ''}`);
+console.log(`\n${list.length} seeds run (${list[0]}..${list[list.length - 1]}${scenario !== undefined ? `, scenario ${scenario}` : ''}): ${list.length - failed.length - knownCount} clean, ${knownCount} failed on known bugs, ${failed.length} failed otherwise${failed.length > 0 ? ` (seeds ${failed.map((r) => r.seed).join(', ')})` : ''}; wall ${wall.toFixed(1)} s, virtual ${(virtual / 1000).toFixed(0)} s`);
 process.exit(failed.length > 0 ? 1 : 0);

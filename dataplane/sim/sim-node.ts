@@ -32,6 +32,10 @@ export interface NodeSetup {
   trace: (e: string) => void;
   unsafe?: ClusterNodeOptions['unsafe'];
   memoryBudgetBytes: number;
+  /** Sees every log line of the node. */
+  onNote?: (m: string) => void;
+  /** A replica's committed seq moved (the cluster called commitTo): the simulator compares it with the peer. */
+  onCommitTo?: (node: SimNode, shard: number, committed: number) => void;
 }
 
 /** The node's id in records (16 bytes) and in S3 keys. */
@@ -117,7 +121,19 @@ export class SimNode {
       clock,
       store: this.s.bucket.client(this.name, this.life, inc),
       transport,
-      shards: shards.map((sh) => localShardPort(sh)),
+      shards: shards.map((sh) => {
+        const port = localShardPort(sh);
+        const commitTo = port.commitTo;
+        return {
+          ...port,
+          commitTo: async (seq: number) => {
+            const before = sh.committedSeq;
+            const r = await commitTo(seq);
+            if (r > before && this.inc === inc) this.s.onCommitTo?.(this, sh.id, r);
+            return r;
+          },
+        };
+      }),
       log: (m) => this.note(inc, m),
     };
     if (this.s.unsafe !== undefined) opts.unsafe = this.s.unsafe;
@@ -130,6 +146,7 @@ export class SimNode {
 
   private note(inc: number, m: string): void {
     if (inc !== this.inc || !this.life.alive) return;
+    this.s.onNote?.(m);
     const line = `${this.s.sched.now.toFixed(1)} ${this.name}: ${m}`;
     this.log.push(line);
     if (this.log.length > 400) this.log.splice(0, 100);

@@ -109,7 +109,7 @@ export interface Workload {
   aggregates: number;
   bankAccounts: number[];
   done: Promise<void>;
-  /** Runs one more write (the liveness probe after the faults); resolves with its outcome. */
+  /** Runs one more write per shard (the liveness probe after the faults); resolves with the first that failed, else the last. */
   probe(): Promise<SimWrite>;
 }
 
@@ -295,11 +295,18 @@ export function startWorkload(o: WorkloadOptions): Workload {
   const probeClient = n++;
   let probeSeq = 0n;
   w.probe = async () => {
-    probeSeq += 1n;
-    const sw = makeWrite(probeClient, 9000n, [{ agg: int(shared), mode: Expect.Any, expect: 0, clientSeq: probeSeq, amount: 0 }], true);
-    const c = { target: int(2) };
-    for (let round = 0; round < 5 && sw.status !== 'acked' && sw.status !== 'applied-before'; round++) await submit(c, sw);
-    return sw;
+    // One write per shard: an aggregate of each.
+    let last: SimWrite | null = null;
+    for (let shard = 0; shard < numShards; shard++) {
+      probeSeq += 1n;
+      let agg = 0;
+      while (shardOfAgg(agg, numShards) !== shard) agg++;
+      const sw = makeWrite(probeClient, 9000n, [{ agg, mode: Expect.Any, expect: 0, clientSeq: probeSeq, amount: 0 }], true);
+      const c = { target: int(2) };
+      for (let round = 0; round < 5 && sw.status !== 'acked' && sw.status !== 'applied-before'; round++) await submit(c, sw);
+      if (last === null || (sw.status !== 'acked' && sw.status !== 'applied-before')) last = sw;
+    }
+    return last!;
   };
   return w;
 }
