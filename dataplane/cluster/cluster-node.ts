@@ -83,6 +83,12 @@ export class ClusterNode {
   private readonly applyQueues = new Map<number, { pending: Append[]; running: boolean }>();
   private readonly shardById = new Map<number, ShardPort>();
   private notifyScheduled = false;
+  /**
+   * Follower, per shard: the local log up to here is known to be the current leader's (an append
+   * of its, or its anchor, linked to it). Commits from heartbeats and notices go no further:
+   * records a deposed leader still holds at those seqs must never become visible or acked.
+   */
+  private readonly verified = new Map<number, number>();
 
   constructor(o: ClusterNodeOptions) {
     this.o = o;
@@ -95,7 +101,8 @@ export class ClusterNode {
         store: o.store,
         send: (ch, m) => o.transport.send(ch, m),
         connected: () => o.transport.connected('data'),
-        authority: () => this.hasAuthority(),
+        // The adopted tail of a promotion commits while the role is still 'promoting'.
+        authority: () => (this.role === 'leader' || this.role === 'promoting') && !this.stopped && this.now() < this.validUntil,
         replicationTimeoutMs: replicationTimeoutMs(o.timing),
         probeIntervalMs: o.timing.renewIntervalMs,
         counters: this.counters,
@@ -225,6 +232,7 @@ export class ClusterNode {
         return;
       }
       this.sendHeartbeat();
+      this.replicator.tick();
       const hbFailing = now - this.lastHbAckMono > this.o.timing.renewIntervalMs * 2 || this.peer?.driftRefused === true;
       if (hbFailing && !this.s3Busy) {
         const firstFailure = this.lastS3RenewMono < this.lastHbAckMono;
@@ -347,20 +355,30 @@ export class ClusterNode {
       if (this.stopped) return;
       this.role = 'promoting';
       this.epoch = epoch;
+      this.verified.clear();
       this.leader = { id: this.o.nodeId, client: this.o.clientAddress };
       this.validUntil = grantMono + this.o.timing.renewDeadlineMs;
       this.o.log(`cluster: won the lease with epoch ${epoch}; catching up from S3 before taking writes`);
-      // Records the old leader committed through S3 while this node was away.
-      await this.catchUp();
-      if ((this.role as ClusterRole) !== 'promoting') return;
-      // Appends from the old leader still in flight finish first (new ones are refused now): a
-      // shard must not take writes while replicated records it has not indexed are on their way.
-      for (const s of this.o.shards) await this.onShardQueue(s.id, () => s.quiesce());
-      await this.replicator.start(epoch);
-      for (const s of this.o.shards) await s.becomeLeader(epoch);
-      // Catch-up may have taken long: renew before the authority lapses.
-      if (this.validUntil - this.now() < this.o.timing.renewDeadlineMs / 2) await this.renewS3();
-      if ((this.role as ClusterRole) !== 'promoting') return;
+      try {
+        // Records the old leader committed through S3 while this node was away.
+        await this.catchUp();
+        if ((this.role as ClusterRole) !== 'promoting') return;
+        // Appends from the old leader still in flight finish first (new ones are refused now): a
+        // shard must not take writes while replicated records it has not indexed are on their way.
+        for (const s of this.o.shards) await this.onShardQueue(s.id, () => s.quiesce());
+        // Catch-up may have taken long: renew before the authority lapses.
+        if (this.validUntil - this.now() < this.o.timing.renewDeadlineMs / 2) await this.renewS3();
+        if ((this.role as ClusterRole) !== 'promoting') return;
+        await this.replicator.start(epoch);
+        for (const s of this.o.shards) await s.becomeLeader(epoch);
+        if ((this.role as ClusterRole) !== 'promoting') return;
+        if (this.now() >= this.validUntil) throw new Error('the authority expired during the promotion');
+      } catch (e) {
+        // Step back; the lease names this node, so the next poll takes it again with a new epoch.
+        this.o.log(`cluster: promotion to epoch ${epoch} failed (${(e as Error).message}); stepping back`);
+        await this.stepBack('fenced', `promotion failed: ${(e as Error).message}`);
+        return;
+      }
       this.role = 'leader';
       this.lastHbAckMono = this.now();
       this.counters.electionsWon++;
@@ -379,22 +397,40 @@ export class ClusterNode {
       }
       this.o.log(`cluster: leaving the leader role (${why})`);
       if (to === 'fenced') this.counters.fencings++;
-      this.role = to;
-      this.validUntil = Number.NEGATIVE_INFINITY;
-      this.replicator.stop(`this node stopped leading: ${why}`);
-      for (const s of this.o.shards) {
-        await s.becomeReplica(this.epoch);
-        await s.quiesce();
-        const tip = await s.tip();
-        if (tip.durableSeq > tip.committedSeq) {
-          await s.truncateAfter(tip.committedSeq);
-          this.counters.rewoundRecords += tip.durableSeq - tip.committedSeq;
-        }
-      }
-      // A fenced node listens for a leader like a follower does.
-      this.lastHbMono = Number.NEGATIVE_INFINITY;
-      this.observedAtMono = this.now();
+      await this.stepBack(to, why);
     });
+  }
+
+  /**
+   * The shards become replicas and lose their unacknowledged tail. Each shard's part runs on its
+   * queue, after appends already queued and before any that arrive later, so nothing is applied
+   * to a tail that is about to be cut, and nothing is committed that is not the leader's.
+   */
+  private async stepBack(to: 'fenced' | 'follower', why: string): Promise<void> {
+    this.role = to;
+    this.validUntil = Number.NEGATIVE_INFINITY;
+    this.verified.clear();
+    this.replicator.stop(`this node stopped leading: ${why}`);
+    for (const s of this.o.shards) {
+      await this.onShardQueue(s.id, async () => {
+        try {
+          await s.becomeReplica(this.epoch);
+          await s.quiesce();
+          const tip = await s.tip();
+          if (tip.durableSeq > tip.committedSeq) {
+            await s.truncateAfter(tip.committedSeq);
+            this.counters.rewoundRecords += tip.durableSeq - tip.committedSeq;
+          }
+        } catch (e) {
+          // The tail stays for now: the leader's first append will not link to it, and the
+          // follower side rewinds it then (refuse()).
+          this.o.log(`cluster: shard ${s.id}: rewinding after leading failed (${(e as Error).message}); the next append from the leader retries`);
+        }
+      });
+    }
+    // A fenced node listens for a leader like a follower does.
+    this.lastHbMono = Number.NEGATIVE_INFINITY;
+    this.observedAtMono = this.now();
   }
 
   /** S3 catch-up of every shard (peer uploads only). */
@@ -490,6 +526,7 @@ export class ClusterNode {
       else this.o.log(`cluster: ignoring a ${m.t} of epoch ${m.epoch} while leading under the same epoch`);
       return;
     }
+    if (m.epoch > this.epoch) this.verified.clear();
     this.epoch = m.epoch;
     switch (m.t) {
       case 'hb':
@@ -580,8 +617,10 @@ export class ClusterNode {
   private async followerCommit(shard: number, committed: number): Promise<void> {
     const s = this.shardById.get(shard);
     if (s === undefined || this.role === 'leader' || this.role === 'promoting') return;
+    const upTo = Math.min(committed, this.verified.get(shard) ?? 0);
+    if (upTo <= 0) return;
     try {
-      await s.commitTo(committed);
+      await s.commitTo(upTo);
     } catch (e) {
       this.o.log(`cluster: shard ${shard}: commit to ${committed} failed (${(e as Error).message})`);
     }
@@ -613,10 +652,12 @@ export class ClusterNode {
     const q = this.applyQueues.get(shard);
     if (q === undefined || q.running || q.pending.length === 0) return;
     q.running = true;
-    void this.onShardQueue(shard, () => this.drainAppends(shard)).finally(() => {
-      q.running = false;
-      this.kickAppends(shard);
-    });
+    this.onShardQueue(shard, () => this.drainAppends(shard))
+      .catch((e: Error) => this.o.log(`cluster: shard ${shard}: applying replicated records failed: ${e.stack ?? e.message}`))
+      .finally(() => {
+        q.running = false;
+        this.kickAppends(shard);
+      });
   }
 
   /** Applies every queued append of a shard with one call (one fdatasync), then answers each. */
@@ -640,7 +681,9 @@ export class ClusterNode {
           for (const a of batch) this.o.transport.send('data', { t: 'appendOk', epoch: a.epoch, shard, session: a.session, ackSeq: a.last });
           await p;
         } else {
-          await s.applyReplicated(records, Math.max(...batch.map((a) => a.committed)));
+          // Linked to the local tip: the whole local log is the leader's up to what it holds now.
+          const durable = await s.applyReplicated(records, Math.max(...batch.map((a) => a.committed)));
+          this.verified.set(shard, Math.max(this.verified.get(shard) ?? 0, Math.min(durable, Math.max(...batch.map((a) => a.last)))));
           for (const a of batch) this.o.transport.send('data', { t: 'appendOk', epoch: a.epoch, shard, session: a.session, ackSeq: a.last });
         }
       } catch (e) {
@@ -660,6 +703,7 @@ export class ClusterNode {
         this.o.log(`cluster: shard ${s.id}: the local tail after seq ${tip.barrierSeq} diverges from the leader's; rewinding it (${e.message})`);
         this.counters.rewoundRecords += tip.durableSeq - tip.barrierSeq;
         await s.truncateAfter(tip.barrierSeq);
+        this.verified.set(s.id, Math.min(this.verified.get(s.id) ?? 0, tip.barrierSeq));
         tip = await s.tip();
       } else {
         reason = 'fatal';

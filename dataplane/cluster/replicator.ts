@@ -64,7 +64,7 @@ class Stream {
   durable = 0;
   /** Highest seq committed (every wait up to it resolved, in order). */
   committed = 0;
-  inflight: { last: number; bytes: number }[] = [];
+  inflight: { last: number; bytes: number; sentAt: number }[] = [];
   inflightBytes = 0;
   cache: Cached[] = [];
   cacheBytes = 0;
@@ -156,6 +156,22 @@ export class Replicator {
         st.inflightBytes = 0;
         for (const w of st.waits) this.fallback(st, w);
       }
+    }
+  }
+
+  /**
+   * Called every heartbeat interval: a stream whose oldest append has gone unanswered for twice
+   * the replication timeout (lost on a link that stayed up) starts over with a probe; one that
+   * lags with nothing in flight sends again.
+   */
+  tick(): void {
+    if (!this.active) return;
+    const now = this.o.clock.monoMs();
+    for (const st of this.streams.values()) {
+      if (st.state !== 'streaming') continue;
+      const oldest = st.inflight[0];
+      if (oldest !== undefined && now - oldest.sentAt > 2 * this.o.replicationTimeoutMs) this.probe(st);
+      else if (oldest === undefined && st.ackSeq < st.durable) void this.pump(st);
     }
   }
 
@@ -359,7 +375,7 @@ export class Replicator {
         if (!this.o.send('data', msg)) break;
         st.anchor = -1;
         st.sentSeq = Math.max(st.sentSeq, last);
-        st.inflight.push({ last, bytes });
+        st.inflight.push({ last, bytes, sentAt: this.o.clock.monoMs() });
         st.inflightBytes += bytes;
       }
     } finally {

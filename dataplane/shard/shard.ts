@@ -499,6 +499,10 @@ export class Shard {
       return;
     }
     if (this.replica) {
+      // Writes placed while this shard still led, and durable only now that it follows: they
+      // never reach the commit step; their outcome is unknown (the tail is rewound).
+      if (this.waiters.length > 0) this.failWaitersAbove(this.committedSeq, new Error('this node stopped leading before the write was replicated'));
+      this.unsent = [];
       this.replicaDurable(durableSeq);
       return;
     }
@@ -1023,10 +1027,14 @@ export class Shard {
 
   /** Writes, commit steps and replicated appends in flight have settled (a truncateAfter may run). */
   async quiesce(): Promise<void> {
-    await this.commitChain;
-    for (let done = this.loopDone; ; done = this.loopDone) {
-      await done;
-      if (done === this.loopDone && !this.committing) break;
+    // A commit-chain link can start a loop (the barrier's header write) and a loop can add links:
+    // wait until neither moved while we waited.
+    for (;;) {
+      const chain = this.commitChain;
+      const loop = this.loopDone;
+      await chain;
+      await loop;
+      if (chain === this.commitChain && loop === this.loopDone && !this.committing) break;
     }
   }
 
