@@ -12,7 +12,7 @@ import { localShardPort } from './local-shard.ts';
 import { DEFAULT_TIMING } from './timing.ts';
 import { Replicator } from './replicator.ts';
 import { newCounters } from './ports.ts';
-import { writeBody } from '../../test/lib/shard-fixture.ts';
+import { code, show, writeBody } from '../../test/lib/shard-fixture.ts';
 import { SimDisk } from '../../test/sim/sim-disk.ts';
 import { Shard, type CommitStep, type ShardTip } from '../shard/shard.ts';
 import type { Clock } from '../storage/disk.ts';
@@ -26,6 +26,8 @@ export const turn = (): Promise<void> => new Promise<void>((r) => setImmediate(r
 export class MemStore implements ObjectStore {
   readonly objects = new Map<string, StoredObject>();
   private n = 0;
+  /** Every request fails (an S3 outage). */
+  down = false;
   /** putIfAbsent of keys that match this fails (outcome unknown, nothing stored). */
   failPutIfAbsent: RegExp | null = null;
   /** putIfMatch on this key lands, then the caller gets an error (outcome unknown), this many times. */
@@ -37,6 +39,7 @@ export class MemStore implements ObjectStore {
   }
   putIfAbsent(key: string, body: Uint8Array): Promise<PutResult> {
     this.log.push(`putIfAbsent ${key}`);
+    if (this.down) return Promise.reject(new ObjectStoreError('S3 is down', 'error'));
     if (this.failPutIfAbsent?.test(key) === true) return Promise.reject(new ObjectStoreError('503 Slow Down', 'throttled'));
     if (this.objects.has(key)) return Promise.resolve({ ok: false, reason: 'exists' });
     const etag = `e${++this.n}`;
@@ -45,6 +48,7 @@ export class MemStore implements ObjectStore {
   }
   putIfMatch(key: string, body: Uint8Array, etag: ETag): Promise<PutResult> {
     this.log.push(`putIfMatch ${key}`);
+    if (this.down) return Promise.reject(new ObjectStoreError('S3 is down', 'error'));
     const cur = this.objects.get(key);
     if (cur === undefined || cur.etag !== etag) return Promise.resolve({ ok: false, reason: 'precondition' });
     const next = `e${++this.n}`;
@@ -337,7 +341,8 @@ test(
 
 // -------------------------------------------------------------------------------------------
 // R4: a heartbeat commits the follower's own unverified tail (seen by the simulator too: known-bugs.ts
-// 'follower-commits-its-own-divergent-tail'; this is the restart variant, no demotion race needed)
+// 'follower-commits-its-own-divergent-tail'; this is the restart variant, no demotion race needed).
+// Fails on 1f835a9..10b6105; passes since cc72092 (the follower's `verified` bound): drop the todo.
 
 test(
   "R4: a restarted node's own speculative tail is not committed by the new leader's heartbeat before the stream has checked it",
@@ -361,5 +366,96 @@ test(
       await turn();
     }
     assert.equal(b.committedSeq, 0, `B committed (made visible, and raised its ack barrier over) its own epoch-1 records up to ${b.committedSeq}, which A never had`);
+  },
+);
+
+// -------------------------------------------------------------------------------------------
+// R5: a leader whose authority lapsed between two ticks and came back keeps a shard that
+// refuses every write
+
+/** SimClock plus jump(): time moves without firing timers (the event loop was stalled). */
+class StallClock extends SimClock {
+  private extra = 0;
+  override monoMs(): number {
+    return super.monoMs() + this.extra;
+  }
+  override nowMs(): number {
+    return super.nowMs() + this.extra;
+  }
+  override after(ms: number, fn: () => void): () => void {
+    return super.after(ms + this.extra, fn);
+  }
+  /** Moves time by `ms` without running timers; the next advance() runs what came due (late). */
+  jump(ms: number): void {
+    this.extra += ms;
+  }
+  override advance(ms: number): void {
+    if (this.extra > 0) {
+      const e = this.extra;
+      this.extra = 0;
+      super.advance(e);
+    }
+    super.advance(ms);
+  }
+}
+
+test(
+  'R5: after a commit fails for lost authority, a node that goes on leading (authority back before the tick) does not refuse writes on that shard forever',
+  { todo: 'BUG: the shard stops writes on a failed commit step (stoppedByCommit) and only a truncateAfter lifts it; if the authority comes back before tick() sees it lapsed, there is no demotion and the shard refuses every write for good' },
+  async () => {
+    const clock = new StallClock();
+    const store = new MemStore();
+    const t = new HandTransport();
+    const holder: { node: ClusterNode | null } = { node: null };
+    const shard = await openReplica(clock, 0xaa, 0, { commit: (from, to, records) => holder.node!.commitStep(0).commit(from, to, records) });
+    const node = new ClusterNode({ nodeId: 'node-a', clientAddress: 'a:7000', replicationAddress: 'a:7003', timing: DEFAULT_TIMING, clock, store, transport: t, shards: [localShardPort(shard)], log: noLog });
+    holder.node = node;
+    // The test plays the follower: it answers probes at once and heartbeats while `acking`.
+    let acking = true;
+    let answered = 0;
+    const answer = (): void => {
+      for (; answered < t.sent.length; answered++) {
+        const m = t.sent[answered]!.m;
+        if (m.t === 'probe') t.deliver('data', { t: 'probeState', epoch: m.epoch, shard: 0, session: m.session, placed: shard.tip().durableSeq, barrier: 0 });
+        if (m.t === 'hb' && acking) t.deliver('control', { t: 'hbAck', epoch: m.epoch, from: 'node-b', client: 'b:7000', n: m.n, wallMs: clock.nowMs(), ok: true });
+      }
+    };
+    const run = async (ms: number): Promise<void> => {
+      for (let i = 0; i < ms; i++) {
+        answer();
+        clock.advance(1);
+        await turn();
+      }
+    };
+    void node.start();
+    await waitFor(() => node.role === 'leader', 'A leads', { advance: (ms) => (answer(), clock.advance(ms)) });
+    await run(300);
+    assert.ok(node.hasAuthority());
+    // S3 is down and the follower's heartbeat answers stall; a write is waiting for the follower.
+    store.down = true;
+    acking = false;
+    const w = shard.handle(Op.Write, writeBody(1));
+    await run(600);
+    const hbs = t.of('hb');
+    const lastHb = hbs[hbs.length - 1]!;
+    // The event loop stalls past the authority deadline; when it resumes, the socket callbacks
+    // run before the timers: the follower's appendOk for the write (refused: no authority now),
+    // then its late answer to the last heartbeat (the authority is back).
+    clock.jump(600);
+    assert.equal(node.hasAuthority(), false);
+    const ap = t.of('append')[0]!;
+    t.deliver('data', { t: 'appendOk', epoch: ap.epoch, shard: 0, session: ap.session, ackSeq: ap.last });
+    t.deliver('control', { t: 'hbAck', epoch: lastHb.epoch, from: 'node-b', client: 'b:7000', n: lastHb.n, wallMs: clock.nowMs(), ok: true });
+    acking = true;
+    store.down = false;
+    await run(2000);
+    const r1 = await w;
+    assert.notEqual(code(r1), 0, 'the stalled write is not acknowledged (right)');
+    assert.equal(node.role, 'leader', 'the node goes on leading');
+    assert.ok(node.hasAuthority());
+    const r2 = shard.handle(Op.Write, writeBody(2));
+    await run(1500);
+    const res = await r2;
+    assert.equal(code(res), 0, `a later write on the leader is still refused: ${show(res)} (writesRefused: ${shard.writesRefused})`);
   },
 );
