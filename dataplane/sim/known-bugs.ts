@@ -1,6 +1,6 @@
 import type { SimNode } from './sim-node.ts';
 
-// Protocol bugs the simulator found and the lead has not fixed yet, each with a signature that
+// Protocol bugs the simulator found (line numbers: dataplane/cluster at commit 832b6e6) and the lead has not fixed yet, each with a signature that
 // recognises it in a run, so `npm test` reports the seeds it explains (as `todo` tests in
 // cluster-sim.test.ts) without failing on them, and fails on anything else. A failure counts as
 // explained only when every failure of the seed is of the kinds the bug causes and the bug's
@@ -20,7 +20,7 @@ export const KNOWN_BUGS: KnownBug[] = [
   {
     name: 'promotion-wedges-adopted-tail',
     diagnosis:
-      "cluster-node.ts promote() calls shard.becomeLeader(epoch) (line 335) while role is still 'promoting' (it becomes 'leader' at line 339). " +
+      "cluster-node.ts promote() calls shard.becomeLeader(epoch) (line 360) while role is still 'promoting' (it becomes 'leader' at line 364). " +
       'becomeLeader hands the adopted durable tail (durable > committed) to the commit step at once (shard.ts becomeLeader → afterDurable), ' +
       'replicator.commit (replicator.ts:193) sees authority() false (hasAuthority needs role leader) and rejects with NotCommittedError, and the shard ' +
       'stops taking writes for good (stopWrites: "the commit step failed for seqs X..Y (this node is no longer the leader)"). The new leader then ' +
@@ -42,10 +42,10 @@ export const KNOWN_BUGS: KnownBug[] = [
   {
     name: 'follower-commits-its-own-divergent-tail',
     diagnosis:
-      "cluster-node.ts onHeartbeat (line 513) hands the leader's committed seqs to followerCommit → shard.commitTo for every shard, without checking " +
+      "cluster-node.ts onHeartbeat (line 535) hands the leader's committed seqs to followerCommit → shard.commitTo for every shard, without checking " +
       'that the local records up to that seq are the leader\'s. A deposed leader keeps its own speculative tail (other records at the same seqs) ' +
-      "until demote() truncates it, and demote() sets role 'fenced' first (line 360) and truncates later (line 368) while onHeartbeat turns " +
-      "'fenced' into 'follower' (line 510) at once: the new leader's heartbeat commits the deposed leader's unacknowledged, divergent records " +
+      "until demote() truncates it, and demote() sets role 'fenced' first (line 382) and truncates later (line 390) while onHeartbeat turns " +
+      "'fenced' into 'follower' (line 532) at once: the new leader's heartbeat commits the deposed leader's unacknowledged, divergent records " +
       '(commitTo raises the ack barrier over them). Seen: the truncation that was already under way then cuts below the new barrier and the ' +
       'shard fails ("truncateAfter failed: … at or below the ack barrier … (it was acknowledged)"); without the race the divergent records stay ' +
       'committed (visible to reads, never acknowledged to a client, not the leader\'s) and replication stops with "ACKNOWLEDGED HISTORY DIFFERS".',
@@ -55,7 +55,7 @@ export const KNOWN_BUGS: KnownBug[] = [
   {
     name: 'failed-promotion-stays-promoting',
     diagnosis:
-      "cluster-node.ts promote(): when S3 catch-up fails while promoting (catchUp rethrows in the 'promoting' role, line 387), serial() logs the " +
+      "cluster-node.ts promote(): when S3 catch-up fails while promoting (catchUp rethrows in the 'promoting' role, line 409), serial() logs the " +
       "error and the node stays in role 'promoting' for good: tick() (line 219) acts only for leader, follower and fenced, so nothing retries the " +
       'promotion, renews, heartbeats or steps back to follower. The lease it won expires; the peer (if alive) takes over and its heartbeat demotes ' +
       'the stuck node, but when the peer then fails the same way (or is down), no node ever leads again. Seen: an S3 error or outage during ' +
