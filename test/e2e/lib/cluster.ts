@@ -442,21 +442,40 @@ export class Cluster {
   }
 
   /**
-   * A line of a node's log that means the cluster cannot recover by itself (a shard that stopped
-   * taking writes), or null. Waits fail at once on it instead of running into their timeout.
+   * What in a node's log means the cluster cannot recover by itself, or null: the node exited
+   * without the test ending it, or it leads (by its log) while one of its shards has stopped taking
+   * writes (and no truncation has lifted that since) for more than 2 s. Waits fail at once on it
+   * instead of running into their timeout.
    */
   fatalLine(): string | null {
     for (const n of this.nodes) {
       if (n.unexpectedExit !== null) return `${n.id} exited by itself or by a signal the test did not send (${n.unexpectedExit})`;
-      let closing = false;
+      let leading = false;
+      const stopped = new Map<string, string>();
       for (const line of n.log.split('\n')) {
-        if (line.startsWith('---- test: start')) closing = false;
-        if (/SIGTERM: closing|SIGINT: closing/.test(line)) closing = true;
-        if (!closing && /takes no more writes/.test(line)) return `${n.id}: ${line}`;
+        if (line.startsWith('---- test: start')) {
+          leading = false;
+          stopped.clear();
+        }
+        if (/cluster: (won the lease|leader with epoch)/.test(line)) leading = true;
+        if (/cluster: (leaving the leader role|lost the race|stepping down|handed)/.test(line) || /SIGTERM: closing/.test(line)) leading = false;
+        const stop = /shard (\d+) takes no more writes/.exec(line);
+        if (stop) stopped.set(stop[1]!, line);
+        const cut = /shard (\d+): truncated after/.exec(line);
+        if (cut) stopped.delete(cut[1]!);
+      }
+      const key = `${n.id}`;
+      if (leading && stopped.size > 0) {
+        const since = this.wedgedSince.get(key) ?? now();
+        this.wedgedSince.set(key, since);
+        if (now() - since > 2_000) return `${n.id} leads while a shard takes no writes: ${[...stopped.values()].join(' | ')}`;
+      } else {
+        this.wedgedSince.delete(key);
       }
     }
     return null;
   }
+  private readonly wedgedSince = new Map<string, number>();
 
   /** waitUntil, failing at once when fatalLine() finds something. */
   async waitFor<T>(what: string, probe: () => T | Promise<T>, timeoutMs = 30_000): Promise<NonNullable<T>> {
@@ -591,6 +610,8 @@ export interface LoadOptions {
   exactlyOnce: number;
   org: number;
   clientOptions?: ClientOptions;
+  /** The addresses given to connect(), in this order (default: n0's, n1's). */
+  addresses?: string[];
   /** Pause between a writer's writes (ms); 0 = back to back. */
   thinkMs?: number;
 }
@@ -599,7 +620,7 @@ export interface WriterState {
   key: AggregateKey;
   exactlyOnce: boolean;
   /** Acknowledged payloads, in order, with the version each was acknowledged at (plain) or null (exactly-once). */
-  acked: Array<{ data: string; version: bigint | null; at: number }>;
+  acked: Array<{ data: string; version: bigint | null; at: number; issued: number }>;
   /** Every payload sent (acknowledged or not). */
   sent: Set<string>;
 }
@@ -630,7 +651,7 @@ export class Load {
 
   async start(c: Cluster): Promise<void> {
     this.cluster = c;
-    this.client = await c.client({ requestTimeoutMs: 5_000, failoverTimeoutMs: 10_000, ...this.options.clientOptions });
+    this.client = await connect(this.options.addresses ?? c.addresses, { requestTimeoutMs: 5_000, failoverTimeoutMs: 10_000, ...this.options.clientOptions });
     this.done = Promise.all(this.writers.map((_, w) => this.writer(w))).then(() => {});
   }
 
@@ -684,29 +705,35 @@ export class Load {
     let version = 0n;
     let attempt = 0;
     let seq = 1n;
+    /** Exactly-once: when the first attempt of the current clientSeq was issued. */
+    let firstIssued: number | null = null;
     while (!this.stopping) {
       if (st.exactlyOnce) {
         const data = `w${w}-s${seq}`;
         st.sent.add(data);
+        const issued = now();
         try {
           await c.appendExactlyOnce(st.key, [{ type: 'Tick', data: te.encode(data) }], { clientId: 1000 + w, clientSeq: seq, expectedVersion: 'any', sleep: this.helperSleep });
           const at = now();
-          st.acked.push({ data, version: null, at });
+          st.acked.push({ data, version: null, at, issued: firstIssued ?? issued });
+          firstIssued = null;
           this.ackTimes.push(at);
           seq++;
         } catch (e) {
           if (this.stopping) break;
           this.errors.push({ at: now(), writer: w, error: errorText(e) });
+          firstIssued ??= issued;
           await sleep(50); // unknown outcome: the same clientSeq again
         }
       } else {
         const data = `w${w}-a${++attempt}`;
         st.sent.add(data);
+        const issued = now();
         try {
           const r = await c.append(st.key, [{ type: 'Tick', data: te.encode(data) }], { expectedVersion: version });
           version = r.toVersion;
           const at = now();
-          st.acked.push({ data, version, at });
+          st.acked.push({ data, version, at, issued });
           this.ackTimes.push(at);
         } catch (e) {
           if (e instanceof WrongExpectedVersionError) {
