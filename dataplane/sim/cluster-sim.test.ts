@@ -5,7 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { replayCommand, runSeed, type SimOptions, type SimResult } from './cluster-sim.ts';
-import { KNOWN_BUGS } from './known-bugs.ts';
+import { FIXED_BUGS, KNOWN_BUGS } from './known-bugs.ts';
 import type { Scenario } from './faults.ts';
 
 /** Seeds per `npm test`: 150 take ~35 s of CPU (measured on our 2-core machine while other tests shared it; ~0.2 s a seed). */
@@ -83,6 +83,15 @@ test('teeth: the same scenarios with the real protocol are clean on the seeds th
 
 for (const bug of KNOWN_BUGS) {
   test(`known protocol bug: ${bug.name}`, { todo: bug.diagnosis }, async () => {
+    for (const seed of bug.seeds) {
+      const r = await runSeed({ seed });
+      assert.deepEqual(r.failures, [], `seed ${seed}:\n${describe([r])}`);
+    }
+  });
+}
+
+for (const bug of FIXED_BUGS.filter((b) => b.seeds.length > 0)) {
+  test(`regression seeds of a fixed protocol bug (${bug.fixedIn}): ${bug.name}`, async () => {
     for (const seed of bug.seeds) {
       const r = await runSeed({ seed });
       assert.deepEqual(r.failures, [], `seed ${seed}:\n${describe([r])}`);

@@ -113,7 +113,7 @@ export async function injectFaults(env: FaultEnv, scenario: Scenario, log: Fault
         if (sched.now >= restartAt.get(i)!) {
           restartAt.delete(i);
           n.restarts++;
-          void n.boot();
+          void n.start();
         }
       }
       await sched.sleep(20);
@@ -214,6 +214,6 @@ export async function injectFaults(env: FaultEnv, scenario: Scenario, log: Fault
   }
   for (const n of nodes) if (!n.life.alive) {
     n.restarts++;
-    void n.boot();
+    void n.start();
   }
 }

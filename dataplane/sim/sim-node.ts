@@ -72,6 +72,17 @@ export class SimNode {
     return this.life.incarnation;
   }
 
+  /** Why the last boot failed (a shard that did not open), or null. */
+  bootError: string | null = null;
+
+  /** boot(), with a failure kept in bootError (the run reports it) instead of thrown. */
+  start(): Promise<void> {
+    return this.boot().catch((e: Error) => {
+      this.bootError ??= e.message;
+      this.s.trace(`${this.name} cannot boot: ${e.message}`);
+    });
+  }
+
   /** Boots an incarnation on the current disk image: shards, then the cluster node, then start(). */
   async boot(): Promise<void> {
     const inc = this.life.start();
