@@ -18,7 +18,7 @@ import type { ObjectStore } from './object-store.ts';
 import type { Append, ClusterMessage, Heartbeat, HeartbeatAck } from './messages.ts';
 import type { Channel, ClusterCounters, Clock, PeerTransport, ShardPort } from './ports.ts';
 import { newCounters } from './ports.ts';
-import { Replicator } from './replicator.ts';
+import { lastSeqOf, Replicator } from './replicator.ts';
 import { replicationTimeoutMs, type ClusterTiming } from './timing.ts';
 import { catchUpFromS3 } from './catch-up.ts';
 
@@ -89,6 +89,14 @@ export class ClusterNode {
    * records a deposed leader still holds at those seqs must never become visible or acked.
    */
   private readonly verified = new Map<number, number>();
+  /**
+   * Leader, per shard: where the log ended when this node started leading. Records up to here
+   * came from earlier leaders (adopted, possibly acknowledged by them); only records after it are
+   * this node's own, and only those may be rewound when it stops leading.
+   */
+  private readonly adoptedEnd = new Map<number, number>();
+  /** Follower, per shard: the newest stream session of the leader seen, and the highest seq it carried. */
+  private readonly sessions = new Map<number, { epoch: number; session: number; maxLast: number }>();
 
   constructor(o: ClusterNodeOptions) {
     this.o = o;
@@ -108,6 +116,11 @@ export class ClusterNode {
         counters: this.counters,
         log: o.log,
         onCommitted: () => this.scheduleCommitNotify(),
+        // A refused group leaves its shard refusing writes until the tail is rewound: step down now
+        // (rewinding it), rather than lead on with a shard that takes nothing.
+        onRefused: (why) => {
+          if (this.role === 'leader' || this.role === 'promoting') void this.demote('fenced', why);
+        },
       },
       o.shards,
     );
@@ -290,8 +303,11 @@ export class ClusterNode {
       }
       this.observe(l);
       if (l.lease.leader === this.o.nodeId) {
-        // Ours: handed over to us (higher epoch), or we held it and were fenced. Nobody else led
-        // meanwhile (they would have replaced it), so take it with a new epoch at once.
+        // Ours: handed over to us, or we held it and were fenced. Nobody else led meanwhile
+        // (they would have replaced it), so take it with a new epoch — at once, unless another
+        // leader's heartbeat was acknowledged here within the TTL (a step-down whose answer was
+        // lost may leave it leading on heartbeats): then only after the TTL since that heartbeat.
+        if (this.leader !== null && this.leader.id !== this.o.nodeId && this.now() < this.lastHbMono + this.o.timing.leaseTtlMs) return;
         await this.acquire(l);
         return;
       }
@@ -369,6 +385,7 @@ export class ClusterNode {
         // Catch-up may have taken long: renew before the authority lapses.
         if (this.validUntil - this.now() < this.o.timing.renewDeadlineMs / 2) await this.renewS3();
         if ((this.role as ClusterRole) !== 'promoting') return;
+        for (const s of this.o.shards) this.adoptedEnd.set(s.id, (await s.tip()).durableSeq);
         await this.replicator.start(epoch);
         for (const s of this.o.shards) await s.becomeLeader(epoch);
         if ((this.role as ClusterRole) !== 'promoting') return;
@@ -417,9 +434,13 @@ export class ClusterNode {
           await s.becomeReplica(this.epoch);
           await s.quiesce();
           const tip = await s.tip();
-          if (tip.durableSeq > tip.committedSeq) {
-            await s.truncateAfter(tip.committedSeq);
-            this.counters.rewoundRecords += tip.durableSeq - tip.committedSeq;
+          // Only this node's own unacknowledged records go; an adopted tail stays (its old leader
+          // may have acknowledged it), for the next leader's stream to link or rewind.
+          const cut = Math.max(tip.committedSeq, this.adoptedEnd.get(s.id) ?? tip.durableSeq);
+          this.adoptedEnd.delete(s.id);
+          if (tip.durableSeq > cut) {
+            await s.truncateAfter(cut);
+            this.counters.rewoundRecords += tip.durableSeq - cut;
           }
         } catch (e) {
           // The tail stays for now: the leader's first append will not link to it, and the
@@ -617,10 +638,13 @@ export class ClusterNode {
   private async followerCommit(shard: number, committed: number): Promise<void> {
     const s = this.shardById.get(shard);
     if (s === undefined || this.role === 'leader' || this.role === 'promoting') return;
-    const upTo = Math.min(committed, this.verified.get(shard) ?? 0);
-    if (upTo <= 0) return;
+    if ((this.verified.get(shard) ?? 0) <= 0) return;
     try {
-      await s.commitTo(upTo);
+      // On the shard's queue: never concurrent with a truncation of the tail.
+      await this.onShardQueue(shard, async () => {
+        const upTo = Math.min(committed, this.verified.get(shard) ?? 0);
+        if (upTo > 0 && this.role !== 'leader' && this.role !== 'promoting') await s.commitTo(upTo);
+      });
     } catch (e) {
       this.o.log(`cluster: shard ${shard}: commit to ${committed} failed (${(e as Error).message})`);
     }
@@ -673,18 +697,41 @@ export class ClusterNode {
         this.o.transport.send('data', { t: 'appendReject', epoch, shard, session, reason: 'busy', placed: (await s.tip()).durableSeq, message: 'clock drift beyond the limit' });
         continue;
       }
-      const records = batch.flatMap((a) => a.records);
+      // Only the newest session counts (older ones were cut off by a restart of the stream and are
+      // resent in it); repeats inside it keep each seq once, in order.
+      const records: Uint8Array[] = [];
+      let upTo = 0;
+      for (const a of batch) {
+        if (a.epoch !== epoch || a.session !== session) continue;
+        for (const r of a.records) {
+          const last = lastSeqOf(r);
+          if (last <= upTo) continue;
+          records.push(r);
+          upTo = last;
+        }
+      }
+      const answered = batch.filter((a) => a.epoch === epoch && a.session === session);
+      // Appends of an older session of this leader arrive late (or duplicated): ignore them.
+      const known = this.sessions.get(shard);
+      if (known !== undefined && (known.epoch > epoch || (known.epoch === epoch && known.session > session))) continue;
+      if (known === undefined || known.epoch !== epoch || known.session !== session) this.sessions.set(shard, { epoch, session, maxLast: 0 });
+      const cur = this.sessions.get(shard)!;
+      const newest = Math.max(...answered.map((a) => a.last));
+      const fresh = newest >= cur.maxLast;
+      cur.maxLast = Math.max(cur.maxLast, newest);
       try {
         if (this.o.unsafe?.ackBeforeFsync === true) {
           // Teeth: acknowledge before the fdatasync (the simulator must catch the loss this allows).
           const p = s.applyReplicated(records);
-          for (const a of batch) this.o.transport.send('data', { t: 'appendOk', epoch: a.epoch, shard, session: a.session, ackSeq: a.last });
+          for (const a of answered) this.o.transport.send('data', { t: 'appendOk', epoch: a.epoch, shard, session: a.session, ackSeq: a.last });
           await p;
         } else {
           // Linked to the local tip: the whole local log is the leader's up to what it holds now.
-          const durable = await s.applyReplicated(records, Math.max(...batch.map((a) => a.committed)));
-          this.verified.set(shard, Math.max(this.verified.get(shard) ?? 0, Math.min(durable, Math.max(...batch.map((a) => a.last)))));
-          for (const a of batch) this.o.transport.send('data', { t: 'appendOk', epoch: a.epoch, shard, session: a.session, ackSeq: a.last });
+          const durable = await s.applyReplicated(records, Math.max(...answered.map((a) => a.committed)));
+          const last = answered[answered.length - 1]!;
+          this.verified.set(shard, Math.max(this.verified.get(shard) ?? 0, Math.min(durable, Math.max(...answered.map((a) => a.last)))));
+          if (fresh && last.tip !== undefined && durable > last.tip && last.last === last.tip) await this.cutStaleTail(s, last.tip);
+          for (const a of answered) this.o.transport.send('data', { t: 'appendOk', epoch: a.epoch, shard, session: a.session, ackSeq: a.last });
         }
       } catch (e) {
         if (!(e instanceof ReplicaRejectError)) throw e;
@@ -693,17 +740,37 @@ export class ClusterNode {
     }
   }
 
+  /**
+   * The leader's log ends at `tip` and this one goes on past it, with records the leader never
+   * sent: a tail of an older epoch (it would otherwise hide until the leader's next write).
+   */
+  private async cutStaleTail(s: ShardPort, tip: number): Promise<void> {
+    await s.quiesce();
+    const t = await s.tip();
+    if (t.durableSeq <= tip) return;
+    if (tip < t.barrierSeq) {
+      this.o.log(`cluster: shard ${s.id}: ACKNOWLEDGED HISTORY DIFFERS FROM THE LEADER'S: the leader ends at seq ${tip}, records up to ${t.barrierSeq} were acknowledged here`);
+      return;
+    }
+    this.o.log(`cluster: shard ${s.id}: the local tail after seq ${tip} is not the leader's (it ends there); rewinding it`);
+    this.counters.rewoundRecords += t.durableSeq - tip;
+    this.verified.set(s.id, Math.min(this.verified.get(s.id) ?? 0, tip));
+    await s.truncateAfter(tip);
+  }
+
   private async refuse(s: ShardPort, e: ReplicaRejectError, epoch: number, session: number): Promise<void> {
     let reason: 'gap' | 'diverged' | 'invalid' | 'busy' | 'fatal' = e.reason;
     // Whatever was placed before the refusal becomes durable first: the leader resends after it.
     await s.quiesce();
     let tip = await s.tip();
     if (e.reason === 'diverged') {
-      if (tip.durableSeq > tip.barrierSeq) {
-        this.o.log(`cluster: shard ${s.id}: the local tail after seq ${tip.barrierSeq} diverges from the leader's; rewinding it (${e.message})`);
-        this.counters.rewoundRecords += tip.durableSeq - tip.barrierSeq;
-        await s.truncateAfter(tip.barrierSeq);
-        this.verified.set(s.id, Math.min(this.verified.get(s.id) ?? 0, tip.barrierSeq));
+      // Never below what this node verified as the leader's (it may have acknowledged those to it).
+      const keep = Math.max(tip.barrierSeq, Math.min(this.verified.get(s.id) ?? 0, tip.durableSeq));
+      if (tip.durableSeq > keep) {
+        this.o.log(`cluster: shard ${s.id}: the local tail after seq ${keep} diverges from the leader's; rewinding it (${e.message})`);
+        this.counters.rewoundRecords += tip.durableSeq - keep;
+        this.verified.set(s.id, Math.min(this.verified.get(s.id) ?? 0, keep));
+        await s.truncateAfter(keep);
         tip = await s.tip();
       } else {
         reason = 'fatal';
@@ -732,13 +799,21 @@ export class ClusterNode {
       const peer = this.peer;
       const epoch = this.epoch + 1;
       const next: LeaseRecord = { leader: peer.id, epoch, client: peer.client, replication: '', acquiredAtMs: this.o.clock.nowMs(), renewedAtMs: this.o.clock.nowMs(), ttlMs: this.o.timing.leaseTtlMs };
+      // From here no group may be acknowledged: the lease is about to name the peer.
+      const before = this.validUntil;
+      this.validUntil = Number.NEGATIVE_INFINITY;
       let r;
       try {
         r = await this.leases.replace(next, cur.etag);
       } catch (e) {
-        return { steppedDown: false, reason: `writing the lease over failed: ${(e as Error).message}` };
+        // Unknown outcome: the lease may name the peer now. Stop leading either way.
+        await this.demote('fenced', `the lease write of the step-down had an unknown outcome (${(e as Error).message})`);
+        return { steppedDown: false, reason: `writing the lease over failed (${(e as Error).message}); this node stopped leading, the next election decides` };
       }
-      if (!r.ok) return { steppedDown: false, reason: 'the lease changed meanwhile' };
+      if (!r.ok) {
+        this.validUntil = before;
+        return { steppedDown: false, reason: 'the lease changed meanwhile' };
+      }
       this.observed = { lease: next, etag: r.etag };
       this.leader = { id: peer.id, client: peer.client };
       await this.demote('follower', `handing over to ${peer.id}`, epoch);

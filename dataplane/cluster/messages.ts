@@ -60,6 +60,8 @@ export interface Append {
   first: number;
   last: number;
   committed: number;
+  /** The leader's durable seq when it sent this (a follower holding more has a stale tail). */
+  tip?: number;
   records: Uint8Array[];
 }
 export interface AppendOk {

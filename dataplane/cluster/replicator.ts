@@ -95,6 +95,8 @@ export interface ReplicatorOptions {
   log: (msg: string) => void;
   /** Called when a shard's committed seq moves (the node tells the follower). */
   onCommitted: (shard: number, committed: number) => void;
+  /** Called when a group is refused for lack of authority (the node steps down and rewinds). */
+  onRefused: (why: string) => void;
 }
 
 export class Replicator {
@@ -265,11 +267,16 @@ export class Replicator {
       if (!w.settled) {
         if (!this.active || !this.o.authority()) {
           this.settle(w, new NotCommittedError('this node lost its authority to acknowledge before the follower confirmed'));
-          continue;
-        }
-        this.settle(w, null);
+          this.o.onRefused('its authority lapsed while a group waited for the follower');
+        } else this.settle(w, null);
       }
-      if (w.ok && w.to > st.committed) {
+      if (!w.ok) {
+        // A refused group is a hole: nothing after it commits (the shard stops too), and the
+        // committed seq the follower is told never passes it.
+        this.dropSettled(st);
+        return;
+      }
+      if (w.to > st.committed) {
         st.committed = w.to;
         this.o.onCommitted(st.port.id, st.committed);
       }
@@ -371,7 +378,7 @@ export class Replicator {
         const last = lastSeqOf(records[records.length - 1]!);
         let bytes = 0;
         for (const r of records) bytes += r.length;
-        const msg: Append = { t: 'append', epoch: this.epoch, shard: st.port.id, session, first, last, committed: st.committed, records };
+        const msg: Append = { t: 'append', epoch: this.epoch, shard: st.port.id, session, first, last, committed: st.committed, tip: st.durable, records };
         if (!this.o.send('data', msg)) break;
         st.anchor = -1;
         st.sentSeq = Math.max(st.sentSeq, last);
@@ -416,6 +423,7 @@ export class Replicator {
       if (!this.active || epoch !== this.epoch || !this.o.authority()) {
         this.settle(w, new NotCommittedError('neither the follower nor S3 confirmed these records before this node lost its authority'));
         this.dropSettled(st);
+        if (this.active && epoch === this.epoch) this.o.onRefused('its authority lapsed while a group waited for S3');
         return;
       }
       await this.uploadSlot();
@@ -433,6 +441,7 @@ export class Replicator {
         if (!this.active || epoch !== this.epoch || !this.o.authority()) {
           this.settle(w, new NotCommittedError('the S3 upload finished after this node lost its authority'));
           this.dropSettled(st);
+          if (this.active && epoch === this.epoch) this.o.onRefused('its authority lapsed during an S3 upload');
           return;
         }
         w.uploading = false;

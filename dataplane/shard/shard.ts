@@ -522,8 +522,10 @@ export class Shard {
       if (failure !== null) {
         // A hole: these records are durable here but not committed, and nothing after them may
         // commit past them. Writes stop (like after a failed fdatasync); the cluster layer decides
-        // what becomes of the tail (truncateAfter, or a commit on promotion).
+        // what becomes of the tail (truncateAfter, or a commit on promotion). A shard that has
+        // become a replica meanwhile takes no writes anyway: its waiters fail, nothing stops.
         this.failWaitersAbove(this.committedSeq, failure);
+        if (this.replica) return;
         this.stoppedByCommit = true;
         this.stopWrites(`the commit step failed for seqs ${from}..${durableSeq} (${failure.message})`, ErrorCode.NotAcknowledged);
         return;
@@ -987,7 +989,8 @@ export class Shard {
    */
   commitTo(seq: number): number {
     const log = this.log;
-    if (log === null || this.state !== 'serving') return this.committedSeq;
+    // Not while a truncateAfter runs: the barrier must not rise over records being cut.
+    if (log === null || this.state !== 'serving' || this.truncating) return this.committedSeq;
     const to = Math.min(seq, log.durableSeq);
     if (to <= this.committedSeq) return this.committedSeq;
     this.advanceCommitted(to);
@@ -1009,6 +1012,11 @@ export class Shard {
     this.replica = false;
     this.epoch = epoch;
     this.replicaKeys = [];
+    // A commit step that failed under an earlier leadership: its tail commits again now.
+    if (this.stoppedByCommit) {
+      this.writesStopped = null;
+      this.stoppedByCommit = false;
+    }
     this.states.clear();
     this.readAhead.clear();
     this.behindTail.clear();
@@ -1023,6 +1031,12 @@ export class Shard {
     this.replica = true;
     this.epoch = epoch;
     this.unsent = [];
+    // A commit step that failed while leading stopped writes; as a replica the records it left
+    // are the leader's to settle (kept, rewound or linked), so appends may go on.
+    if (this.stoppedByCommit) {
+      this.writesStopped = null;
+      this.stoppedByCommit = false;
+    }
   }
 
   /** Writes, commit steps and replicated appends in flight have settled (a truncateAfter may run). */
