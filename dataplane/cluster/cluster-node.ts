@@ -72,7 +72,7 @@ export class ClusterNode {
   private lastHbAckMono = Number.NEGATIVE_INFINITY;
   private lastS3RenewMono = Number.NEGATIVE_INFINITY;
   private hbN = 0;
-  private readonly hbSent = new Map<number, number>();
+  private readonly hbSent = new Map<number, { mono: number; wall: number }>();
   private peer: { id: string; client: string; driftRefused: boolean } | null = null;
   private s3Busy = false;
   private transition: Promise<void> = Promise.resolve();
@@ -88,7 +88,15 @@ export class ClusterNode {
    * of its, or its anchor, linked to it). Commits from heartbeats and notices go no further:
    * records a deposed leader still holds at those seqs must never become visible or acked.
    */
-  private readonly verified = new Map<number, number>();
+  private readonly verified = new Map<number, { epoch: number; seq: number }>();
+  private verifiedSeq(shard: number, epoch: number): number {
+    const v = this.verified.get(shard);
+    return v !== undefined && v.epoch === epoch ? v.seq : 0;
+  }
+  private setVerified(shard: number, epoch: number, seq: number, how: 'raise' | 'lower'): void {
+    const cur = this.verifiedSeq(shard, epoch);
+    this.verified.set(shard, { epoch, seq: how === 'raise' ? Math.max(cur, seq) : Math.min(cur, seq) });
+  }
   /**
    * Leader, per shard: where the log ended when this node started leading. Records up to here
    * came from earlier leaders (adopted, possibly acknowledged by them); only records after it are
@@ -475,8 +483,9 @@ export class ClusterNode {
   private sendHeartbeat(): void {
     const n = ++this.hbN;
     const committed = this.replicator.committedSeqs();
-    const hb: Heartbeat = { t: 'hb', epoch: this.epoch, from: this.o.nodeId, client: this.o.clientAddress, n, wallMs: this.o.clock.nowMs(), committed };
-    this.hbSent.set(n, this.now());
+    const wallMs = this.o.clock.nowMs();
+    const hb: Heartbeat = { t: 'hb', epoch: this.epoch, from: this.o.nodeId, client: this.o.clientAddress, n, wallMs, committed };
+    this.hbSent.set(n, { mono: this.now(), wall: wallMs });
     if (this.hbSent.size > HEARTBEATS_REMEMBERED) this.hbSent.delete(n - HEARTBEATS_REMEMBERED);
     this.counters.heartbeatsSent++;
     this.o.transport.send('control', hb);
@@ -547,7 +556,6 @@ export class ClusterNode {
       else this.o.log(`cluster: ignoring a ${m.t} of epoch ${m.epoch} while leading under the same epoch`);
       return;
     }
-    if (m.epoch > this.epoch) this.verified.clear();
     this.epoch = m.epoch;
     switch (m.t) {
       case 'hb':
@@ -570,7 +578,7 @@ export class ClusterNode {
         this.enqueueAppend(m);
         return;
       case 'commit':
-        void this.followerCommit(m.shard, m.committed);
+        void this.followerCommit(m.shard, m.committed, m.epoch);
         return;
     }
   }
@@ -578,19 +586,10 @@ export class ClusterNode {
   private onHeartbeat(m: Heartbeat): void {
     this.leader = { id: m.from, client: m.client };
     this.peer = { id: m.from, client: m.client, driftRefused: false };
-    const drift = Math.abs(m.wallMs - this.o.clock.nowMs());
-    const ack: HeartbeatAck = { t: 'hbAck', epoch: this.epoch, from: this.o.nodeId, client: this.o.clientAddress, n: m.n, wallMs: this.o.clock.nowMs(), ok: true };
-    if (drift > this.o.timing.maxClockDriftMs) {
-      // Our clocks disagree beyond the limit: refuse to vouch for the leader (it renews in S3
-      // instead, and ships batches there), and refuse its records.
-      this.peer.driftRefused = true;
-      this.o.transport.send('control', { ...ack, ok: false, reason: `clock drift ${drift} ms exceeds --max-clock-drift-ms ${this.o.timing.maxClockDriftMs}` });
-      return;
-    }
     if (this.role === 'fenced') this.role = 'follower';
     this.lastHbMono = this.now();
-    this.o.transport.send('control', ack);
-    for (let i = 0; i < m.committed.length; i++) if (typeof m.committed[i] === 'number') void this.followerCommit(i, m.committed[i]!);
+    this.o.transport.send('control', { t: 'hbAck', epoch: this.epoch, from: this.o.nodeId, client: this.o.clientAddress, n: m.n, wallMs: this.o.clock.nowMs(), ok: true });
+    for (let i = 0; i < m.committed.length; i++) if (typeof m.committed[i] === 'number') void this.followerCommit(i, m.committed[i]!, m.epoch);
   }
 
   private onHeartbeatAck(m: HeartbeatAck): void {
@@ -599,16 +598,27 @@ export class ClusterNode {
       return;
     }
     if (this.role !== 'leader' || m.epoch !== this.epoch) return;
-    this.peer = { id: m.from, client: m.client, driftRefused: !m.ok };
-    if (!m.ok) {
-      this.o.log(`cluster: the follower refused a heartbeat: ${m.reason ?? ''}`);
-      return;
-    }
     const sent = this.hbSent.get(m.n);
     if (sent === undefined) return;
+    // The follower's wall clock against ours, from the round trip (its delay cannot pass for
+    // drift): beyond --max-clock-drift-ms its copies and its heartbeats do not count (record
+    // timestamps would jump at a failover); the leader renews in S3 and commits through S3.
+    const rtt = this.now() - sent.mono;
+    const drift = m.wallMs - (sent.wall + rtt / 2);
+    const untrusted = Math.abs(drift) > this.o.timing.maxClockDriftMs + rtt / 2;
+    if (untrusted !== (this.peer?.driftRefused ?? false)) {
+      this.o.log(
+        untrusted
+          ? `cluster: the follower's clock is ${Math.round(drift)} ms off ours (limit --max-clock-drift-ms ${this.o.timing.maxClockDriftMs}); committing through S3 and renewing the lease there until it is back within the limit`
+          : "cluster: the follower's clock is back within the limit; replicating to it again",
+      );
+    }
+    this.peer = { id: m.from, client: m.client, driftRefused: untrusted };
+    this.replicator.setPeerUsable(!untrusted);
+    if (untrusted) return;
     this.counters.heartbeatsAcked++;
     this.lastHbAckMono = this.now();
-    this.validUntil = Math.max(this.validUntil, sent + this.o.timing.renewDeadlineMs);
+    this.validUntil = Math.max(this.validUntil, sent.mono + this.o.timing.renewDeadlineMs);
   }
 
   /**
@@ -635,14 +645,15 @@ export class ClusterNode {
   // -------------------------------------------------------------------------------------------
   // Follower: applying the leader's records
 
-  private async followerCommit(shard: number, committed: number): Promise<void> {
+  /** `epoch`: of the leader message that said so; only records verified under that epoch commit. */
+  private async followerCommit(shard: number, committed: number, epoch: number): Promise<void> {
     const s = this.shardById.get(shard);
     if (s === undefined || this.role === 'leader' || this.role === 'promoting') return;
-    if ((this.verified.get(shard) ?? 0) <= 0) return;
+    if (this.verifiedSeq(shard, epoch) <= 0) return;
     try {
       // On the shard's queue: never concurrent with a truncation of the tail.
       await this.onShardQueue(shard, async () => {
-        const upTo = Math.min(committed, this.verified.get(shard) ?? 0);
+        const upTo = Math.min(committed, this.verifiedSeq(shard, epoch));
         if (upTo > 0 && this.role !== 'leader' && this.role !== 'promoting') await s.commitTo(upTo);
       });
     } catch (e) {
@@ -693,10 +704,6 @@ export class ClusterNode {
       const epoch = batch[batch.length - 1]!.epoch;
       const session = batch[batch.length - 1]!.session;
       if (s === undefined || this.role === 'leader' || this.role === 'promoting' || epoch < this.epoch) continue;
-      if (this.peer?.driftRefused === true) {
-        this.o.transport.send('data', { t: 'appendReject', epoch, shard, session, reason: 'busy', placed: (await s.tip()).durableSeq, message: 'clock drift beyond the limit' });
-        continue;
-      }
       // Only the newest session counts (older ones were cut off by a restart of the stream and are
       // resent in it); repeats inside it keep each seq once, in order.
       const records: Uint8Array[] = [];
@@ -729,8 +736,8 @@ export class ClusterNode {
           // Linked to the local tip: the whole local log is the leader's up to what it holds now.
           const durable = await s.applyReplicated(records, Math.max(...answered.map((a) => a.committed)));
           const last = answered[answered.length - 1]!;
-          this.verified.set(shard, Math.max(this.verified.get(shard) ?? 0, Math.min(durable, Math.max(...answered.map((a) => a.last)))));
-          if (fresh && last.tip !== undefined && durable > last.tip && last.last === last.tip) await this.cutStaleTail(s, last.tip);
+          this.setVerified(shard, epoch, Math.min(durable, Math.max(...answered.map((a) => a.last))), 'raise');
+          if (fresh && last.tip !== undefined && durable > last.tip && last.last === last.tip) await this.cutStaleTail(s, last.tip, epoch);
           for (const a of answered) this.o.transport.send('data', { t: 'appendOk', epoch: a.epoch, shard, session: a.session, ackSeq: a.last });
         }
       } catch (e) {
@@ -744,7 +751,7 @@ export class ClusterNode {
    * The leader's log ends at `tip` and this one goes on past it, with records the leader never
    * sent: a tail of an older epoch (it would otherwise hide until the leader's next write).
    */
-  private async cutStaleTail(s: ShardPort, tip: number): Promise<void> {
+  private async cutStaleTail(s: ShardPort, tip: number, epoch: number): Promise<void> {
     await s.quiesce();
     const t = await s.tip();
     if (t.durableSeq <= tip) return;
@@ -754,7 +761,7 @@ export class ClusterNode {
     }
     this.o.log(`cluster: shard ${s.id}: the local tail after seq ${tip} is not the leader's (it ends there); rewinding it`);
     this.counters.rewoundRecords += t.durableSeq - tip;
-    this.verified.set(s.id, Math.min(this.verified.get(s.id) ?? 0, tip));
+    this.setVerified(s.id, epoch, tip, 'lower');
     await s.truncateAfter(tip);
   }
 
@@ -765,11 +772,11 @@ export class ClusterNode {
     let tip = await s.tip();
     if (e.reason === 'diverged') {
       // Never below what this node verified as the leader's (it may have acknowledged those to it).
-      const keep = Math.max(tip.barrierSeq, Math.min(this.verified.get(s.id) ?? 0, tip.durableSeq));
+      const keep = Math.max(tip.barrierSeq, Math.min(this.verifiedSeq(s.id, epoch), tip.durableSeq));
       if (tip.durableSeq > keep) {
         this.o.log(`cluster: shard ${s.id}: the local tail after seq ${keep} diverges from the leader's; rewinding it (${e.message})`);
         this.counters.rewoundRecords += tip.durableSeq - keep;
-        this.verified.set(s.id, Math.min(this.verified.get(s.id) ?? 0, keep));
+        this.setVerified(s.id, epoch, keep, 'lower');
         await s.truncateAfter(keep);
         tip = await s.tip();
       } else {

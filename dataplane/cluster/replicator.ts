@@ -179,9 +179,36 @@ export class Replicator {
 
   /** Whether any shard is currently committing through S3. */
   get fallbackActive(): boolean {
-    for (const st of this.streams.values()) if (st.waits.some((w) => w.uploading)) return true;
+    if (!this.active) return false;
+    for (const st of this.streams.values()) if (st.state === 'down' || st.waits.some((w) => w.uploading)) return true;
     return false;
   }
+
+  /** The follower cannot take this shard's records now: S3 for every wait, a probe after an interval. */
+  private markDown(st: Stream): void {
+    st.session++;
+    st.state = 'down';
+    st.inflight = [];
+    st.inflightBytes = 0;
+    for (const w of st.waits) this.fallback(st, w);
+    st.cancelProbe?.();
+    st.cancelProbe = this.o.clock.after(this.o.probeIntervalMs, () => {
+      st.cancelProbe = null;
+      if (this.active && st.state === 'down' && this.o.connected()) this.probe(st);
+    });
+  }
+
+  /** The peer's clock is off by more than the limit (or back within it): its copies do not count meanwhile. */
+  setPeerUsable(usable: boolean): void {
+    if (this.peerUsable === usable) return;
+    this.peerUsable = usable;
+    if (!this.active) return;
+    for (const st of this.streams.values()) {
+      if (!usable) this.markDown(st);
+      else if (st.state === 'down') this.probe(st);
+    }
+  }
+  private peerUsable = true;
 
   /** Per shard, the follower's acknowledged seq (for lag). */
   lag(): number {
@@ -226,7 +253,11 @@ export class Replicator {
       }
       w.cancelTimer = this.o.clock.after(this.o.replicationTimeoutMs, () => {
         w.cancelTimer = null;
-        if (!w.settled) this.fallback(st, w);
+        if (w.settled) return;
+        // The follower is connected but not answering (hung, paused, overloaded): stop waiting
+        // for it — this group and the next go to S3 at once until a probe is answered again.
+        this.o.log(`replication of shard ${st.port.id}: no answer from the follower within ${this.o.replicationTimeoutMs} ms; committing through S3 until it answers a probe`);
+        this.markDown(st);
       });
       void this.pump(st);
     });
@@ -290,6 +321,10 @@ export class Replicator {
 
   private probe(st: Stream): void {
     if (!this.active) return;
+    if (!this.peerUsable) {
+      st.state = 'down';
+      return;
+    }
     st.session++;
     st.state = 'probing';
     st.inflight = [];
@@ -327,21 +362,10 @@ export class Replicator {
     if (m.t === 'appendReject') {
       this.o.log(`replication of shard ${st.port.id}: the follower refused (${m.reason}: ${m.message}); resending from seq ${m.placed + 1}`);
       if (m.reason === 'fatal' || m.reason === 'busy') {
-        // fatal: the follower's acknowledged history differs from ours — never paper over it.
-        // busy: it cannot take records now (clock drift, a full disk, rewinding). Either way the
-        // waits go to S3; a busy follower is probed again after an interval.
-        st.session++;
-        st.state = 'down';
-        st.inflight = [];
-        st.inflightBytes = 0;
-        for (const w of st.waits) this.fallback(st, w);
-        if (m.reason === 'busy') {
-          st.cancelProbe?.();
-          st.cancelProbe = this.o.clock.after(this.o.probeIntervalMs, () => {
-            st.cancelProbe = null;
-            if (this.active && st.state === 'down' && this.o.connected()) this.probe(st);
-          });
-        }
+        // fatal: the follower's acknowledged history differs from ours — never paper over it
+        // (it is probed again, and refuses again, loudly). busy: it cannot take records now (a
+        // full disk, rewinding). Either way the waits go to S3 meanwhile.
+        this.markDown(st);
         return;
       }
     }
