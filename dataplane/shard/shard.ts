@@ -1031,6 +1031,12 @@ export class Shard {
     this.replica = true;
     this.epoch = epoch;
     this.unsent = [];
+    // Cached states hold this node's write-ahead view (writes that may never commit, committed
+    // views that will not see a kept tail commit): reload them from the log from now on.
+    this.states.clear();
+    this.readAhead.clear();
+    this.behindTail.clear();
+    for (const ks of this.loading.keys()) this.staleLoads.add(ks);
     // A commit step that failed while leading stopped writes; as a replica the records it left
     // are the leader's to settle (kept, rewound or linked), so appends may go on.
     if (this.stoppedByCommit) {

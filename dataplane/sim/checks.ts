@@ -146,7 +146,7 @@ export async function finalChecks(x: FinalContext): Promise<void> {
     }
     const [a, b] = got as [SeenBatch[], SeenBatch[]];
     const sig = (bs: SeenBatch[]): string => bs.map((z) => `${z.seq}:${z.from}-${z.to}:${z.events.map((e) => hex(e.data.subarray(0, 6))).join(',')}`).join(' ');
-    if (sig(a) !== sig(b)) fail(`(3) aggregate ${agg} reads differently on ${L.name} and ${F.name}`);
+    if (sig(a) !== sig(b)) fail(`(3) aggregate ${agg} reads differently on ${L.name} and ${F.name}: ${sig(a).slice(-300)} vs ${sig(b).slice(-300)}`);
     let v = 0;
     for (const batch of a) {
       if (batch.from !== v + 1) fail(`(4) aggregate ${agg}: batch at version ${batch.from} follows version ${v} (a gap or an overlap)`);

@@ -81,22 +81,71 @@ export const FIXED_BUGS: (KnownBug & { fixedIn: string })[] = [
     seeds: [],
     fixedIn: 'cc72092',
   },
+  {
+    name: 'rewind-below-the-ack-barrier',
+    diagnosis:
+      "Seeds 48, 93, 125: a follower's stale-tail cut acted on a delayed or duplicated append whose tip was old, and follower commits ran " +
+      'concurrently with a truncation (the barrier rose over records being cut).',
+    causes: /^\((2|6)\) /,
+    seeds: [48, 93, 125],
+    fixedIn: 'stale sessions ignored, commits on the shard queue, commitTo refused while truncating',
+  },
+  {
+    name: 'writes-placed-before-replica-wait-forever',
+    diagnosis: "Seed 215: a write placed while the shard led became durable after becomeReplica; it never reached the commit step, so truncateAfter refused ('writes to be stopped first') for ever.",
+    causes: /^\(6\) /,
+    seeds: [215],
+    fixedIn: 'afterDurable fails such waiters; quiesce waits for chain and loop together',
+  },
+  {
+    name: 'replica-keeps-commit-stop',
+    diagnosis: 'Seed 184: a commit-step failure processed after becomeReplica stopped writes on the replica; the next promotion never committed its tail.',
+    causes: /^\(6\) /,
+    seeds: [184, 746, 799, 815],
+    fixedIn: 'failures on a replica only fail waiters; becomeLeader lifts an old commit stop',
+  },
+  {
+    name: 'step-back-rewinds-adopted-tail',
+    diagnosis: "Seed 800: a failed promotion stepped back and rewound the tail it had received as a follower, which the old leader had acknowledged (write lost).",
+    causes: /^\((2|6)\) /,
+    seeds: [800],
+    fixedIn: 'stepBack rewinds only records after adoptedEnd',
+  },
+  {
+    name: 'verified-across-epochs',
+    diagnosis: 'Seeds 570, 1217, 1339: the epoch learned from a lease read skipped the verified reset, so a heartbeat of the new epoch committed a tail of the old one.',
+    causes: /^\((3|6)\) /,
+    seeds: [1217, 1339],
+    fixedIn: 'verified seqs carry their epoch',
+  },
+  {
+    name: 'replica-keeps-leader-states',
+    diagnosis: "Seed 324: a demoted leader kept its cached aggregate states; a kept tail committed later and reads on it missed the batch.",
+    causes: /^\(3\) /,
+    seeds: [324],
+    fixedIn: 'becomeReplica drops cached states',
+  },
+  {
+    name: 'stale-tail-past-leader-end',
+    diagnosis: "Seed 456: a follower holding records past the leader's end was not told (the anchor matched); it converged only after the next write.",
+    causes: /^\(6\) /,
+    seeds: [456],
+    fixedIn: 'appends carry the leader tip; cutStaleTail',
+  },
 ];
 
 /** Bugs found and not fixed yet. */
 export const KNOWN_BUGS: KnownBug[] = [
   {
-    name: 'rewind-below-the-ack-barrier',
+    name: 'barrier-above-the-new-leaders-log',
     diagnosis:
-      'Found against the uncommitted working tree on top of c3cf829 (cluster-node.ts, replicator.ts, messages.ts being edited). A follower logs ' +
-      '"ACKNOWLEDGED HISTORY DIFFERS FROM THE LEADER\'S: the leader ends at seq N, records up to M were acknowledged here" (M > N: its ack barrier ' +
-      "covers records the new leader does not have; the barrier is raised by commitTo from the old leader's committed seq, which the leader " +
-      'sends before its own barrier is durable), then "the local tail after seq N is not the leader\'s (it ends there); rewinding it" and ' +
-      'truncateAfter(N) cuts below the ack barrier: shard.ts truncateAfter does not refuse it (it truncates, then its reopen finds "zeros where ' +
-      'durable records must be; seq N+1 is at or below the ack barrier M") and the shard fails for good; after a power loss the node cannot start ' +
-      'again (seed 93). Seen in both-restart and mixed seeds.',
-    causes: /^\((2|6)\) /,
-    seeds: [48, 93, 125],
+      'Seed 1104 (1 of 2500 seeds): after S3 outages and two power losses, a node restarts with an ack barrier (44) above the new ' +
+      "leader's log end (36) on a shard, so it refuses every append (\"ACKNOWLEDGED HISTORY DIFFERS\") and the pair does not converge. " +
+      'No acknowledged write is lost (the checker finds every acked write); the barrier covers records no client was told about. ' +
+      'Where the barrier was raised is not yet found: the stepBack rewind at 2285 ms did not log, and the epoch-2 tail commit of 37..50 ' +
+      'ended in a power loss.',
+    causes: /^\(6\) /,
+    seeds: [1104],
   },
 ];
 
