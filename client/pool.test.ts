@@ -323,3 +323,19 @@ test('close() ends a request that is waiting out a failover, at once, with Conne
   await assert.rejects(pending, ConnectionError);
   assert.ok(performance.now() - started < 2_000);
 });
+
+test('a write that times out on a hung leader is not resent, and the next write tries the other node first', async (t) => {
+  const store = new MemoryStore();
+  // a: takes connections and pings, never answers a write (a paused process).
+  const [a] = await servers(t, (frame, conn) => {
+    if (frame.op === Op.Ping) conn.reply(frame, Op.Pong);
+  });
+  const [b] = await servers(t, store.handler);
+  const c = await client(t, [a!.address, b!.address], { requestTimeoutMs: 300 });
+  await assert.rejects(c.append(key, events), TimeoutError);
+  assert.equal(a!.count(Op.Write), 1, 'the timed-out write went to a once and was not resent');
+  assert.equal(b!.count(Op.Write), 0);
+  assert.equal((await c.append(key, events)).toVersion, 1n, 'the next write lands on b');
+  assert.equal(c.leader, b!.address);
+  assert.equal(a!.count(Op.Write), 1);
+});

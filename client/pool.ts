@@ -269,6 +269,9 @@ export class Pool {
     } catch (err) {
       // Sent, or maybe sent, and then lost: only a request that changes nothing may go again.
       if (idempotent && (err instanceof TimeoutError || err instanceof ConnectionError)) return { retry: err, next: this.nextSeed(target), resend: true };
+      // A write timed out (the node is hung or paused): its outcome is unknown and it is not
+      // resent, but the next requests try another node first rather than wait on this one again.
+      if (!idempotent && err instanceof TimeoutError && this.leader === target) this.leader = this.nextSeed(target);
       return { fail: err as Error };
     }
     if (answer.op !== Op.Error) {
