@@ -264,6 +264,13 @@ export class ClusterNode {
     if (this.role === 'follower' || this.role === 'fenced') {
       const hearing = now - this.lastHbMono <= this.o.timing.renewIntervalMs * 2;
       if (!hearing && !this.s3Busy) void this.pollLease();
+      // The TTL runs out before the next tick: look again right then, not up to an interval late.
+      const due = this.challengeAt() - now;
+      if (!hearing && due > 0 && due < this.o.timing.renewIntervalMs) {
+        this.o.clock.after(due + 1, () => {
+          if (!this.stopped && !this.transitioning && !this.s3Busy && (this.role === 'follower' || this.role === 'fenced')) void this.pollLease();
+        });
+      }
     }
   }
 
