@@ -9,11 +9,13 @@
 // local speculative tail (that tail, above the ack barrier, is rewound and the batch applied).
 import { ReplicaRejectError } from '../shard/shard.ts';
 import { decodeFallback, parseFallbackKey, shardPrefix, type FallbackKey } from './fallback.ts';
-import type { ObjectStore } from './object-store.ts';
+import type { ObjectStore, StoredObject } from './object-store.ts';
 import type { ClusterCounters, ShardPort } from './ports.ts';
 
 /** Most objects applied or dropped in one catch-up (a bound on the loop). */
 export const CATCH_UP_OBJECTS_MAX = 100_000;
+/** Downloads in flight ahead of the one being applied (objects are applied one at a time, in order). */
+export const CATCH_UP_PREFETCH = 8;
 
 export async function catchUpFromS3(s: ShardPort, store: ObjectStore, self: string, log: (m: string) => void, counters: ClusterCounters): Promise<number> {
   const listed = await store.list(shardPrefix(s.id));
@@ -24,6 +26,20 @@ export async function catchUpFromS3(s: ShardPort, store: ObjectStore, self: stri
   }
   if (objs.length === 0) return 0;
   let applied = 0;
+  // GETs of the objects most likely next (in seq order), started ahead and used when chosen.
+  const fetched = new Map<string, Promise<StoredObject | null>>();
+  const prefetch = (from: number): void => {
+    const live = new Set(objs.filter((o) => o.to > from).map((o) => o.key));
+    for (const k of fetched.keys()) if (!live.has(k)) fetched.delete(k);
+    for (const o of objs) {
+      if (fetched.size >= CATCH_UP_PREFETCH) break;
+      if (o.to <= from || fetched.has(o.key)) continue;
+      const p = store.get(o.key);
+      p.catch(() => {}); // awaited (and its error seen) only if chosen
+      fetched.set(o.key, p);
+    }
+  };
+  objs.sort((a, b) => a.from - b.from || b.epoch - a.epoch);
   for (let step = 0; step < CATCH_UP_OBJECTS_MAX && objs.length > 0; step++) {
     const tip = await s.tip();
     const at = tip.durableSeq;
@@ -35,7 +51,9 @@ export async function catchUpFromS3(s: ShardPort, store: ObjectStore, self: stri
       log(`shard ${s.id}: S3 catch-up skips ${o.key}: ${why}`);
       objs = objs.filter((x) => x !== o);
     };
-    const got = await store.get(o.key);
+    prefetch(at);
+    const got = await (fetched.get(o.key) ?? store.get(o.key));
+    fetched.delete(o.key);
     if (got === null) {
       drop('it is gone');
       continue;
