@@ -6,28 +6,17 @@
 // the run (and restarted to follow). At the end, read from each node: the total balance is
 // conserved, no transfer is applied twice on any account, every transfer has both its sides,
 // every acknowledged transfer is there, both nodes hold the same events and the same chains.
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { WrongExpectedVersionError, type AggregateKey, type CelerClient } from '@celer/client';
-import { Cluster, errorText, keyText, now, readBothAndCompare, sleep, startS3, td, te, withLogs, type S3Server } from './lib/cluster.ts';
+import { clusterSuite, errorText, keyText, now, readBothAndCompare, sleep, td, te, withLogs } from './lib/cluster.ts';
 
 const ACCOUNTS = 16;
 const OPENING = 1000;
 const WORKERS = 6;
 const KILLS = 3;
 
-let s3: S3Server | undefined;
-let c: Cluster | undefined;
-
-before(async () => {
-  s3 = await startS3();
-  c = await Cluster.create(s3, { args: ['--routing', 'id'] });
-});
-
-after(async () => {
-  await c?.destroy();
-  await s3?.stop();
-});
+const suite = clusterSuite({ args: ['--routing', 'id'] });
 
 /** Account a: id 2a, so every account is on shard 0 of 2. */
 const account = (a: number): AggregateKey => ({ org: 8, type: 1, id: 2 * a });
@@ -52,8 +41,8 @@ function prng(seed: number): () => number {
 }
 
 test(`bank transfers under ${KILLS} leader kills: balance conserved, none twice, every acknowledged one on both nodes`, { timeout: 300_000 }, () =>
-  withLogs(c!, async () => {
-    const cl = c!;
+  withLogs(suite.c, async () => {
+    const cl = suite.c;
     await cl.startBoth();
     let roles = await cl.waitForRoles();
     console.log(`leader n${roles.leader}, epoch ${roles.epoch}`);

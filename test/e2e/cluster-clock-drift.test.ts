@@ -5,29 +5,18 @@
 // along, never shows two leaders, and the epoch does not change. The leader's log names the
 // drift refusal and /status shows s3Fallback active. Then the follower is restarted without the
 // offset: it catches up and the nodes converge with equal chains.
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Cluster, Load, now, readBothAndCompare, sleep, startS3, withLogs, type S3Server } from './lib/cluster.ts';
+import { clusterSuite, Load, now, readBothAndCompare, sleep, withLogs } from './lib/cluster.ts';
 
 const OFFSET_MS = 5_000;
 const DRIFT_RUN_MS = 6_000;
 
-let s3: S3Server | undefined;
-let c: Cluster | undefined;
-
-before(async () => {
-  s3 = await startS3();
-  c = await Cluster.create(s3);
-});
-
-after(async () => {
-  await c?.destroy();
-  await s3?.stop();
-});
+const suite = clusterSuite();
 
 test(`a follower whose clock is ${OFFSET_MS} ms off: writes go on through S3, never two leaders`, { timeout: 300_000 }, () =>
-  withLogs(c!, async () => {
-    const cl = c!;
+  withLogs(suite.c, async () => {
+    const cl = suite.c;
     await cl.start(0);
     const first = await cl.waitForRoles(30_000, { leader: 0 });
     await cl.start(1, ['--test-clock-offset-ms', String(OFFSET_MS)]);

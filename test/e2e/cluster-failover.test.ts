@@ -5,30 +5,19 @@
 // asserts a loose functional bound (writes resume within 10 s; SPEC §7's target is 2 s). At the
 // end every acknowledged write is on both nodes, none applied twice, and `celer verify` finds
 // equal chains on both data directories.
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Cluster, Load, now, readBothAndCompare, sleep, startS3, withLogs, type S3Server } from './lib/cluster.ts';
+import { clusterSuite, Load, now, readBothAndCompare, sleep, withLogs } from './lib/cluster.ts';
 
 const ROUNDS = 3;
 /** Functional bound on a write-unavailability window (generous: a loaded 2-core machine). */
 const RESUME_BOUND_MS = 10_000;
 
-let s3: S3Server | undefined;
-let c: Cluster | undefined;
-
-before(async () => {
-  s3 = await startS3();
-  c = await Cluster.create(s3);
-});
-
-after(async () => {
-  await c?.destroy();
-  await s3?.stop();
-});
+const suite = clusterSuite();
 
 test(`SIGKILL of the leader under load, ${ROUNDS} times: writes resume, nothing acknowledged is lost or doubled`, { timeout: 300_000 }, () =>
-  withLogs(c!, async () => {
-    const cl = c!;
+  withLogs(suite.c, async () => {
+    const cl = suite.c;
     await cl.startBoth();
     let roles = await cl.waitForRoles();
     console.log(`leader n${roles.leader}, epoch ${roles.epoch}`);

@@ -5,26 +5,15 @@
 // fallback ends, and both nodes converge: equal placed/durable/committed seqs per shard, the same
 // batches read back from each node, every acknowledged write present once, and `celer verify`
 // finds the same last seq and chain tip on both data directories.
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Cluster, Load, now, readBothAndCompare, sleep, startS3, withLogs, type S3Server } from './lib/cluster.ts';
+import { clusterSuite, Load, now, readBothAndCompare, sleep, withLogs } from './lib/cluster.ts';
 
-let s3: S3Server | undefined;
-let c: Cluster | undefined;
-
-before(async () => {
-  s3 = await startS3();
-  c = await Cluster.create(s3);
-});
-
-after(async () => {
-  await c?.destroy();
-  await s3?.stop();
-});
+const suite = clusterSuite();
 
 test('follower killed: writes go on through S3 without errors; restarted, it catches up and the nodes converge', { timeout: 300_000 }, () =>
-  withLogs(c!, async () => {
-    const cl = c!;
+  withLogs(suite.c, async () => {
+    const cl = suite.c;
     await cl.startBoth();
     const roles = await cl.waitForRoles();
     const L = roles.leader;

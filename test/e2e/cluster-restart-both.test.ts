@@ -2,26 +2,15 @@
 // exactly one leader comes up, at a higher epoch, the other follows, and every acknowledged
 // write reads back, identically, from both nodes; writes go on afterwards and the data
 // directories verify with equal chains. Done twice: a clean stop, then a SIGKILL of both.
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Cluster, Load, now, readBothAndCompare, startS3, withLogs, type S3Server } from './lib/cluster.ts';
+import { clusterSuite, Load, now, readBothAndCompare, withLogs } from './lib/cluster.ts';
 
-let s3: S3Server | undefined;
-let c: Cluster | undefined;
-
-before(async () => {
-  s3 = await startS3();
-  c = await Cluster.create(s3);
-});
-
-after(async () => {
-  await c?.destroy();
-  await s3?.stop();
-});
+const suite = clusterSuite();
 
 test('both nodes stopped and restarted together: one leader, data intact', { timeout: 300_000 }, () =>
-  withLogs(c!, async () => {
-    const cl = c!;
+  withLogs(suite.c, async () => {
+    const cl = suite.c;
     await cl.startBoth();
     let roles = await cl.waitForRoles();
     console.log(`leader n${roles.leader}, epoch ${roles.epoch}`);

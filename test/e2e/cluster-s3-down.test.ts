@@ -4,27 +4,16 @@
 // carry the lease's authority, so writes must go on without any client error, without an
 // election or a fencing, at the same epoch. S3 back: still fine, and the nodes converge with equal
 // chains. Also prints the S3 requests per minute of steady state under load (the goal is zero).
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Cluster, Load, now, readBothAndCompare, sleep, startS3, withLogs, type S3Server } from './lib/cluster.ts';
+import { Cluster, clusterSuite, Load, now, readBothAndCompare, sleep, withLogs } from './lib/cluster.ts';
 
 /** How long S3 stays frozen: several lease TTLs (1.5 s). */
 const FROZEN_MS = 8_000;
 /** The steady-state window over which S3 requests are counted. */
 const STEADY_MS = 5_000;
 
-let s3: S3Server | undefined;
-let c: Cluster | undefined;
-
-before(async () => {
-  s3 = await startS3();
-  c = await Cluster.create(s3);
-});
-
-after(async () => {
-  await c?.destroy();
-  await s3?.stop();
-});
+const suite = clusterSuite();
 
 async function s3Requests(cl: Cluster): Promise<number> {
   return (await cl.metric(0, 'celer_s3_requests_total')) + (await cl.metric(1, 'celer_s3_requests_total'));
@@ -39,8 +28,8 @@ async function counters(cl: Cluster): Promise<string> {
 }
 
 test('S3 frozen with both nodes up: writes go on without errors, no election; S3 back: still fine', { timeout: 300_000 }, () =>
-  withLogs(c!, async () => {
-    const cl = c!;
+  withLogs(suite.c, async () => {
+    const cl = suite.c;
     await cl.startBoth();
     const roles = await cl.waitForRoles();
     console.log(`leader n${roles.leader}, epoch ${roles.epoch}`);
@@ -55,7 +44,7 @@ test('S3 frozen with both nodes up: writes go on without errors, no election; S3
       const steady = (await s3Requests(cl)) - r0;
       console.log(`steady state under load: ${steady} S3 requests in ${STEADY_MS} ms (${((steady * 60_000) / STEADY_MS).toFixed(0)}/min) while ${load.acks - a0} writes were acknowledged`);
 
-      await s3!.freeze();
+      await suite.s3.freeze();
       const tFreeze = now();
       const acksAtFreeze = load.acks;
       try {
@@ -73,7 +62,7 @@ test('S3 frozen with both nodes up: writes go on without errors, no election; S3
         assert.equal([a, b].find((s) => s.role !== 'leader')?.role, 'follower');
         assert.equal(await counters(cl), before, 'no election and no fencing while S3 was frozen');
       } finally {
-        await s3!.thaw();
+        await suite.s3.thaw();
       }
       const tThaw = now();
       await load.waitAcks(1000);

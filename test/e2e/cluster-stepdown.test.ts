@@ -4,28 +4,17 @@
 // connect([a, b]) (the client rides the brief 2011s); the old leader follows; no acknowledged
 // write is lost or doubled, and the chains are equal. Done twice, so leadership goes there and
 // back. A step-down on the follower is refused with 409.
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Cluster, Load, now, readBothAndCompare, startS3, withLogs, type S3Server } from './lib/cluster.ts';
+import { clusterSuite, Load, now, readBothAndCompare, withLogs } from './lib/cluster.ts';
 
 const HANDOVER_BOUND_MS = 10_000;
 
-let s3: S3Server | undefined;
-let c: Cluster | undefined;
-
-before(async () => {
-  s3 = await startS3();
-  c = await Cluster.create(s3);
-});
-
-after(async () => {
-  await c?.destroy();
-  await s3?.stop();
-});
+const suite = clusterSuite();
 
 test('POST /admin/step-down hands leadership to the follower quickly, epoch + 1, writes go on', { timeout: 300_000 }, () =>
-  withLogs(c!, async () => {
-    const cl = c!;
+  withLogs(suite.c, async () => {
+    const cl = suite.c;
     await cl.startBoth();
     let roles = await cl.waitForRoles();
     console.log(`leader n${roles.leader}, epoch ${roles.epoch}`);

@@ -6,29 +6,18 @@
 // its unacknowledged tail: celer_rewound_records_total may grow), and after convergence every
 // write any client saw acknowledged is on both nodes, at the version it was acknowledged with,
 // none twice, with equal chains.
-import { after, before, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Cluster, Load, now, readBothAndCompare, sleep, startS3, withLogs, type S3Server } from './lib/cluster.ts';
+import { clusterSuite, Load, now, readBothAndCompare, sleep, withLogs } from './lib/cluster.ts';
 
 const TTL_MS = 1_500;
 const PAUSE_MS = 3 * TTL_MS;
 
-let s3: S3Server | undefined;
-let c: Cluster | undefined;
-
-before(async () => {
-  s3 = await startS3();
-  c = await Cluster.create(s3);
-});
-
-after(async () => {
-  await c?.destroy();
-  await s3?.stop();
-});
+const suite = clusterSuite();
 
 test('leader frozen past its lease: the follower takes over, the resumed old leader acknowledges nothing on its own and follows', { timeout: 300_000 }, () =>
-  withLogs(c!, async () => {
-    const cl = c!;
+  withLogs(suite.c, async () => {
+    const cl = suite.c;
     await cl.startBoth();
     const roles = await cl.waitForRoles();
     const L = roles.leader;

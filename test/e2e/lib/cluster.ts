@@ -5,6 +5,7 @@
 // acknowledgement, reading every aggregate back from each node, and `celer verify` of both data
 // directories (equal last seq and chain tip per shard). Always call destroy() (and stopS3) in
 // `after`: they kill what runs, also paused processes, and remove the directories.
+import { after, before } from 'node:test';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { appendFileSync } from 'node:fs';
@@ -797,3 +798,30 @@ export function errorText(e: unknown): string {
 }
 
 export { te, td };
+
+/**
+ * The usual suite setup: one RGW and one (not yet started) cluster for the file, torn down after
+ * it whatever happened. `suite.c` / `suite.s3` are valid inside tests.
+ */
+export function clusterSuite(options: ClusterOptions = {}): { readonly c: Cluster; readonly s3: S3Server } {
+  let s3: S3Server | undefined;
+  let c: Cluster | undefined;
+  before(async () => {
+    s3 = await startS3();
+    c = await Cluster.create(s3, options);
+  });
+  after(async () => {
+    await c?.destroy();
+    await s3?.stop();
+  });
+  return {
+    get c(): Cluster {
+      if (c === undefined) throw new Error('the cluster suite did not start');
+      return c;
+    },
+    get s3(): S3Server {
+      if (s3 === undefined) throw new Error('the cluster suite did not start');
+      return s3;
+    },
+  };
+}
