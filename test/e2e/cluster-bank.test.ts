@@ -7,6 +7,7 @@
 // conserved, no transfer is applied twice on any account, every transfer has both its sides,
 // every acknowledged transfer is there, both nodes hold the same events and the same chains.
 import { test } from 'node:test';
+import { prng } from '../lib/prng.ts';
 import assert from 'node:assert/strict';
 import { WrongExpectedVersionError, type AggregateKey, type CelerClient } from '@celer/client';
 import { clusterSuite, errorText, keyText, now, readBothAndCompare, sleep, td, te, withLogs } from './lib/cluster.ts';
@@ -28,17 +29,6 @@ interface Transfer {
   amount: number;
 }
 
-/** A small seeded PRNG (mulberry32): the same transfers on every run. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 test(`bank transfers under ${KILLS} leader kills: balance conserved, none twice, every acknowledged one on both nodes`, { timeout: 300_000 }, () =>
   withLogs(suite.c, async () => {
