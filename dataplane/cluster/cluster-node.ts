@@ -762,6 +762,12 @@ export class ClusterNode {
     await s.quiesce();
     const t = await s.tip();
     if (t.durableSeq <= tip) return;
+    // Records of the sender's own epoch are its records (reached here by S3 catch-up after the
+    // append was sent): only an older epoch's tail can be stale. Never below what was verified.
+    const end = await s.recordAt(t.durableSeq);
+    if (end === null || end.epoch >= epoch) return;
+    tip = Math.max(tip, this.verifiedSeq(s.id, epoch));
+    if (t.durableSeq <= tip) return;
     if (tip < t.barrierSeq) {
       this.o.log(`cluster: shard ${s.id}: ACKNOWLEDGED HISTORY DIFFERS FROM THE LEADER'S: the leader ends at seq ${tip}, records up to ${t.barrierSeq} were acknowledged here`);
       return;

@@ -750,7 +750,14 @@ export class Shard {
     const log = this.log!;
     const replaced = (): boolean => gen !== this.generation || this.truncating || this.log !== log;
     try {
-      let seq = s.pending > 0 ? s.cSeq : s.lastSeq;
+      // From the newest durable batch of the aggregate: with writes of other clients still placed
+      // (not durable, not readable yet) that is not lastSeq, and it may be above the committed
+      // seq (a tail adopted by a new leader, whose retries must still find their floor).
+      let seq = s.lastSeq;
+      if (s.pending > 0) {
+        const newest = await log.findLatest(s.key);
+        seq = newest === null ? 0 : newest.batch.seq;
+      }
       while (seq > 0) {
         const loc = await this.locBySeq(seq, log);
         if (loc === null) break;

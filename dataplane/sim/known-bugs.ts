@@ -126,6 +126,20 @@ export const FIXED_BUGS: (KnownBug & { fixedIn: string })[] = [
     fixedIn: 'becomeReplica drops cached states',
   },
   {
+    name: 'floor-misses-adopted-tail',
+    diagnosis: 'Seed 9182: Shard.loadFloor started at the committed batch while other writes were pending and missed a durable, uncommitted batch of a new leader\'s adopted tail: a retry was applied twice.',
+    causes: /^\((2|5)\) /,
+    seeds: [9182],
+    fixedIn: 'loadFloor starts from the newest durable batch (findLatest)',
+  },
+  {
+    name: 'stale-anchor-cuts-leader-records',
+    diagnosis: "Seeds 5640, 5740: an anchor sent before the follower's S3 catch-up arrived after it; its old tip made the follower cut records of the leader's own epoch (committed through S3), and the pair stopped converging.",
+    causes: /^\(6\) /,
+    seeds: [5640, 5740],
+    fixedIn: 'cutStaleTail cuts only an older epoch\'s tail, never below the verified seq',
+  },
+  {
     name: 'stale-tail-past-leader-end',
     diagnosis: "Seed 456: a follower holding records past the leader's end was not told (the anchor matched); it converged only after the next write.",
     causes: /^\(6\) /,
@@ -139,13 +153,14 @@ export const KNOWN_BUGS: KnownBug[] = [
   {
     name: 'barrier-above-the-new-leaders-log',
     diagnosis:
-      'Seed 1104 (1 of 2500 seeds): after S3 outages and two power losses, a node restarts with an ack barrier (44) above the new ' +
+      'Seeds 1104, 189 (about 1 in 1000): a deposed leader holds an ack barrier above the new leader\'s log end (1104: 44 vs 36 after ' +
+      'two power losses; 189: 148 vs 146, no restart, an S3 upload of seq 147 timed out with an unknown outcome). Before that, in 1104, a node restarts with an ack barrier (44) above the new ' +
       "leader's log end (36) on a shard, so it refuses every append (\"ACKNOWLEDGED HISTORY DIFFERS\") and the pair does not converge. " +
       'No acknowledged write is lost (the checker finds every acked write); the barrier covers records no client was told about. ' +
       'Where the barrier was raised is not yet found: the stepBack rewind at 2285 ms did not log, and the epoch-2 tail commit of 37..50 ' +
       'ended in a power loss.',
     causes: /^\(6\) /,
-    seeds: [1104],
+    seeds: [1104, 189],
   },
 ];
 
