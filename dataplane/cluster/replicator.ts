@@ -453,7 +453,9 @@ export class Replicator {
       await this.uploadSlot();
       try {
         if (w.settled) return;
-        const records = w.records.length > 0 && firstSeqOf(w.records[0]!) === w.from ? w.records : await this.readRange(st, w.from, w.to);
+        // The group's own records when they cover it exactly, else from the log.
+        const exact = w.records.length > 0 && firstSeqOf(w.records[0]!) === w.from && lastSeqOf(w.records[w.records.length - 1]!) === w.to;
+        const records = exact ? w.records : await this.readRange(st, w.from, w.to);
         const body = encodeFallback(st.port.id, w.from, w.to, epoch, records);
         const r = await this.o.store.putIfAbsent(fallbackKey(st.port.id, w.from, w.to, epoch, this.o.nodeId), body);
         // 'exists': the same range, epoch and uploader — our own earlier attempt that landed.
