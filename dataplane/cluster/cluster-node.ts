@@ -744,7 +744,7 @@ export class ClusterNode {
           const durable = await s.applyReplicated(records, Math.max(...answered.map((a) => a.committed)));
           const last = answered[answered.length - 1]!;
           this.setVerified(shard, epoch, Math.min(durable, Math.max(...answered.map((a) => a.last))), 'raise');
-          if (fresh && last.tip !== undefined && durable > last.tip && last.last === last.tip) await this.cutStaleTail(s, last.tip, epoch);
+          if (fresh && durable > last.tip && last.last === last.tip) await this.cutStaleTail(s, last.tip, epoch);
           for (const a of answered) this.o.transport.send('data', { t: 'appendOk', epoch: a.epoch, shard, session: a.session, ackSeq: a.last });
         }
       } catch (e) {

@@ -61,7 +61,7 @@ export interface Append {
   last: number;
   committed: number;
   /** The leader's durable seq when it sent this (a follower holding more has a stale tail). */
-  tip?: number;
+  tip: number;
   records: Uint8Array[];
 }
 export interface AppendOk {

@@ -470,8 +470,11 @@ export class Replicator {
           if (this.active && epoch === this.epoch) this.o.onRefused('its authority lapsed during an S3 upload');
           return;
         }
+        // Covered: settled now, committed in order with the others (resolveUpTo stops at the
+        // first wait neither acknowledged nor settled).
         w.uploading = false;
-        this.markCovered(st, w);
+        this.settle(w, null);
+        this.resolveUpTo(st);
         return;
       } catch (e) {
         this.o.log(`shard ${st.port.id}: S3 fallback upload of seqs ${w.from}..${w.to} failed (${(e as Error).message}); retrying`);
@@ -481,13 +484,6 @@ export class Replicator {
       await new Promise<void>((r) => this.o.clock.after(delay, r));
       delay = Math.min(FALLBACK_RETRY_MS.max, delay * 2);
     }
-  }
-
-  /** A wait is covered by S3: resolve it when every earlier one is resolved too. */
-  private markCovered(st: Stream, w: Wait): void {
-    // Covered waits resolve in order: resolveUpTo stops at the first wait neither acked nor settled.
-    this.settle(w, null);
-    this.resolveUpTo(st);
   }
 
   private dropSettled(st: Stream): void {

@@ -244,12 +244,12 @@ test(
     t.deliver('data', { t: 'probe', epoch: 2, shard: 0, session: 1 });
     await waitFor(() => t.of('probeState').length === 1, 'probeState', clock);
     assert.equal(t.of('probeState')[0]!.placed, 13);
-    t.deliver('data', { t: 'append', epoch: 2, shard: 0, session: 2, first: 10, last: 10, committed: 5, records: [aRecs[9]!] });
+    t.deliver('data', { t: 'append', epoch: 2, shard: 0, session: 2, first: 10, last: 10, committed: 5, tip: 11, records: [aRecs[9]!] });
     await waitFor(() => t.of('appendOk').length === 1, 'appendOk for the anchor', clock);
     assert.equal(t.of('appendOk')[0]!.ackSeq, 10, 'B acknowledges that it durably holds the leader\'s records up to 10');
     // A counts that ack: its adopted 6..10 are committed (visible) on the strength of B's copy.
     // A's next group (seq 11) carries committed=10 and meets B's own record 11.
-    t.deliver('data', { t: 'append', epoch: 2, shard: 0, session: 2, first: 11, last: 11, committed: 10, records: [aRecs[10]!] });
+    t.deliver('data', { t: 'append', epoch: 2, shard: 0, session: 2, first: 11, last: 11, committed: 10, tip: 11, records: [aRecs[10]!] });
     await waitFor(() => t.of('appendReject').length === 1, 'appendReject for seq 11', clock);
     const tip = b.tip();
     assert.ok(tip.durableSeq >= 10, `B dropped records it acknowledged to the leader in this epoch: it now ends at ${tip.durableSeq} (acked 10; A committed 6..10 counting on B's copy)`);

@@ -859,30 +859,11 @@ export class Shard {
   // -------------------------------------------------------------------------------------------
   // Cluster roles and replication (dataplane/cluster drives these)
 
-  /** True while this shard is a replica (records come from the leader, writes are refused). */
-  get isReplica(): boolean {
-    return this.replica;
-  }
-
   /** Where this shard's log stands, for the leader's handshake. */
   tip(): ShardTip {
     const log = this.log;
     if (log === null) return { placedSeq: 0, durableSeq: 0, committedSeq: 0, barrierSeq: 0, tipHash: ZERO_HASH };
     return { placedSeq: log.placedSeq, durableSeq: log.durableSeq, committedSeq: this.committedSeq, barrierSeq: log.barrierSeq, tipHash: log.tipHash };
-  }
-
-  /** The chain hash of the durable record that ends at `seq` (zeros for 0); null when no durable record ends there. */
-  async hashAt(seq: number): Promise<Uint8Array | null> {
-    const log = this.log;
-    if (log === null) return null;
-    if (seq === 0) return ZERO_HASH;
-    if (seq > log.durableSeq) return null;
-    if (seq === log.placedSeq) return log.tipHash;
-    const at = await log.locate(seq);
-    if (at === null) return null;
-    const rec = await log.readRecord(at.segment, at.offset);
-    if (rec.header.firstSeq + rec.header.batchCount - 1 !== seq) return null;
-    return recordHash(rec.bytes, rec.header.length);
   }
 
   /** Hash and writer's epoch of the durable record that ends at `seq` (zeros/0 for 0); null when no durable record ends there. */
@@ -948,8 +929,8 @@ export class Shard {
       if (recLast <= log.placedSeq) {
         // A repeat (a resent batch): fine if it is the record we hold, divergence if not.
         if (recLast <= log.durableSeq) {
-          const held = await this.hashAt(recLast);
-          if (held !== null && equalBytes(held, recordHash(input, h.length))) continue;
+          const held = await this.recordAt(recLast);
+          if (held !== null && equalBytes(held.hash, recordHash(input, h.length))) continue;
         }
         if (recLast > log.durableSeq) throw new ReplicaRejectError(`shard ${this.id}: replicated seqs ${h.firstSeq}..${recLast} repeat records not yet durable here`, 'busy', log.placedSeq);
         throw new ReplicaRejectError(`shard ${this.id}: replicated seqs ${h.firstSeq}..${recLast} differ from the records held there`, 'diverged', log.placedSeq);

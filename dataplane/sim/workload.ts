@@ -9,19 +9,15 @@
 //     guarded by exact versions.
 // On 2007, 9200, 2008 or no answer (outcome unknown) a write with a clientSeq is retried, with the
 // same clientSeq and body, on the other node. Every answer is recorded for the checks.
-import { decodeDetailsOk, decodeError, decodeWriteOk, encodeKeyRequest, encodeWriteRequest, Expect, Op, type ExpectMode, type WireEvent } from '../../client/wire.ts';
+import { decodeDetailsOk, decodeError, decodeWriteOk, encodeKeyRequest, encodeWriteRequest, Expect, Op, type WireEvent } from '../../client/wire.ts';
 import type { NormalizedKey } from '../../client/key.ts';
 import { ErrorCode } from '../../client/errors.ts';
 import type { ShardResult } from '../shard/shard.ts';
 import type { Scheduler } from './scheduler.ts';
+import type { Part as PowerlossPart } from '../../test/sim/powerloss-common.ts';
 import type { SimNode } from './sim-node.ts';
 
-export interface Part {
-  agg: number;
-  mode: ExpectMode;
-  expect: number;
-  clientSeq: bigint;
-  events: WireEvent[];
+export interface Part extends PowerlossPart {
   /** Bank transfers: the amount this part moves (debit negative). */
   amount: number;
 }
