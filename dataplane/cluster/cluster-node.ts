@@ -11,14 +11,14 @@
 //
 // No direct I/O: time, S3, the peer and the shards are ports (ports.ts), so the simulator runs
 // this very code.
-import { ReplicaRejectError } from '../shard/shard.ts';
 import type { CommitStep } from '../shard/shard.ts';
 import { LeaseStore, type LeaseRecord, type ObservedLease } from './lease.ts';
 import type { ObjectStore } from './object-store.ts';
-import type { Append, ClusterMessage, Heartbeat, HeartbeatAck } from './messages.ts';
+import type { ClusterMessage, Heartbeat, HeartbeatAck } from './messages.ts';
 import type { Channel, ClusterCounters, Clock, PeerTransport, ShardPort } from './ports.ts';
 import { newCounters } from './ports.ts';
-import { lastSeqOf, Replicator } from './replicator.ts';
+import { Replicator } from './replicator.ts';
+import { ReplicaSide } from './replica-side.ts';
 import { replicationTimeoutMs, type ClusterTiming } from './timing.ts';
 import { catchUpFromS3 } from './catch-up.ts';
 
@@ -62,6 +62,8 @@ export class ClusterNode {
   leader: { id: string; client: string } | null = null;
   readonly counters: ClusterCounters = newCounters();
   readonly replicator: Replicator;
+  /** The follower's side of replication: shard queues, appends, verified seqs. */
+  private readonly replicas: ReplicaSide;
   private readonly leases: LeaseStore;
   private observed: ObservedLease | null = null;
   private observedAtMono = 0;
@@ -80,36 +82,25 @@ export class ClusterNode {
   private stepping = false;
   private stopped = false;
   private cancelTick: (() => void) | null = null;
-  private readonly applyQueues = new Map<number, { pending: Append[]; running: boolean }>();
-  private readonly shardById = new Map<number, ShardPort>();
   private notifyScheduled = false;
-  /**
-   * Follower, per shard: the local log up to here is known to be the current leader's (an append
-   * of its, or its anchor, linked to it). Commits from heartbeats and notices go no further:
-   * records a deposed leader still holds at those seqs must never become visible or acked.
-   */
-  private readonly verified = new Map<number, { epoch: number; seq: number }>();
-  private verifiedSeq(shard: number, epoch: number): number {
-    const v = this.verified.get(shard);
-    return v !== undefined && v.epoch === epoch ? v.seq : 0;
-  }
-  private setVerified(shard: number, epoch: number, seq: number, how: 'raise' | 'lower'): void {
-    const cur = this.verifiedSeq(shard, epoch);
-    this.verified.set(shard, { epoch, seq: how === 'raise' ? Math.max(cur, seq) : Math.min(cur, seq) });
-  }
   /**
    * Leader, per shard: where the log ended when this node started leading. Records up to here
    * came from earlier leaders (adopted, possibly acknowledged by them); only records after it are
    * this node's own, and only those may be rewound when it stops leading.
    */
   private readonly adoptedEnd = new Map<number, number>();
-  /** Follower, per shard: the newest stream session of the leader seen, and the highest seq it carried. */
-  private readonly sessions = new Map<number, { epoch: number; session: number; maxLast: number }>();
-
   constructor(o: ClusterNodeOptions) {
     this.o = o;
     this.leases = new LeaseStore(o.store);
-    for (const s of o.shards) this.shardById.set(s.id, s);
+    this.replicas = new ReplicaSide({
+      shards: o.shards,
+      transport: o.transport,
+      log: o.log,
+      counters: this.counters,
+      role: () => this.role,
+      epoch: () => this.epoch,
+      ...(o.unsafe?.ackBeforeFsync === true ? { ackBeforeFsync: true } : {}),
+    });
     this.replicator = new Replicator(
       {
         nodeId: o.nodeId,
@@ -386,7 +377,7 @@ export class ClusterNode {
       if (this.stopped) return;
       this.role = 'promoting';
       this.epoch = epoch;
-      this.verified.clear();
+      this.replicas.forgetVerified();
       this.leader = { id: this.o.nodeId, client: this.o.clientAddress };
       this.validUntil = grantMono + this.o.timing.renewDeadlineMs;
       this.o.log(`cluster: won the lease with epoch ${epoch}; catching up from S3 before taking writes`);
@@ -396,7 +387,7 @@ export class ClusterNode {
         if ((this.role as ClusterRole) !== 'promoting') return;
         // Appends from the old leader still in flight finish first (new ones are refused now): a
         // shard must not take writes while replicated records it has not indexed are on their way.
-        for (const s of this.o.shards) await this.onShardQueue(s.id, () => s.quiesce());
+        for (const s of this.o.shards) await this.replicas.onShardQueue(s.id, () => s.quiesce());
         // Catch-up may have taken long: renew before the authority lapses.
         if (this.validUntil - this.now() < this.o.timing.renewDeadlineMs / 2) await this.renewS3();
         if ((this.role as ClusterRole) !== 'promoting') return;
@@ -441,10 +432,10 @@ export class ClusterNode {
   private async stepBack(to: 'fenced' | 'follower', why: string): Promise<void> {
     this.role = to;
     this.validUntil = Number.NEGATIVE_INFINITY;
-    this.verified.clear();
+    this.replicas.forgetVerified();
     this.replicator.stop(`this node stopped leading: ${why}`);
     for (const s of this.o.shards) {
-      await this.onShardQueue(s.id, async () => {
+      await this.replicas.onShardQueue(s.id, async () => {
         try {
           await s.becomeReplica(this.epoch);
           await s.quiesce();
@@ -472,7 +463,7 @@ export class ClusterNode {
   /** S3 catch-up of every shard (peer uploads only). */
   private async catchUp(): Promise<void> {
     for (const s of this.o.shards) {
-      await this.onShardQueue(s.id, async () => {
+      await this.replicas.onShardQueue(s.id, async () => {
         try {
           await catchUpFromS3(s, this.o.store, this.o.nodeId, this.o.log, this.counters);
         } catch (e) {
@@ -574,18 +565,18 @@ export class ClusterNode {
         void this.takeHandover(m.epoch);
         return;
       case 'probe':
-        void this.onShardQueue(m.shard, async () => {
-          const s = this.shardById.get(m.shard);
+        void this.replicas.onShardQueue(m.shard, async () => {
+          const s = this.replicas.shard(m.shard);
           if (s === undefined) return;
           const tip = await s.tip();
           this.o.transport.send('data', { t: 'probeState', epoch: this.epoch, shard: m.shard, session: m.session, placed: tip.durableSeq, barrier: tip.barrierSeq });
         });
         return;
       case 'append':
-        this.enqueueAppend(m);
+        this.replicas.enqueueAppend(m);
         return;
       case 'commit':
-        void this.followerCommit(m.shard, m.committed, m.epoch);
+        void this.replicas.commit(m.shard, m.committed, m.epoch);
         return;
     }
   }
@@ -596,7 +587,7 @@ export class ClusterNode {
     if (this.role === 'fenced') this.role = 'follower';
     this.lastHbMono = this.now();
     this.o.transport.send('control', { t: 'hbAck', epoch: this.epoch, from: this.o.nodeId, client: this.o.clientAddress, n: m.n, wallMs: this.o.clock.nowMs(), ok: true });
-    for (let i = 0; i < m.committed.length; i++) if (typeof m.committed[i] === 'number') void this.followerCommit(i, m.committed[i]!, m.epoch);
+    for (let i = 0; i < m.committed.length; i++) if (typeof m.committed[i] === 'number') void this.replicas.commit(i, m.committed[i]!, m.epoch);
   }
 
   private onHeartbeatAck(m: HeartbeatAck): void {
@@ -648,157 +639,6 @@ export class ClusterNode {
     });
   }
   private readonly notified: number[] = [];
-
-  // -------------------------------------------------------------------------------------------
-  // Follower: applying the leader's records
-
-  /** `epoch`: of the leader message that said so; only records verified under that epoch commit. */
-  private async followerCommit(shard: number, committed: number, epoch: number): Promise<void> {
-    const s = this.shardById.get(shard);
-    if (s === undefined || this.role === 'leader' || this.role === 'promoting') return;
-    if (this.verifiedSeq(shard, epoch) <= 0) return;
-    try {
-      // On the shard's queue: never concurrent with a truncation of the tail.
-      await this.onShardQueue(shard, async () => {
-        const upTo = Math.min(committed, this.verifiedSeq(shard, epoch));
-        if (upTo > 0 && this.role !== 'leader' && this.role !== 'promoting') await s.commitTo(upTo);
-      });
-    } catch (e) {
-      this.o.log(`cluster: shard ${shard}: commit to ${committed} failed (${(e as Error).message})`);
-    }
-  }
-
-  /** Runs `f` after everything queued for the shard's log (appends, catch-up, probes). */
-  private onShardQueue(shard: number, f: () => Promise<void>): Promise<void> {
-    const q = this.queueOf(shard);
-    const run = (q.tail ?? Promise.resolve()).then(f, f);
-    q.tail = run.catch(() => {});
-    return run;
-  }
-
-  private readonly shardQueues = new Map<number, { tail: Promise<void> | null }>();
-  private queueOf(shard: number): { tail: Promise<void> | null } {
-    let q = this.shardQueues.get(shard);
-    if (q === undefined) this.shardQueues.set(shard, (q = { tail: null }));
-    return q;
-  }
-
-  private enqueueAppend(m: Append): void {
-    let q = this.applyQueues.get(m.shard);
-    if (q === undefined) this.applyQueues.set(m.shard, (q = { pending: [], running: false }));
-    q.pending.push(m);
-    this.kickAppends(m.shard);
-  }
-
-  private kickAppends(shard: number): void {
-    const q = this.applyQueues.get(shard);
-    if (q === undefined || q.running || q.pending.length === 0) return;
-    q.running = true;
-    this.onShardQueue(shard, () => this.drainAppends(shard))
-      .catch((e: Error) => this.o.log(`cluster: shard ${shard}: applying replicated records failed: ${e.stack ?? e.message}`))
-      .finally(() => {
-        q.running = false;
-        this.kickAppends(shard);
-      });
-  }
-
-  /** Applies every queued append of a shard with one call (one fdatasync), then answers each. */
-  private async drainAppends(shard: number): Promise<void> {
-    const q = this.applyQueues.get(shard)!;
-    const s = this.shardById.get(shard);
-    while (q.pending.length > 0) {
-      const batch = q.pending.splice(0);
-      const epoch = batch[batch.length - 1]!.epoch;
-      const session = batch[batch.length - 1]!.session;
-      if (s === undefined || this.role === 'leader' || this.role === 'promoting' || epoch < this.epoch) continue;
-      // Only the newest session counts (older ones were cut off by a restart of the stream and are
-      // resent in it); repeats inside it keep each seq once, in order.
-      const records: Uint8Array[] = [];
-      let upTo = 0;
-      for (const a of batch) {
-        if (a.epoch !== epoch || a.session !== session) continue;
-        for (const r of a.records) {
-          const last = lastSeqOf(r);
-          if (last <= upTo) continue;
-          records.push(r);
-          upTo = last;
-        }
-      }
-      const answered = batch.filter((a) => a.epoch === epoch && a.session === session);
-      // Appends of an older session of this leader arrive late (or duplicated): ignore them.
-      const known = this.sessions.get(shard);
-      if (known !== undefined && (known.epoch > epoch || (known.epoch === epoch && known.session > session))) continue;
-      if (known === undefined || known.epoch !== epoch || known.session !== session) this.sessions.set(shard, { epoch, session, maxLast: 0 });
-      const cur = this.sessions.get(shard)!;
-      const newest = Math.max(...answered.map((a) => a.last));
-      const fresh = newest >= cur.maxLast;
-      cur.maxLast = Math.max(cur.maxLast, newest);
-      try {
-        if (this.o.unsafe?.ackBeforeFsync === true) {
-          // Teeth: acknowledge before the fdatasync (the simulator must catch the loss this allows).
-          const p = s.applyReplicated(records);
-          for (const a of answered) this.o.transport.send('data', { t: 'appendOk', epoch: a.epoch, shard, session: a.session, ackSeq: a.last });
-          await p;
-        } else {
-          // Linked to the local tip: the whole local log is the leader's up to what it holds now.
-          const durable = await s.applyReplicated(records, Math.max(...answered.map((a) => a.committed)));
-          const last = answered[answered.length - 1]!;
-          this.setVerified(shard, epoch, Math.min(durable, Math.max(...answered.map((a) => a.last))), 'raise');
-          if (fresh && durable > last.tip && last.last === last.tip) await this.cutStaleTail(s, last.tip, epoch);
-          for (const a of answered) this.o.transport.send('data', { t: 'appendOk', epoch: a.epoch, shard, session: a.session, ackSeq: a.last });
-        }
-      } catch (e) {
-        if (!(e instanceof ReplicaRejectError)) throw e;
-        await this.refuse(s, e, epoch, session);
-      }
-    }
-  }
-
-  /**
-   * The leader's log ends at `tip` and this one goes on past it, with records the leader never
-   * sent: a tail of an older epoch (it would otherwise hide until the leader's next write).
-   */
-  private async cutStaleTail(s: ShardPort, tip: number, epoch: number): Promise<void> {
-    await s.quiesce();
-    const t = await s.tip();
-    if (t.durableSeq <= tip) return;
-    // Records of the sender's own epoch are its records (reached here by S3 catch-up after the
-    // append was sent): only an older epoch's tail can be stale. Never below what was verified.
-    const end = await s.recordAt(t.durableSeq);
-    if (end === null || end.epoch >= epoch) return;
-    tip = Math.max(tip, this.verifiedSeq(s.id, epoch));
-    if (t.durableSeq <= tip) return;
-    if (tip < t.barrierSeq) {
-      this.o.log(`cluster: shard ${s.id}: ACKNOWLEDGED HISTORY DIFFERS FROM THE LEADER'S: the leader ends at seq ${tip}, records up to ${t.barrierSeq} were acknowledged here`);
-      return;
-    }
-    this.o.log(`cluster: shard ${s.id}: the local tail after seq ${tip} is not the leader's (it ends there); rewinding it`);
-    this.counters.rewoundRecords += t.durableSeq - tip;
-    this.setVerified(s.id, epoch, tip, 'lower');
-    await s.truncateAfter(tip);
-  }
-
-  private async refuse(s: ShardPort, e: ReplicaRejectError, epoch: number, session: number): Promise<void> {
-    let reason: 'gap' | 'diverged' | 'invalid' | 'busy' | 'fatal' = e.reason;
-    // Whatever was placed before the refusal becomes durable first: the leader resends after it.
-    await s.quiesce();
-    let tip = await s.tip();
-    if (e.reason === 'diverged') {
-      // Never below what this node verified as the leader's (it may have acknowledged those to it).
-      const keep = Math.max(tip.barrierSeq, Math.min(this.verifiedSeq(s.id, epoch), tip.durableSeq));
-      if (tip.durableSeq > keep) {
-        this.o.log(`cluster: shard ${s.id}: the local tail after seq ${keep} diverges from the leader's; rewinding it (${e.message})`);
-        this.counters.rewoundRecords += tip.durableSeq - keep;
-        this.setVerified(s.id, epoch, keep, 'lower');
-        await s.truncateAfter(keep);
-        tip = await s.tip();
-      } else {
-        reason = 'fatal';
-        this.o.log(`cluster: shard ${s.id}: ACKNOWLEDGED HISTORY DIFFERS FROM THE LEADER'S at seq ${tip.barrierSeq}: ${e.message}`);
-      }
-    }
-    this.o.transport.send('data', { t: 'appendReject', epoch, shard: s.id, session, reason, placed: tip.durableSeq, message: e.message });
-  }
 
   // -------------------------------------------------------------------------------------------
   // Step-down (upgrades)
