@@ -27,3 +27,6 @@ export async function waitUntil<T>(what: string, probe: () => T | Promise<T>, ti
     await new Promise((resolve) => setTimeout(resolve, POLL_INTERVAL_MS));
   }
 }
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+export const now = (): number => performance.now();
