@@ -21,11 +21,12 @@ eslint --max-warnings=0 .
 stage "unit tests"
 # Unit tests live next to the code as *.test.ts.
 mapfile -t unit < <(git ls-files --cached --others --exclude-standard '*.test.ts' | grep -v '^test/e2e/' | sort)
-node --test --test-concurrency=2 "${unit[@]}"
+# A hung test fails after 10 min instead of eating the CI budget.
+node --test --test-concurrency=2 --test-timeout=600000 "${unit[@]}"
 
 stage "end-to-end tests"
 mapfile -t e2e < <(git ls-files --cached --others --exclude-standard 'test/e2e/*.test.ts' | sort)
 if [ ${#e2e[@]} -gt 0 ]; then
-  node --test --test-concurrency=1 "${e2e[@]}"
+  node --test --test-concurrency=1 --test-timeout=2700000 "${e2e[@]}"
 fi
 stage "all tests passed"

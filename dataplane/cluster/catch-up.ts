@@ -6,11 +6,17 @@
 // covering the next seq, the highest epoch wins (a deposed leader's late upload loses to the newer
 // leader's). The shard checks the chain (applyReplicated): a batch that does not link is either
 // stale (its epoch is not above the local records it would replace: dropped) or newer than the
-// local speculative tail (that tail, above the ack barrier, is rewound and the batch applied).
+// local speculative tail (that tail, from the first record the batch differs at and never at or
+// below the ack barrier, is rewound and the batch applied). A batch that lies wholly inside the
+// local unacknowledged tail counts too: the tail may be an older leader's records at positions a
+// newer leader acknowledged through S3 (sim seed 1043).
 import { ReplicaRejectError } from '../shard/shard.ts';
+import { equalBytes } from '../storage/checksum.ts';
+import { recordHash } from '../storage/record.ts';
 import { decodeFallback, parseFallbackKey, shardPrefix, type FallbackKey } from './fallback.ts';
 import type { ObjectStore, StoredObject } from './object-store.ts';
 import type { ClusterCounters, ShardPort } from './ports.ts';
+import { firstSeqOf, lastSeqOf } from './replicator.ts';
 
 /** Most objects applied or dropped in one catch-up (a bound on the loop). */
 export const CATCH_UP_OBJECTS_MAX = 100_000;
@@ -43,8 +49,10 @@ export async function catchUpFromS3(s: ShardPort, store: ObjectStore, self: stri
   for (let step = 0; step < CATCH_UP_OBJECTS_MAX && objs.length > 0; step++) {
     const tip = await s.tip();
     const at = tip.durableSeq;
-    objs = objs.filter((o) => o.to > at);
-    const covering = objs.filter((o) => o.from <= at + 1).sort((a, b) => b.epoch - a.epoch || b.to - a.to);
+    // At or below the ack barrier the local log is acknowledged history: nothing there is replaced.
+    objs = objs.filter((o) => o.to > tip.barrierSeq);
+    // Newest epoch first; within one, the lowest start (a difference is found where it begins).
+    const covering = objs.filter((o) => o.from <= at + 1).sort((a, b) => b.epoch - a.epoch || a.from - b.from || b.to - a.to);
     const o = covering[0];
     if (o === undefined) break;
     const drop = (why: string): void => {
@@ -75,10 +83,16 @@ export async function catchUpFromS3(s: ShardPort, store: ObjectStore, self: stri
       const t = await s.tip();
       const mine = await s.recordAt(t.durableSeq);
       if (e.reason === 'diverged' && t.durableSeq > t.barrierSeq && mine !== null && o.epoch > mine.epoch) {
-        log(`shard ${s.id}: S3 batch ${o.key} (epoch ${o.epoch}) replaces the local unacknowledged tail after seq ${t.barrierSeq} (epoch ${mine.epoch})`);
-        counters.rewoundRecords += t.durableSeq - t.barrierSeq;
-        await s.truncateAfter(t.barrierSeq);
-        continue;
+        // A newer leader wrote this batch where the local log differs: the local records from the
+        // first difference on are not acknowledged (that leader would hold them), the ones before
+        // it may be (and may be nowhere else): cut exactly there, never at or below the barrier.
+        const cut = await cutBefore(s, records, t.durableSeq, t.barrierSeq);
+        if (cut !== null) {
+          log(`shard ${s.id}: S3 batch ${o.key} (epoch ${o.epoch}) replaces the local unacknowledged tail after seq ${cut} (epoch ${mine.epoch})`);
+          counters.rewoundRecords += t.durableSeq - cut;
+          await s.truncateAfter(cut);
+          continue;
+        }
       }
       drop(`${e.reason}: ${e.message}`);
     }
@@ -86,4 +100,35 @@ export async function catchUpFromS3(s: ShardPort, store: ObjectStore, self: stri
   const end = await s.tip();
   if (applied > 0) log(`shard ${s.id}: caught up from S3 to seq ${end.durableSeq} (${applied} batches)`);
   return applied;
+}
+
+/**
+ * Where the local log must be cut for `records` (one batch) to apply: after the last local record
+ * before the first one the batch differs at (a record boundary, never below `barrier`); the
+ * barrier when the batch only extends the log (it does not link: the difference lies before it);
+ * null when the difference is at or below the barrier (acknowledged history: not replaced).
+ */
+async function cutBefore(s: ShardPort, records: readonly Uint8Array[], at: number, barrier: number): Promise<number | null> {
+  let differsAt = at + 1;
+  for (const r of records) {
+    const first = firstSeqOf(r);
+    const last = lastSeqOf(r);
+    if (first > at) break;
+    if (last > at) {
+      differsAt = first; // it overlaps the local end: a different record there
+      break;
+    }
+    const held = await s.recordAt(last);
+    const length = new DataView(r.buffer, r.byteOffset, r.length).getUint32(4);
+    if (held === null || !equalBytes(held.hash, recordHash(r, length))) {
+      differsAt = first;
+      break;
+    }
+  }
+  if (differsAt > at) return barrier;
+  if (differsAt <= barrier) return null;
+  // The local record holding that seq may start earlier (other record boundaries): cut before it.
+  const [holding] = await s.readDurable(differsAt, differsAt, 1);
+  const start = holding === undefined ? differsAt : firstSeqOf(holding);
+  return start - 1 < barrier ? null : start - 1;
 }

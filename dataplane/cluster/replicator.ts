@@ -42,6 +42,8 @@ interface Wait {
   /** Settled as committed (not refused). */
   ok: boolean;
   uploading: boolean;
+  /** Its S3 object landed: it commits when every earlier wait has (its promise settles in seq order). */
+  covered: boolean;
   cancelTimer: (() => void) | null;
 }
 
@@ -237,7 +239,7 @@ export class Replicator {
     if (st === undefined) return Promise.reject(new Error(`internal: no stream for shard ${shard}`));
     if (!this.active || !this.o.authority()) return Promise.reject(new NotCommittedError('this node is no longer the leader'));
     return new Promise<void>((resolve, reject) => {
-      const w: Wait = { from, to, records, resolve, reject, settled: false, ok: false, uploading: false, cancelTimer: null };
+      const w: Wait = { from, to, records, resolve, reject, settled: false, ok: false, uploading: false, covered: false, cancelTimer: null };
       st.waits.push(w);
       if (to > st.durable) st.durable = to;
       this.addToCache(st, records);
@@ -293,7 +295,7 @@ export class Replicator {
   private resolveUpTo(st: Stream): void {
     while (st.waits.length > 0) {
       const w = st.waits[0]!;
-      if (!w.settled && st.ackSeq < w.to) break;
+      if (!w.settled && !w.covered && st.ackSeq < w.to) break;
       st.waits.shift();
       if (!w.settled) {
         if (!this.active || !this.o.authority()) {
@@ -433,7 +435,7 @@ export class Replicator {
   // S3 fallback
 
   private fallback(st: Stream, w: Wait): void {
-    if (w.settled || w.uploading) return;
+    if (w.settled || w.uploading || w.covered) return;
     w.uploading = true;
     w.cancelTimer?.();
     w.cancelTimer = null;
@@ -453,6 +455,8 @@ export class Replicator {
       await this.uploadSlot();
       try {
         if (w.settled) return;
+        // The slot may have taken long: a node that lost its authority meanwhile uploads nothing.
+        if (!this.active || epoch !== this.epoch || !this.o.authority()) continue;
         // The group's own records when they cover it exactly, else from the log.
         const exact = w.records.length > 0 && firstSeqOf(w.records[0]!) === w.from && lastSeqOf(w.records[w.records.length - 1]!) === w.to;
         const records = exact ? w.records : await this.readRange(st, w.from, w.to);
@@ -470,10 +474,11 @@ export class Replicator {
           if (this.active && epoch === this.epoch) this.o.onRefused('its authority lapsed during an S3 upload');
           return;
         }
-        // Covered: settled now, committed in order with the others (resolveUpTo stops at the
-        // first wait neither acknowledged nor settled).
+        // Covered: committed in order with the others — resolveUpTo stops at the first wait
+        // neither acknowledged nor covered, and only then settles this one (a later group's
+        // upload can land while an earlier one's never does).
         w.uploading = false;
-        this.settle(w, null);
+        w.covered = true;
         this.resolveUpTo(st);
         return;
       } catch (e) {

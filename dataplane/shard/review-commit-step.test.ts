@@ -101,3 +101,32 @@ test('r2: a commit step that succeeds for group 2 while group 1 is refused does 
   await assertNothingCommitted(clock, shard, [1, 2], 'after reopening');
   await shard.close();
 });
+
+// ---------------------------------------------------------------------------------------------
+// r3: the hole must hold when the shard has become a replica before the refusal arrives (sim seed
+// 1104: a deposed leader's group 2 was covered by S3 while group 1 never was; the demotion made
+// the shard a replica, group 1's refusal then did not stop the chain, group 2 committed past the
+// hole and raised the ack barrier over records never acknowledged nor replicated).
+
+test('r3: a refused group 1 after becomeReplica still stops group 2 (already answered ok) from committing past the hole', async () => {
+  const clock = new ManualClock();
+  const disk = new SimDisk();
+  const step = new FakeCommitStep();
+  step.answer = (call) => (call === 1 ? 'hold' : 'ok');
+  let { shard } = await openShard(disk, clock, step);
+  const w1 = track(shard.handle(Op.Write, writeBody(1)));
+  await until(clock, () => step.calls.length === 1, 'group 1 durable, its commit step running');
+  const w2 = track(shard.handle(Op.Write, writeBody(2)));
+  await until(clock, () => step.calls.length === 2, 'group 2 durable, its commit step succeeded');
+  shard.becomeReplica(2);
+  step.rejectAll('this node stopped leading');
+  const r1 = await settle(clock, w1.promise, 'write 1 answered');
+  const r2 = await settle(clock, w2.promise, 'write 2 answered');
+  assert.equal(code(r1), 2007, `write 1: ${show(r1)}`);
+  assert.equal(code(r2), 2007, `write 2 (after the hole): ${show(r2)}`);
+  await assertNothingCommitted(clock, shard, [1, 2], 'as a replica, before reopening');
+  await shard.close();
+  ({ shard } = await openShard(disk, clock, step));
+  await assertNothingCommitted(clock, shard, [1, 2], 'after reopening');
+  await shard.close();
+});

@@ -138,6 +138,8 @@ export class Shard {
   private stoppedByCommit = false;
   /** Bumped by truncateAfter: commit-step results of an older log are ignored. */
   private generation = 0;
+  /** Bumped when a commit step fails: the links queued after the hole are ignored (becomeLeader re-sends the tail under the new value). */
+  private commitRun = 0;
   /** Samples for metrics, drained by the worker. */
   fsyncSamples: FsyncSample[] = [];
   /**
@@ -510,6 +512,7 @@ export class Shard {
     while (n < this.unsent.length && this.unsent[n]!.lastSeq <= durableSeq) n++;
     const records = this.unsent.splice(0, n).map((u) => u.bytes);
     const gen = this.generation;
+    const run = this.commitRun;
     // Settled at once (a rejection is a value here, never an unhandled one), applied in seq order.
     const settled = step.commit(from, durableSeq, records).then(
       () => null,
@@ -518,8 +521,11 @@ export class Shard {
     this.commitChain = this.commitChain.then(async () => {
       const failure = await settled;
       if (gen !== this.generation || this.state !== 'serving') return;
-      if (this.writesStopped !== null) return; // an earlier range failed: nothing after it commits
+      // An earlier range failed: nothing after it commits, whatever its own step answered (an S3
+      // upload of a later group can land while an earlier one never does), in either role.
+      if (run !== this.commitRun || this.writesStopped !== null) return;
       if (failure !== null) {
+        this.commitRun++;
         // A hole: these records are durable here but not committed, and nothing after them may
         // commit past them. Writes stop (like after a failed fdatasync); the cluster layer decides
         // what becomes of the tail (truncateAfter, or a commit on promotion). A shard that has

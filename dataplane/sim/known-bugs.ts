@@ -146,22 +146,34 @@ export const FIXED_BUGS: (KnownBug & { fixedIn: string })[] = [
     seeds: [456],
     fixedIn: 'appends carry the leader tip; cutStaleTail',
   },
+  {
+    name: 'barrier-above-the-new-leaders-log',
+    diagnosis:
+      "Seeds 1104, 189: while the follower was down, a leader's groups went to S3 in parallel; a later group's object (1104: seq 75) landed " +
+      'while an earlier one (73..74) waited for an upload slot. The replicator resolved the later group\'s promise at once (it was meant to ' +
+      'commit in order); then the leader lost its authority, stepBack made the shard a replica before the earlier group\'s refusal reached ' +
+      "the shard's commit chain, and a refusal in the replica role did not stop the chain: the later group committed past the hole and raised " +
+      "the ack barrier over records never acknowledged. The new leader's S3 catch-up stopped at the hole (72), and the old leader refused " +
+      'its appends for good ("ACKNOWLEDGED HISTORY DIFFERS").',
+    causes: /^\(6\) /,
+    seeds: [1104, 189],
+    fixedIn: 'shard.ts: a failed commit step bumps commitRun, later links are ignored in either role; replicator.ts: an uploaded group is covered, settled only in seq order; no upload after the authority lapsed while waiting for a slot',
+  },
+  {
+    name: 'catch-up-keeps-an-older-tail-over-acknowledged-s3-batches',
+    diagnosis:
+      "Seed 1043: the leader of epoch 1 lost power holding its own unacknowledged 64..65; the epoch-2 leader wrote other records at 64..65, " +
+      'acknowledged them through S3 and lost power too. The old leader came back, won epoch 3 and caught up from S3, but catch-up kept only ' +
+      "objects ending above its durable end (65), so it never looked at the epoch-2 batch 64..65, adopted its own epoch-1 records there and " +
+      'lost an acknowledged write (and the pair never converged).',
+    causes: /^\((2|6)\) /,
+    seeds: [1043],
+    fixedIn: 'catch-up.ts: objects above the ack barrier that overlap the local tail are checked too; a newer batch cuts the tail at its first difference, never at or below the barrier',
+  },
 ];
 
 /** Bugs found and not fixed yet. */
 export const KNOWN_BUGS: KnownBug[] = [
-  {
-    name: 'barrier-above-the-new-leaders-log',
-    diagnosis:
-      'Seeds 1104, 189 (about 1 in 1000): a deposed leader holds an ack barrier above the new leader\'s log end (1104: 44 vs 36 after ' +
-      'two power losses; 189: 148 vs 146, no restart, an S3 upload of seq 147 timed out with an unknown outcome). Before that, in 1104, a node restarts with an ack barrier (44) above the new ' +
-      "leader's log end (36) on a shard, so it refuses every append (\"ACKNOWLEDGED HISTORY DIFFERS\") and the pair does not converge. " +
-      'No acknowledged write is lost (the checker finds every acked write); the barrier covers records no client was told about. ' +
-      'Where the barrier was raised is not yet found: the stepBack rewind at 2285 ms did not log, and the epoch-2 tail commit of 37..50 ' +
-      'ended in a power loss.',
-    causes: /^\(6\) /,
-    seeds: [1104, 189],
-  },
 ];
 
 /** Watches a run's trace for the signatures of KNOWN_BUGS. */
