@@ -21,7 +21,8 @@ import { newCounters } from './ports.ts';
 import { Replicator } from './replicator.ts';
 import { ReplicaSide } from './replica-side.ts';
 import { replicationTimeoutMs, type ClusterTiming } from './timing.ts';
-import { catchUpFromS3 } from './catch-up.ts';
+import { catchUpFromS3, listPeerFallback } from './catch-up.ts';
+import type { FallbackKey } from './fallback.ts';
 
 export type ClusterRole = 'boot' | 'follower' | 'catching-up' | 'promoting' | 'leader' | 'fenced';
 
@@ -475,12 +476,24 @@ export class ClusterNode {
 
   /** S3 catch-up of every shard (peer uploads only). */
   private async catchUp(): Promise<void> {
+    let listed: Map<number, FallbackKey[]>;
+    try {
+      listed = await listPeerFallback(this.o.store, this.o.nodeId);
+    } catch (e) {
+      // S3 is an accelerator for a follower; a leader-to-be retries on its next attempt.
+      this.o.log(`cluster: listing the S3 fallback objects failed (${(e as Error).message})`);
+      if (this.role === 'promoting') throw e;
+      return;
+    }
+    // Only shards with objects have anything to do; they download one after another (each
+    // prefetches CATCH_UP_PREFETCH objects), as before.
     for (const s of this.o.shards) {
+      const objs = listed.get(s.id);
+      if (objs === undefined) continue;
       await this.replicas.onShardQueue(s.id, async () => {
         try {
-          await catchUpFromS3(s, this.o.store, this.o.nodeId, this.o.log, this.counters);
+          await catchUpFromS3(s, objs, this.o.store, this.o.log, this.counters);
         } catch (e) {
-          // S3 is an accelerator for a follower; a leader-to-be retries on its next attempt.
           this.o.log(`cluster: S3 catch-up of shard ${s.id} failed (${(e as Error).message})`);
           if (this.role === 'promoting') throw e;
         }
