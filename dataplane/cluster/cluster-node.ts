@@ -6,6 +6,7 @@
 // leader takes writes (writeGate), and only while its authority lasts (timing.ts):
 //   leader:   validUntil = (send time of the last acknowledged heartbeat or S3 renewal) + renewDeadline
 //   follower: may challenge at max(last heartbeat acknowledged, first sight of the lease's ETag) + TTL
+//             (an ETag the last acknowledged heartbeat named counts as seen when that heartbeat was)
 // Steady state: heartbeats carry the authority and S3 sees no request. The leader renews the lease
 // in S3 only while heartbeats fail; a follower reads S3 only while it hears no heartbeat.
 //
@@ -20,7 +21,8 @@ import { newCounters } from './ports.ts';
 import { Replicator } from './replicator.ts';
 import { ReplicaSide } from './replica-side.ts';
 import { replicationTimeoutMs, type ClusterTiming } from './timing.ts';
-import { catchUpFromS3 } from './catch-up.ts';
+import { catchUpFromS3, listPeerFallback } from './catch-up.ts';
+import type { FallbackKey } from './fallback.ts';
 
 export type ClusterRole = 'boot' | 'follower' | 'catching-up' | 'promoting' | 'leader' | 'fenced';
 
@@ -69,6 +71,8 @@ export class ClusterNode {
   private observedAtMono = 0;
   /** Follower: when it last acknowledged a heartbeat (monotonic ms; -Infinity: never). */
   private lastHbMono = Number.NEGATIVE_INFINITY;
+  /** Follower: the lease ETag the last acknowledged heartbeat named, and when it was acknowledged. */
+  private hbLease: { etag: string; atMono: number } | null = null;
   /** Leader: authority deadline (monotonic ms). */
   private validUntil = Number.NEGATIVE_INFINITY;
   private lastHbAckMono = Number.NEGATIVE_INFINITY;
@@ -277,7 +281,15 @@ export class ClusterNode {
     }
     if (this.observed === null || this.observed.etag !== l.etag) {
       this.observed = l;
-      this.observedAtMono = this.now();
+      // First sight of an object starts its TTL, because a leader may have renewed in S3 just
+      // before: its authority runs from when it sent that write, which only the write's landing
+      // (≤ now) bounds. But an object a heartbeat named was written, and its answer seen, before
+      // that heartbeat left, so every grant from it precedes the heartbeat: the TTL from the
+      // heartbeat already covers it. Without this, a follower that last read the lease before the
+      // leader's last write of it (in practice every follower: it lost the race at boot, or the
+      // leader renewed in S3 while it was away) would count the TTL from its first poll after the
+      // heartbeats stop, two heartbeat intervals late: ~0.5 s more of every failover.
+      this.observedAtMono = this.hbLease !== null && this.hbLease.etag === l.etag ? this.hbLease.atMono : this.now();
     }
     if (l.lease.epoch >= this.epoch) {
       this.epoch = l.lease.epoch;
@@ -377,6 +389,7 @@ export class ClusterNode {
       if (this.stopped) return;
       this.role = 'promoting';
       this.epoch = epoch;
+      this.hbLease = null;
       this.replicas.forgetVerified();
       this.leader = { id: this.o.nodeId, client: this.o.clientAddress };
       this.validUntil = grantMono + this.o.timing.renewDeadlineMs;
@@ -457,17 +470,30 @@ export class ClusterNode {
     }
     // A fenced node listens for a leader like a follower does.
     this.lastHbMono = Number.NEGATIVE_INFINITY;
+    this.hbLease = null;
     this.observedAtMono = this.now();
   }
 
   /** S3 catch-up of every shard (peer uploads only). */
   private async catchUp(): Promise<void> {
+    let listed: Map<number, FallbackKey[]>;
+    try {
+      listed = await listPeerFallback(this.o.store, this.o.nodeId);
+    } catch (e) {
+      // S3 is an accelerator for a follower; a leader-to-be retries on its next attempt.
+      this.o.log(`cluster: listing the S3 fallback objects failed (${(e as Error).message})`);
+      if (this.role === 'promoting') throw e;
+      return;
+    }
+    // Only shards with objects have anything to do; they download one after another (each
+    // prefetches CATCH_UP_PREFETCH objects), as before.
     for (const s of this.o.shards) {
+      const objs = listed.get(s.id);
+      if (objs === undefined) continue;
       await this.replicas.onShardQueue(s.id, async () => {
         try {
-          await catchUpFromS3(s, this.o.store, this.o.nodeId, this.o.log, this.counters);
+          await catchUpFromS3(s, objs, this.o.store, this.o.log, this.counters);
         } catch (e) {
-          // S3 is an accelerator for a follower; a leader-to-be retries on its next attempt.
           this.o.log(`cluster: S3 catch-up of shard ${s.id} failed (${(e as Error).message})`);
           if (this.role === 'promoting') throw e;
         }
@@ -482,7 +508,7 @@ export class ClusterNode {
     const n = ++this.hbN;
     const committed = this.replicator.committedSeqs();
     const wallMs = this.o.clock.nowMs();
-    const hb: Heartbeat = { t: 'hb', epoch: this.epoch, from: this.o.nodeId, client: this.o.clientAddress, n, wallMs, committed };
+    const hb: Heartbeat = { t: 'hb', epoch: this.epoch, from: this.o.nodeId, client: this.o.clientAddress, n, wallMs, committed, ...(this.observed !== null ? { leaseEtag: this.observed.etag } : {}) };
     this.hbSent.set(n, { mono: this.now(), wall: wallMs });
     if (this.hbSent.size > HEARTBEATS_REMEMBERED) this.hbSent.delete(n - HEARTBEATS_REMEMBERED);
     this.counters.heartbeatsSent++;
@@ -586,6 +612,7 @@ export class ClusterNode {
     this.peer = { id: m.from, client: m.client, driftRefused: false };
     if (this.role === 'fenced') this.role = 'follower';
     this.lastHbMono = this.now();
+    this.hbLease = m.leaseEtag !== undefined ? { etag: m.leaseEtag, atMono: this.lastHbMono } : null;
     this.o.transport.send('control', { t: 'hbAck', epoch: this.epoch, from: this.o.nodeId, client: this.o.clientAddress, n: m.n, wallMs: this.o.clock.nowMs(), ok: true });
     for (let i = 0; i < m.committed.length; i++) if (typeof m.committed[i] === 'number') void this.replicas.commit(i, m.committed[i]!, m.epoch);
   }

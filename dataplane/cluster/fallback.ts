@@ -23,8 +23,11 @@ export interface FallbackKey {
   node: string;
 }
 
+/** Where every shard's fallback objects live. */
+export const FALLBACK_PREFIX = 'cluster/fallback/';
+
 export function shardPrefix(shard: number): string {
-  return `cluster/fallback/shard-${String(shard).padStart(3, '0')}/`;
+  return `${FALLBACK_PREFIX}shard-${String(shard).padStart(3, '0')}/`;
 }
 
 export function fallbackKey(shard: number, from: number, to: number, epoch: number, node: string): string {

@@ -18,6 +18,12 @@ export interface Heartbeat {
   wallMs: number;
   /** Per shard: the leader's committed seq (the follower makes records visible up to it). */
   committed: number[];
+  /**
+   * The ETag of the lease object as the leader knew it when it sent this (absent from older
+   * versions): that object was written before this heartbeat left, so a follower that finds it
+   * still current counts the TTL from this heartbeat, not from its own first read of it.
+   */
+  leaseEtag?: string;
 }
 export interface HeartbeatAck {
   t: 'hbAck';

@@ -4,7 +4,8 @@
 //   - the leader may accept and acknowledge writes until `grant + renewDeadlineMs`, where grant is
 //     when it *sent* the heartbeat (or S3 renewal) that was later acknowledged;
 //   - the follower may challenge only `leaseTtlMs` after the later of the last heartbeat it
-//     acknowledged and the first time it saw the current lease object (ETag) in S3.
+//     acknowledged and the first time it saw the current lease object (ETag) in S3 — the time
+//     of that heartbeat when it named this very ETag: the object was written before it was sent.
 // The heartbeat was sent before the follower acknowledged it, so with
 // renewDeadlineMs + maxClockDriftMs < leaseTtlMs the leader has stopped before the follower may
 // start, with maxClockDriftMs to spare for clock-rate differences and scheduling delays.
