@@ -8,8 +8,8 @@ import { replayCommand, runSeed, type SimOptions, type SimResult } from './clust
 import { FIXED_BUGS, KNOWN_BUGS } from './known-bugs.ts';
 import type { Scenario } from './faults.ts';
 
-/** Seeds per `npm test`: 150 take ~35 s of CPU (measured on our 2-core machine while other tests shared it; ~0.2 s a seed). */
-const SEEDS_DEFAULT = 150;
+/** Seeds per `npm test`: 300 take ~70 s of CPU (~0.2 s a seed on our 2-core machine while other tests share it). */
+const SEEDS_DEFAULT = 300;
 
 function seedsToRun(): number[] {
   const one = process.env['CELER_CLUSTER_SIM_SEED'];
