@@ -32,6 +32,13 @@ export const HEADER_REFRESH_MS = 20;
 /** After this long without writes, the segment header's committed offset is brought up to date,
  * so a later bit flip in the last group is reported as corruption rather than taken for a torn tail. */
 export const HEADER_CATCH_UP_IDLE_MS = 50;
+/**
+ * A cluster leader's shard, after a group's fdatasync, waits up to the duration of that flush
+ * (never more than this) for the group's commit step before it writes the next group: the next
+ * write then carries the ack barrier that releases the group's acknowledgements, instead of a
+ * third write one flush later (shard.ts commitLoop).
+ */
+export const BARRIER_RIDE_WAIT_MAX_MS = 10;
 
 /** Read window of the recovery/verify forward scan and of the cold reverse scan. */
 export const SCAN_CHUNK_BYTES = 1024 * 1024;

@@ -135,7 +135,7 @@ export class ClusterNode {
 
   /** The commit step of shard `id` (shard/shard.ts): replication to the follower or S3. */
   commitStep(id: number): CommitStep {
-    return { commit: (from, to, records) => this.replicator.commit(id, from, to, records) };
+    return { commit: (from, to, records) => this.replicator.commit(id, from, to, records), send: (records) => this.replicator.send(id, records) };
   }
 
   private now(): number {

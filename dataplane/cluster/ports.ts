@@ -61,8 +61,12 @@ export interface ClusterCounters {
   heartbeatsSent: number;
   heartbeatsAcked: number;
   leaseRenewalsS3: number;
+  /** Append frames sent to the follower (leader), their record bytes, and acknowledgements received. */
+  appendsSent: number;
+  appendBytesSent: number;
+  appendAcks: number;
 }
 
 export function newCounters(): ClusterCounters {
-  return { elections: 0, electionsWon: 0, fencings: 0, rewoundRecords: 0, s3FallbackBatches: 0, heartbeatsSent: 0, heartbeatsAcked: 0, leaseRenewalsS3: 0 };
+  return { elections: 0, electionsWon: 0, fencings: 0, rewoundRecords: 0, s3FallbackBatches: 0, heartbeatsSent: 0, heartbeatsAcked: 0, leaseRenewalsS3: 0, appendsSent: 0, appendBytesSent: 0, appendAcks: 0 };
 }

@@ -27,3 +27,14 @@ export function unpackRecords(buf: ArrayBuffer): Uint8Array[] {
   if (at !== all.length) throw new RangeError(`packed records: ${all.length - at} stray bytes at the end`);
   return out;
 }
+
+/** First seq of an encoded record (header bytes 24..32). */
+export function firstSeqOf(rec: Uint8Array): number {
+  return Number(new DataView(rec.buffer, rec.byteOffset, rec.length).getBigUint64(24));
+}
+
+/** Last seq of an encoded record (first seq + batch count − 1; the count is at bytes 18..20). */
+export function lastSeqOf(rec: Uint8Array): number {
+  const v = new DataView(rec.buffer, rec.byteOffset, rec.length);
+  return Number(v.getBigUint64(24)) + v.getUint16(18) - 1;
+}

@@ -16,6 +16,9 @@ import type { ObjectStore } from './object-store.ts';
 import type { Append, AppendOk, AppendReject, ClusterMessage, ProbeState } from './messages.ts';
 import type { Channel, ClusterCounters, Clock, ShardPort } from './ports.ts';
 import { encodeFallback, fallbackKey, parseFallbackKey, shardPrefix } from './fallback.ts';
+import { firstSeqOf, lastSeqOf } from './records-pack.ts';
+
+export { firstSeqOf, lastSeqOf };
 
 /** Replicated bytes on the wire per shard stream, not yet acknowledged. */
 export const STREAM_INFLIGHT_BYTES_MAX = 16 * 1024 * 1024;
@@ -64,6 +67,8 @@ class Stream {
   anchor = -1;
   /** Highest seq durable here (handed to the commit step). */
   durable = 0;
+  /** Highest seq handed to the stream: durable here, or being written (the early hand-off, `send`). */
+  sendable = 0;
   /** Highest seq committed (every wait up to it resolved, in order). */
   committed = 0;
   inflight: { last: number; bytes: number; sentAt: number }[] = [];
@@ -121,6 +126,7 @@ export class Replicator {
     for (const st of this.streams.values()) {
       const tip = await st.port.tip();
       st.durable = tip.durableSeq;
+      st.sendable = tip.durableSeq;
       st.committed = tip.committedSeq;
       st.ackSeq = 0;
       st.cache = [];
@@ -175,7 +181,7 @@ export class Replicator {
       if (st.state !== 'streaming') continue;
       const oldest = st.inflight[0];
       if (oldest !== undefined && now - oldest.sentAt > 2 * this.o.replicationTimeoutMs) this.probe(st);
-      else if (oldest === undefined && st.ackSeq < st.durable) void this.pump(st);
+      else if (oldest === undefined && st.ackSeq < st.sendable) void this.pump(st);
     }
   }
 
@@ -234,15 +240,42 @@ export class Replicator {
   // -------------------------------------------------------------------------------------------
   // The commit step
 
+  /**
+   * The early hand-off (CommitStep.send): a group the shard is writing now, not yet durable here.
+   * It is streamed at once, so the follower's fdatasync overlaps the leader's; `commit` for it
+   * comes after the local fdatasync, and only then can it be acknowledged. A follower holding it
+   * while this node never makes it durable (a crash, a failed write) holds an unacknowledged tail,
+   * like any other: rewound, or committed by a later leader (its writers were told "unknown").
+   */
+  send(shard: number, records: readonly Uint8Array[]): void {
+    const st = this.streams.get(shard);
+    if (st === undefined || !this.active || !this.o.authority()) return;
+    this.take(st, records);
+    if (st.state === 'streaming') void this.pump(st);
+  }
+
+  /** Caches the records not handed to the stream yet and moves `sendable` past them. */
+  private take(st: Stream, records: readonly Uint8Array[]): void {
+    let i = 0;
+    while (i < records.length && lastSeqOf(records[i]!) <= st.sendable) i++;
+    if (i === records.length) return;
+    const fresh = i === 0 ? records : records.slice(i);
+    this.addToCache(st, fresh);
+    st.sendable = lastSeqOf(fresh[fresh.length - 1]!);
+  }
+
   commit(shard: number, from: number, to: number, records: readonly Uint8Array[]): Promise<void> {
     const st = this.streams.get(shard);
     if (st === undefined) return Promise.reject(new Error(`internal: no stream for shard ${shard}`));
     if (!this.active || !this.o.authority()) return Promise.reject(new NotCommittedError('this node is no longer the leader'));
     return new Promise<void>((resolve, reject) => {
-      const w: Wait = { from, to, records, resolve, reject, settled: false, ok: false, uploading: false, covered: false, cancelTimer: null };
+      this.take(st, records);
+      // Empty: handed over by `send` (or a tail kept over a restart, read from the log when needed).
+      const own = records.length > 0 ? records : (this.cached(st, from, to) ?? []);
+      const w: Wait = { from, to, records: own, resolve, reject, settled: false, ok: false, uploading: false, covered: false, cancelTimer: null };
       st.waits.push(w);
       if (to > st.durable) st.durable = to;
-      this.addToCache(st, records);
+      if (to > st.sendable) st.sendable = to;
       if (st.ackSeq >= to) {
         this.resolveUpTo(st);
         return;
@@ -353,6 +386,7 @@ export class Replicator {
   }
 
   private onAck(st: Stream, m: AppendOk): void {
+    this.o.counters.appendAcks++;
     if (m.ackSeq > st.ackSeq) st.ackSeq = m.ackSeq;
     while (st.inflight.length > 0 && st.inflight[0]!.last <= st.ackSeq) st.inflightBytes -= st.inflight.shift()!.bytes;
     this.resolveUpTo(st);
@@ -395,8 +429,9 @@ export class Replicator {
         if (st.anchor > 0) {
           records = await st.port.readDurable(st.anchor, st.anchor, 1);
         } else {
-          if (st.sentSeq >= st.durable) break;
-          records = this.fromCache(st, st.sentSeq + 1) ?? (await st.port.readDurable(st.sentSeq + 1, st.durable, APPEND_BYTES_MAX));
+          if (st.sentSeq >= st.sendable) break;
+          // Beyond `durable` the records are only in the cache (handed over while being written).
+          records = this.fromCache(st, st.sentSeq + 1) ?? (st.sentSeq < st.durable ? await st.port.readDurable(st.sentSeq + 1, st.durable, APPEND_BYTES_MAX) : []);
         }
         if (session !== st.session || !this.active) continue;
         if (records.length === 0) break;
@@ -404,16 +439,29 @@ export class Replicator {
         const last = lastSeqOf(records[records.length - 1]!);
         let bytes = 0;
         for (const r of records) bytes += r.length;
-        const msg: Append = { t: 'append', epoch: this.epoch, shard: st.port.id, session, first, last, committed: st.committed, tip: st.durable, records };
+        const msg: Append = { t: 'append', epoch: this.epoch, shard: st.port.id, session, first, last, committed: st.committed, tip: st.sendable, records };
         if (!this.o.send('data', msg)) break;
         st.anchor = -1;
         st.sentSeq = Math.max(st.sentSeq, last);
         st.inflight.push({ last, bytes, sentAt: this.o.clock.monoMs() });
         st.inflightBytes += bytes;
+        this.o.counters.appendsSent++;
+        this.o.counters.appendBytesSent += bytes;
       }
     } finally {
       st.pumping = false;
     }
+  }
+
+  /** The cached records covering exactly `from..to`, or null. */
+  private cached(st: Stream, from: number, to: number): Uint8Array[] | null {
+    const c = st.cache;
+    let i = 0;
+    while (i < c.length && c[i]!.last < from) i++;
+    if (i === c.length || c[i]!.first !== from) return null;
+    const out: Uint8Array[] = [];
+    for (; i < c.length && c[i]!.last <= to; i++) out.push(c[i]!.bytes);
+    return out.length > 0 && lastSeqOf(out[out.length - 1]!) === to ? out : null;
   }
 
   private fromCache(st: Stream, from: number): Uint8Array[] | null {
@@ -534,13 +582,4 @@ export class Replicator {
       this.o.log(`shard ${st.port.id}: cleaning up S3 fallback objects failed (${(e as Error).message}); will retry`);
     }
   }
-}
-
-export function firstSeqOf(rec: Uint8Array): number {
-  return Number(new DataView(rec.buffer, rec.byteOffset, rec.length).getBigUint64(24));
-}
-
-export function lastSeqOf(rec: Uint8Array): number {
-  const v = new DataView(rec.buffer, rec.byteOffset, rec.length);
-  return Number(v.getBigUint64(24)) + v.getUint16(18) - 1;
 }

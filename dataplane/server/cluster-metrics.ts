@@ -41,5 +41,8 @@ export function registerClusterMetrics(node: () => ClusterNode | null): void {
   counter('celer_s3_fallback_active', '1 while group commits go to S3 (the follower is unreachable), else 0.', (n) => (n.replicator.fallbackActive ? 1 : 0));
   counter('celer_heartbeats_sent_total', 'Heartbeats sent as leader.', (n) => n.counters.heartbeatsSent);
   counter('celer_heartbeats_acked_total', 'Heartbeats the follower acknowledged.', (n) => n.counters.heartbeatsAcked);
+  counter('celer_replication_appends_total', 'Append frames (one or more group commits of a shard) sent to the follower as leader.', (n) => n.counters.appendsSent);
+  counter('celer_replication_bytes_total', 'Record bytes sent to the follower as leader.', (n) => n.counters.appendBytesSent);
+  counter('celer_replication_acks_total', 'Append acknowledgements (the follower fdatasync\'d) received as leader.', (n) => n.counters.appendAcks);
   counter('celer_lease_renewals_s3_total', 'Lease renewals written to S3 (only while heartbeats fail).', (n) => n.counters.leaseRenewalsS3);
 }

@@ -154,6 +154,7 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
             cluster: {
               commit: (shard: number, from: number, to: number, records: Uint8Array[]) =>
                 cluster === null ? Promise.reject(new Error('the cluster is not started')) : cluster.replicator.commit(shard, from, to, records),
+              send: (shard: number, records: Uint8Array[]) => cluster?.replicator.send(shard, records),
               writeGate: () => (cluster === null ? { message: 'not the leader: the node is starting', leader: null } : cluster.writeGate()),
             },
           }

@@ -40,6 +40,8 @@ export interface RouterConfig {
 export interface ClusterHooks {
   /** A shard's commit step: resolves once the group is on the follower or in S3. */
   commit(shard: number, from: number, to: number, records: Uint8Array[]): Promise<void>;
+  /** A leader's group being written (the early hand-off): streamed to the follower at once. */
+  send(shard: number, records: Uint8Array[]): void;
   /** Null when writes are taken now; else 2011 with the leader's address. */
   writeGate(): { message: string; leader: string | null } | null;
 }
@@ -197,6 +199,9 @@ export class Router implements Dispatcher {
         break;
       case 'log':
         this.cfg.log(m.msg);
+        break;
+      case 'send':
+        this.cfg.cluster?.send(m.shard, unpackRecords(m.buf));
         break;
       case 'commit': {
         const h = this.workers[m.shard % this.workers.length]!;
@@ -393,6 +398,7 @@ type WorkerMessage =
   | { t: 'ready'; shards: ShardInfo[]; io: string }
   | { t: 'stats'; stats: WorkerStats; shards: ShardInfo[]; caches: CacheUsage; worker: number }
   | { t: 'log'; msg: string }
+  | { t: 'send'; shard: number; buf: ArrayBuffer }
   | { t: 'commit'; id: number; shard: number; from: number; to: number; buf: ArrayBuffer }
   | { t: 'crpcRes'; id: number; ok: true; v: unknown }
   | { t: 'crpcRes'; id: number; ok: false; e: { name: string; message: string; reason?: string; placedSeq?: number } }

@@ -11,7 +11,7 @@
 //               answer and acknowledgements see only committed records.
 import { Writer, Expect, Op } from '../../client/wire.ts';
 import { ErrorCode } from '../../client/errors.ts';
-import { COLD_LOADS_MAX, HEADER_CATCH_UP_IDLE_MS, READ_AHEAD_SHARE, RECENT_CACHE_SHARE, SHARD_QUEUE_WRITES_MAX, STATE_ENTRY_BYTES_ESTIMATE, STATE_LOAD_ATTEMPTS_MAX } from '../constants.ts';
+import { BARRIER_RIDE_WAIT_MAX_MS, COLD_LOADS_MAX, HEADER_CATCH_UP_IDLE_MS, READ_AHEAD_SHARE, RECENT_CACHE_SHARE, SHARD_QUEUE_WRITES_MAX, STATE_ENTRY_BYTES_ESTIMATE, STATE_LOAD_ATTEMPTS_MAX } from '../constants.ts';
 import { isDiskFull } from '../storage/disk.ts';
 import { Lru } from '../storage/lru.ts';
 import { batchesOf, checkRecord, encodeRecord, keysOf, recordHash, recordSize, relocateRecord, type BatchInput, type BatchView, type RecordHeader } from '../storage/record.ts';
@@ -33,6 +33,14 @@ import { err, Refusal, type ShardResult } from './results.ts';
 export interface CommitStep {
   /** `records`: the group's encoded records when the shard still holds them (empty for a tail kept over a restart). */
   commit(fromSeq: number, toSeq: number, records: readonly Uint8Array[]): Promise<void>;
+  /**
+   * Optional early hand-off (a leader's shard): the group `records` (seq order) is about to be
+   * written here; the cluster may stream it to the follower now, so both fdatasyncs overlap. Its
+   * `commit` follows after the local fdatasync as always; nothing commits on this call. Once a
+   * group was handed off, a failure to write it is never answered "not stored" (the follower may
+   * hold it): the shard stops writes and the outcome is unknown.
+   */
+  send?(records: readonly Uint8Array[]): void;
 }
 
 /** Why a replica refused replicated records (the leader re-syncs from the replica's tip). */
@@ -118,6 +126,8 @@ export class Shard {
   committedSeq = 0;
   /** Commit steps in flight resolve in seq order through this chain. */
   private commitChain: Promise<void> = Promise.resolve();
+  /** The commit-chain link of the newest group handed to the commit step (settles after its barrier is set). */
+  private newestCommit: Promise<void> | null = null;
   private durableSent = 0;
   /** Set after a failed fdatasync or commit step: no more writes on this shard, reads go on. */
   private writesStopped: string | null = null;
@@ -140,6 +150,8 @@ export class Shard {
   private generation = 0;
   /** Bumped when a commit step fails: the links queued after the hole are ignored (becomeLeader re-sends the tail under the new value). */
   private commitRun = 0;
+  /** The group being written was handed to the commit step's `send` (a failure of it is then never "not stored"). */
+  private groupSent = false;
   /** Samples for metrics, drained by the worker. */
   fsyncSamples: FsyncSample[] = [];
   /**
@@ -453,19 +465,27 @@ export class Shard {
       if (this.syncingHeader) await this.syncingHeader;
       while (log.queuedRecords > 0 && this.state === 'serving' && this.writesStopped === null) {
         const t0 = this.opts.clock.monoMs();
-        const durableSeq = await log.flush();
+        this.groupSent = false;
+        const durableSeq = await log.flush(this.sendEarly);
         if (durableSeq === null) break;
-        this.fsyncSamples.push({ seconds: (this.opts.clock.monoMs() - t0) / 1000, records: durableSeq - this.durableSent });
+        const flushMs = this.opts.clock.monoMs() - t0;
+        this.fsyncSamples.push({ seconds: flushMs / 1000, records: durableSeq - this.durableSent });
         if (this.fsyncSamples.length > 1000) this.fsyncSamples.splice(0, this.fsyncSamples.length - 1000);
+        this.newestCommit = null;
         this.afterDurable(durableSeq);
         this.releaseWaiters();
+        // A leader: the follower's answer for this group is usually a round trip away. Waiting
+        // for it (at most as long as the flush took) lets the next write carry the ack barrier;
+        // not waiting means that write goes without it and the acknowledgements wait for a third.
+        const pending = this.newestCommit as Promise<void> | null;
+        if (pending !== null && log.queuedRecords > 0) await this.within(pending, Math.min(flushMs, BARRIER_RIDE_WAIT_MAX_MS));
       }
     } catch (e) {
       if (e instanceof DiskFullError) {
         // The next segment could not be made, before anything of the group was written: refuse the
         // queued writes as not stored, put the log back at its durable end, forget their state.
         this.rewindToDurable(e.message, e.diskFull);
-      } else if (e instanceof GroupWriteError && isDiskFull(e.cause) && (await this.eraseFailedGroup())) {
+      } else if (e instanceof GroupWriteError && isDiskFull(e.cause) && !this.groupSent && (await this.eraseFailedGroup())) {
         // The disk took part of the group, then ran out of space; those bytes are zeroed and synced
         // now, so the writes were not stored and later ones may go on.
         this.rewindToDurable(`the disk is full (${(e.cause as Error).message}); writes resume by themselves once space is freed`, true);
@@ -490,6 +510,38 @@ export class Shard {
       });
     }
   }
+
+  /** Resolves when `p` settles or after `ms` of the shard's clock, whichever comes first. */
+  private within(p: Promise<void>, ms: number): Promise<void> {
+    if (ms <= 0) return Promise.resolve();
+    return new Promise<void>((done) => {
+      const cancel = this.opts.clock.after(ms, done);
+      void p.then(
+        () => (cancel(), done()),
+        () => (cancel(), done()),
+      );
+    });
+  }
+
+  /** Called by the log just before a group's write: a leader hands the group to the commit step's `send`. */
+  private readonly sendEarly = (lastSeq: number): void => {
+    const step = this.opts.commitStep;
+    if (step?.send === undefined || this.replica) return;
+    // The group is the head of `unsent` (an earlier group left it when it became durable).
+    const records: Uint8Array[] = [];
+    for (const u of this.unsent) {
+      if (u.lastSeq > lastSeq) break;
+      records.push(u.bytes);
+    }
+    if (records.length === 0) return;
+    this.groupSent = true;
+    try {
+      step.send(records);
+    } catch (e) {
+      // The commit after the fdatasync still runs (and streams it); nothing is lost here.
+      this.opts.log(`shard ${this.id}: handing a group to the replication early failed (${(e as Error).message})`);
+    }
+  };
 
   /** A group became durable: run the commit step (standalone: none) in seq order. */
   private afterDurable(durableSeq: number): void {
@@ -518,7 +570,7 @@ export class Shard {
       () => null,
       (e: unknown) => (e instanceof Error ? e : new Error(String(e))),
     );
-    this.commitChain = this.commitChain.then(async () => {
+    this.newestCommit = this.commitChain = this.commitChain.then(async () => {
       const failure = await settled;
       if (gen !== this.generation || this.state !== 'serving') return;
       // An earlier range failed: nothing after it commits, whatever its own step answered (an S3

@@ -12,7 +12,10 @@
 //                  { t: 'log', msg }
 //   main → worker  { t: 'close' }  → worker closes its shards and replies { t: 'closed' }
 //   cluster nodes only:
-//   worker → main  { t: 'commit', id, shard, from, to, buf }   a group's commit step (buf: its records)
+//   worker → main  { t: 'send', shard, buf }   a leader's group, just before its local write (the
+//                  early hand-off: replicated while the local fdatasync runs)
+//   worker → main  { t: 'commit', id, shard, from, to, buf }   a group's commit step (buf: its
+//                  records, empty when the 'send' before it carried them)
 //   main → worker  { t: 'commitRes', id, ok, msg? }
 //   main → worker  { t: 'crpc', id, shard, op, a }   ClusterRpc: the cluster drives a shard
 //   worker → main  { t: 'crpcRes', id, ok, v | e }
@@ -30,7 +33,7 @@ import { WorkerStatsBuffer } from '../server/metrics.ts';
 import type { ShardState } from '../server/status.ts';
 import { ReplicaRejectError, Shard, type ShardResult } from './shard.ts';
 import { localShardPort } from '../cluster/local-shard.ts';
-import { packRecords, unpackRecords } from '../cluster/records-pack.ts';
+import { lastSeqOf, packRecords, unpackRecords } from '../cluster/records-pack.ts';
 import type { ShardPort } from '../cluster/ports.ts';
 
 export interface WorkerConfig {
@@ -81,18 +84,27 @@ async function main(): Promise<void> {
   // Cluster: the commit step asks the main thread (replication to the follower, or S3).
   let nextCommit = 1;
   const commits = new Map<number, { done: () => void; fail: (e: Error) => void }>();
-  const commitStep = (shard: number) =>
-    cfg.cluster
-      ? {
-          commit: (from: number, to: number, records: readonly Uint8Array[]): Promise<void> =>
-            new Promise<void>((done, fail) => {
-              const id = nextCommit++;
-              commits.set(id, { done, fail });
-              const buf = packRecords(records);
-              port.postMessage({ t: 'commit', id, shard, from, to, buf }, [buf]);
-            }),
-        }
-      : undefined;
+  const commitStep = (shard: number) => {
+    if (!cfg.cluster) return undefined;
+    // Highest seq whose record went to the main thread with a 'send' (its commit needs no copy).
+    let sentTo = 0;
+    return {
+      send: (records: readonly Uint8Array[]): void => {
+        const last = records[records.length - 1];
+        if (last === undefined) return;
+        sentTo = lastSeqOf(last);
+        const buf = packRecords(records);
+        port.postMessage({ t: 'send', shard, buf }, [buf]);
+      },
+      commit: (from: number, to: number, records: readonly Uint8Array[]): Promise<void> =>
+        new Promise<void>((done, fail) => {
+          const id = nextCommit++;
+          commits.set(id, { done, fail });
+          const buf = packRecords(to === sentTo ? [] : records);
+          port.postMessage({ t: 'commit', id, shard, from, to, buf }, [buf]);
+        }),
+    };
+  };
   for (let s = cfg.index; s < cfg.numShards; s += cfg.workers) {
     const step = commitStep(s);
     shards.set(

@@ -116,7 +116,7 @@ export class SimNode {
         memoryBudgetBytes: this.s.memoryBudgetBytes,
         nodeId: nodeIdBytes(this.s.index),
         log: (m) => this.note(inc, `shard ${id}: ${m}`),
-        commitStep: { commit: (from, to, records) => holder.node!.commitStep(id).commit(from, to, records) },
+        commitStep: { commit: (from, to, records) => holder.node!.commitStep(id).commit(from, to, records), send: (records) => holder.node!.commitStep(id).send?.(records) },
         replica: true,
       });
       if (this.inc !== inc || !this.life.alive) return;

@@ -549,9 +549,11 @@ export class ShardLog {
 
   /**
    * Writes queued records of one segment with one write + fdatasync. Returns the seq now durable,
-   * or null when there was nothing to do. One flush at a time (the caller serialises).
+   * or null when there was nothing to do. One flush at a time (the caller serialises). `onWrite`
+   * is called with the group's last seq just before its write is issued (a cluster leader streams
+   * the group to the follower then, so the two fdatasyncs overlap).
    */
-  async flush(): Promise<number | null> {
+  async flush(onWrite?: (lastSeq: number) => void): Promise<number | null> {
     if (this.flushing) throw new Error('flush() is already running');
     if (this.queue.length === 0) return null;
     this.flushing = true;
@@ -596,6 +598,7 @@ export class ShardLog {
       const refreshHeader = (this.headerEnd !== seg.end && now - this.headerAtMs >= HEADER_REFRESH_MS) || (!this.opts.ackAtDurable && acked > this.barrierDurableSeq);
       if (refreshHeader) writes.unshift({ offset: 0, buf: this.headerBlock(seg) });
       seg.writtenHigh = Math.max(seg.writtenHigh, alignUp(endOffset));
+      onWrite?.(group[n - 1]!.lastSeq);
       try {
         await seg.file.writeAndSync(writes);
       } catch (e) {
