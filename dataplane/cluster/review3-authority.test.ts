@@ -346,3 +346,43 @@ test('A3: after a step-down, the new leader\'s authority ends before the old lea
   assert.equal(w.overlap, null, fail(w));
   void b;
 });
+
+/** Steps A down with the handover message held; returns once A has answered. */
+async function stepDownHeld(w: World): Promise<void> {
+  w.net.hold = (from, m) => from === 0 && m.t === 'handover';
+  let out: { steppedDown: boolean; reason: string } | null = null;
+  void w.a.stepDown(1000).then((r) => (out = r));
+  await w.run(1000, () => out !== null);
+  assert.equal(out!.steppedDown, true, out!.reason);
+}
+
+test('A3b: a handover a little late and a slow lease read, both nodes reaching S3, link gone after it: never two writers', async () => {
+  const w = await steadyPair();
+  await stepDownHeld(w);
+  // Late enough to add up with the read below, early enough that B still counts itself as
+  // hearing heartbeats (it does not poll the lease, which now names it, on its own).
+  await w.run(450);
+  w.s3[1].leaseGetDelayMs = 600;
+  w.net.hold = () => true;
+  w.net.release(w.net.held.find((x) => x.m.t === 'handover')!);
+  await w.run(3000);
+  assert.equal(w.overlap, null, fail(w));
+  assert.ok(w.a.role === 'leader' || w.b.role === 'leader', 'somebody leads');
+});
+
+test('A4: a plain step-down still hands over at once, at exactly one epoch more, with no overlap', async () => {
+  const w = await steadyPair();
+  const epoch = w.a.epoch;
+  await stepDownHeld(w);
+  w.net.hold = () => false;
+  const at = w.world.monoMs();
+  w.net.release(w.net.held.find((x) => x.m.t === 'handover')!);
+  await w.run(200, () => w.b.hasAuthority());
+  assert.ok(w.world.monoMs() - at < 20, `B led ${w.world.monoMs() - at} ms after the handover`);
+  assert.equal(w.b.epoch, epoch + 1);
+  await w.run(2000);
+  assert.equal(w.overlap, null, fail(w));
+  assert.equal(w.b.role, 'leader');
+  assert.equal(w.a.role, 'follower');
+  assert.equal(w.b.epoch, epoch + 1);
+});
