@@ -386,3 +386,61 @@ test('A4: a plain step-down still hands over at once, at exactly one epoch more,
   assert.equal(w.a.role, 'follower');
   assert.equal(w.b.epoch, epoch + 1);
 });
+
+// -------------------------------------------------------------------------------------------
+// A5: the heartbeat's ETag counts only for that very object (observe(): hbLease.etag === l.etag)
+
+test('A5: a lease object the leader wrote in S3 after the last acknowledged heartbeat counts from its first sight, not from that heartbeat', async () => {
+  const w = await steadyPair();
+  // The link goes both ways; the leader renews in S3 (each renewal late in its authority), the
+  // follower polls and sees a new object each time: it must never challenge.
+  w.net.cut = true;
+  await w.run(4000);
+  assert.ok(w.a.counters.leaseRenewalsS3 >= 3, 'A renewed in S3');
+  assert.equal(w.overlap, null, fail(w));
+  assert.equal(w.b.role, 'follower');
+});
+
+test('A5b: the ETag the last acknowledged heartbeat named counts from that heartbeat (a renewal whose answer was lost, then adopted by reading it)', async () => {
+  const w = await steadyPair();
+  const { a, net, s3, bucket } = w;
+  const holdAcks = (): void => {
+    net.hold = (from, m) => from === 1 && m.t === 'hbAck';
+  };
+  const answer = (): void => {
+    net.hold = () => false;
+    const last = net.held[net.held.length - 1];
+    net.held.splice(0);
+    if (last !== undefined) net.deliver(last);
+  };
+  // A's heartbeats go unanswered: it renews in S3; the write lands, its answer is lost.
+  const puts0 = s3[0].leasePuts;
+  holdAcks();
+  s3[0].loseNextLeasePutAnswer = true;
+  await w.run(2000, () => s3[0].leasePuts === puts0 + 1);
+  await w.run(5);
+  const landed = bucket.objects.get(LEASE)!.etag;
+  answer();
+  await w.run(300);
+  // Unanswered again: the next renewal (If-Match the old ETag) meets 412; A reads the object,
+  // which names it, and adopts it.
+  holdAcks();
+  await w.run(2000, () => s3[0].leasePuts === puts0 + 2);
+  await w.run(5);
+  assert.equal(bucket.objects.get(LEASE)!.etag, landed, `the second renewal failed (412)\n${w.logs.join('\n')}`);
+  assert.equal(a.role, 'leader');
+  answer();
+  // Heartbeats are answered again and name that object; B has not read the lease since it booted.
+  await w.run(600);
+  assert.equal(bucket.objects.get(LEASE)!.etag, landed, 'heartbeats carry the authority: no S3 write since');
+  assert.equal((w.b as unknown as { hbLease: { etag: string } | null }).hbLease?.etag, landed, 'the heartbeats name the adopted object');
+  // The link goes, and A's S3 writes fail. B counts the TTL from its last heartbeat (the object
+  // is the one that heartbeat named).
+  net.cut = true;
+  s3[0].putsDown = true;
+  const cutAt = w.world.monoMs();
+  await w.run(3000, () => w.b.role === 'leader');
+  assert.ok(w.world.monoMs() - cutAt < DEFAULT_TIMING.leaseTtlMs + 100, `B led ${w.world.monoMs() - cutAt} ms after the last heartbeat`);
+  await w.run(1500);
+  assert.equal(w.overlap, null, fail(w));
+});
