@@ -325,7 +325,9 @@ export class ClusterNode {
         // (they would have replaced it), so take it with a new epoch — at once, unless another
         // leader's heartbeat was acknowledged here within the TTL (a step-down whose answer was
         // lost may leave it leading on heartbeats): then only after the TTL since that heartbeat.
-        if (this.leader !== null && this.leader.id !== this.o.nodeId && this.now() < this.lastHbMono + this.o.timing.leaseTtlMs) return;
+        // (Only heartbeats set lastHbMono, and never this node's own; observe() above has just
+        // made `leader` name this node, so it cannot tell.)
+        if (this.now() < this.lastHbMono + this.o.timing.leaseTtlMs) return;
         await this.acquire(l);
         return;
       }
@@ -337,8 +339,8 @@ export class ClusterNode {
 
   /**
    * The leader wrote the lease over to this node with `epoch` (a conditional write of its own,
-   * after it stopped taking writes) and said so: lead under that epoch without waiting for a TTL.
-   * If the lease says otherwise, the usual polling decides.
+   * after it stopped taking writes) and said so: lead under that epoch without waiting for a TTL,
+   * once a renewal of that object lands. If the lease says otherwise, the usual polling decides.
    */
   private async takeHandover(epoch: number): Promise<void> {
     if (this.s3Busy) return;
@@ -346,12 +348,21 @@ export class ClusterNode {
     try {
       const l = await this.leases.read();
       if (l === null || l.lease.leader !== this.o.nodeId || l.lease.epoch !== epoch || (this.role !== 'follower' && this.role !== 'fenced')) return;
-      this.observed = l;
+      // The old leader counts its TTL from when it stepped back, before the handover message left;
+      // a read here, however late, bounds nothing on its side. So the authority runs from a write
+      // of our own (same epoch): once it lands, the old leader's challenge on the handed-over ETag
+      // fails, and it first sees the new ETag after the write was sent.
+      const sendMono = this.now();
+      const next = this.leaseFor(epoch, l.lease.acquiredAtMs);
+      const r = await this.leases.replace(next, l.etag);
+      if (!r.ok || (this.role !== 'follower' && this.role !== 'fenced')) return;
+      this.observed = { lease: next, etag: r.etag };
       this.observedAtMono = this.now();
       this.counters.elections++;
-      void this.promote(epoch, this.now());
+      void this.promote(epoch, sendMono);
     } catch (e) {
-      this.o.log(`cluster: reading the handed-over lease failed (${(e as Error).message}); the next poll retries`);
+      // A write with an unknown outcome leaves a lease naming this node: the next poll takes it.
+      this.o.log(`cluster: taking the handed-over lease failed (${(e as Error).message}); the next poll retries`);
     } finally {
       this.s3Busy = false;
     }
@@ -623,6 +634,10 @@ export class ClusterNode {
       return;
     }
     if (this.role !== 'leader' || m.epoch !== this.epoch) return;
+    // An answer that arrives once the authority has lapsed revives nothing (the tick fences this
+    // node; a stalled event loop only runs it late): the follower may have answered it after it
+    // had waited out the TTL and sent its own lease write, which nothing here can see.
+    if (this.now() >= this.validUntil) return;
     const sent = this.hbSent.get(m.n);
     if (sent === undefined) return;
     // The follower's wall clock against ours, from the round trip (its delay cannot pass for

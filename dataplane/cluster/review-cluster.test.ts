@@ -440,7 +440,8 @@ test(
     const lastHb = hbs[hbs.length - 1]!;
     // The event loop stalls past the authority deadline; when it resumes, the socket callbacks
     // run before the timers: the follower's appendOk for the write (refused: no authority now),
-    // then its late answer to the last heartbeat (the authority is back).
+    // then its late answer to the last heartbeat (since review 3, A1, ignored: the authority
+    // lapsed; the tick fences the node and, the lease naming it, it takes the lease again).
     clock.jump(600);
     assert.equal(node.hasAuthority(), false);
     const ap = t.of('append')[0]!;
