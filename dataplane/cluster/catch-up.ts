@@ -7,7 +7,9 @@
 // leader's). The shard checks the chain (applyReplicated): a batch that does not link is either
 // stale (its epoch is not above the local records it would replace: dropped) or newer than the
 // local speculative tail (that tail, from the first record the batch differs at and never at or
-// below the ack barrier, is rewound and the batch applied). A batch that lies wholly inside the
+// below the ack barrier, is rewound and the batch applied; when the batch starts past the local
+// end and so cannot say where the difference is, a newer batch overlapping the local log is tried
+// first: catch-up.test.ts). A batch that lies wholly inside the
 // local unacknowledged tail counts too: the tail may be an older leader's records at positions a
 // newer leader acknowledged through S3 (sim seed 1043).
 import { ReplicaRejectError } from '../shard/shard.ts';
@@ -61,6 +63,11 @@ export async function catchUpFromS3(s: ShardPort, listed: readonly FallbackKey[]
     }
   };
   objs.sort((a, b) => a.from - b.from || b.epoch - a.epoch);
+  // A newer batch that starts past the local end and does not link says the local tail differs
+  // from its writer's history, not where: a newer batch overlapping the local log is tried first
+  // (it shows where), so acknowledged records between the barrier and that point stay.
+  let preferred: FallbackKey | null = null;
+  const probed = new Set<string>();
   for (let step = 0; step < CATCH_UP_OBJECTS_MAX && objs.length > 0; step++) {
     const tip = await s.tip();
     const at = tip.durableSeq;
@@ -68,7 +75,8 @@ export async function catchUpFromS3(s: ShardPort, listed: readonly FallbackKey[]
     objs = objs.filter((o) => o.to > tip.barrierSeq);
     // Newest epoch first; within one, the lowest start (a difference is found where it begins).
     const covering = objs.filter((o) => o.from <= at + 1).sort((a, b) => b.epoch - a.epoch || a.from - b.from || b.to - a.to);
-    const o = covering[0];
+    const o: FallbackKey | undefined = preferred !== null && covering.includes(preferred) ? preferred : covering[0];
+    preferred = null;
     if (o === undefined) break;
     const drop = (why: string): void => {
       log(`shard ${s.id}: S3 catch-up skips ${o.key}: ${why}`);
@@ -101,7 +109,20 @@ export async function catchUpFromS3(s: ShardPort, listed: readonly FallbackKey[]
         // A newer leader wrote this batch where the local log differs: the local records from the
         // first difference on are not acknowledged (that leader would hold them), the ones before
         // it may be (and may be nowhere else): cut exactly there, never at or below the barrier.
-        const cut = await cutBefore(s, records, t.durableSeq, t.barrierSeq);
+        let cut = await cutBefore(s, records, t.durableSeq, t.barrierSeq);
+        if (cut === 'unknown') {
+          const probe: FallbackKey | undefined = objs
+            .filter((x) => x !== o && x.from <= t.durableSeq && x.to > t.barrierSeq && x.epoch > mine.epoch && !probed.has(x.key))
+            .sort((a, b) => b.epoch - a.epoch || a.from - b.from)[0];
+          if (probe !== undefined) {
+            probed.add(probe.key);
+            preferred = probe;
+            continue;
+          }
+          // Nothing in S3 shows where: from the barrier on (the old rule; acknowledged records
+          // are on the writer of this batch).
+          cut = t.barrierSeq;
+        }
         if (cut !== null) {
           log(`shard ${s.id}: S3 batch ${o.key} (epoch ${o.epoch}) replaces the local unacknowledged tail after seq ${cut} (epoch ${mine.epoch})`);
           counters.rewoundRecords += t.durableSeq - cut;
@@ -120,10 +141,11 @@ export async function catchUpFromS3(s: ShardPort, listed: readonly FallbackKey[]
 /**
  * Where the local log must be cut for `records` (one batch) to apply: after the last local record
  * before the first one the batch differs at (a record boundary, never below `barrier`); the
- * barrier when the batch only extends the log (it does not link: the difference lies before it);
- * null when the difference is at or below the barrier (acknowledged history: not replaced).
+ * 'unknown' when the batch only extends the log (it does not link: the difference lies before it,
+ * the batch does not say where); null when the difference is at or below the barrier
+ * (acknowledged history: not replaced).
  */
-async function cutBefore(s: ShardPort, records: readonly Uint8Array[], at: number, barrier: number): Promise<number | null> {
+async function cutBefore(s: ShardPort, records: readonly Uint8Array[], at: number, barrier: number): Promise<number | null | 'unknown'> {
   let differsAt = at + 1;
   for (const r of records) {
     const first = firstSeqOf(r);
@@ -140,7 +162,7 @@ async function cutBefore(s: ShardPort, records: readonly Uint8Array[], at: numbe
       break;
     }
   }
-  if (differsAt > at) return barrier;
+  if (differsAt > at) return 'unknown';
   if (differsAt <= barrier) return null;
   // The local record holding that seq may start earlier (other record boundaries): cut before it.
   const [holding] = await s.readDurable(differsAt, differsAt, 1);
