@@ -494,10 +494,17 @@ export class Shard {
         // since the last good fsync can be trusted, and retrying the fsync cannot tell (fsyncgate).
         // Writes stop on this shard; committed data stays readable.
         this.stopWrites(`a write to disk failed (${(e as Error).message}); writes not yet acknowledged may or may not be stored`);
+        // Even when a failed commit step stopped writes first: a failed write is not lifted by a rewind or a role change.
+        this.stoppedByCommit = false;
       }
     } finally {
       this.committing = false;
     }
+    // A failed commit step stopped writes with groups still queued (the loop waits for a group's
+    // commit before it writes the next): their writes were answered 2007 and nothing of them was
+    // written or handed over. Forget them, or the rewind (truncateAfter) and a later becomeLeader
+    // refuse for records in flight, and a replica's appends would link to them.
+    if (this.stoppedByCommit && this.log === log && log.queuedRecords > 0) this.dropQueuedAfterCommitStop();
     if (this.state === 'serving' && this.writesStopped === null && log.headerBehind) {
       this.cancelIdle = this.opts.clock.after(this.opts.commitStep === undefined ? HEADER_CATCH_UP_IDLE_MS : 0, () => {
         this.cancelIdle = null;
@@ -662,6 +669,18 @@ export class Shard {
     this.states.clear();
     this.readAhead.clear();
     for (const w of waiters) w.fail(new Refusal(err(ErrorCode.StorageFailed, `shard ${this.id}: this write was not stored: ${why}`, { shard: this.id, diskFull })));
+  }
+
+  /** Queued (never written) records after writes stopped for a failed commit step: gone, like the writes' answers said may be. */
+  private dropQueuedAfterCommitStop(): void {
+    const log = this.log!;
+    this.opts.log(`shard ${this.id}: dropping ${log.queuedRecords} queued records after the failed commit step (never written)`);
+    log.discardQueued();
+    this.unsent = this.unsent.filter((u) => u.lastSeq <= log.durableSeq);
+    this.failWaitersAbove(log.durableSeq, new Error('an earlier group was not committed'));
+    // Placed states are ahead of the log now: they reload from disk.
+    this.states.clear();
+    this.readAhead.clear();
   }
 
   private stopWrites(why: string, code: number = ErrorCode.StorageFailed): void {
