@@ -103,3 +103,33 @@ test('review4 C2: after a failed commit with a group queued, the node can lead a
   assert.equal(shard.committedSeq, 2, 'the kept durable seq 1 and the new write commit; the dropped seq 2 was never written');
   await shard.close();
 });
+
+test('review4 C3: a write that fails after a failed commit step stopped writes keeps the shard stopped over a role change (the rule after a failed fdatasync)', async () => {
+  const clock = new ManualClock();
+  const disk = new HoldDisk(new SimDisk());
+  const step = new SendingStep();
+  const { shard } = await openShard(disk, clock, step);
+  await quiet(clock, disk.inner);
+  disk.hold = true;
+  const w1 = track(shard.handle(Op.Write, writeBody(1)));
+  await until(clock, () => disk.held.length === 1, 'group 1 write issued (held)');
+  const w2 = track(shard.handle(Op.Write, writeBody(2)));
+  await until(clock, () => shard.placedSeq === 2, 'seq 2 placed while group 1 is being written');
+  // The barrier wait for group 1's commit runs out (the clock moves): group 2 is written (held).
+  disk.held.shift()!();
+  await until(clock, () => step.calls.length === 1 && disk.held.length === 1, 'group 1 durable, its commit running; group 2 write issued');
+  step.held[0]!.reject(new Error('this node lost its authority to acknowledge'));
+  await settle(clock, w1.promise, 'write 1 answered', undefined, 0);
+  assert.notEqual(shard.writesRefused, null, 'the failed commit stopped writes');
+  // Group 2's fdatasync fails (EIO): what the kernel kept of it is unknown.
+  disk.inner.onOp = (op) => (op.kind === 'fsync' && /\.seg(\.new)?$/.test(op.path) ? 'EIO' : undefined);
+  disk.release();
+  const r2 = await settle(clock, w2.promise, 'write 2 answered', undefined, 0);
+  assert.notEqual(code(r2), 0, show(r2));
+  for (let i = 0; i < 10; i++) await turn();
+  disk.inner.onOp = null;
+  assert.equal(shard.durableSeq, 1, 'group 2 is not durable');
+  shard.becomeReplica(2);
+  assert.notEqual(shard.writesRefused, null, 'a failed fdatasync stops writes for good (restart to recover), whatever stopped them first');
+  await shard.close();
+});
