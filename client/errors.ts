@@ -64,7 +64,12 @@ export class WrongExpectedVersionError extends CelerError {
 export class NotAcknowledgedError extends CelerError {
   override name = 'NotAcknowledgedError';
 }
-/** 2008: the write could not be stored: the disk is full (`diskFull`; writes resume when space is freed, reads go on), or an fsync failed (that shard takes no more writes). */
+/**
+ * 2008: with `diskFull` the write was not stored (the disk is full; writes resume when space is
+ * freed, reads go on). Without it a write or fsync failed: that shard takes no more writes and the
+ * outcome is unknown (the data may have reached the disk, or in a cluster the follower): retry
+ * with the same clientSeq.
+ */
 export class StorageWriteError extends CelerError {
   override name = 'StorageWriteError';
   get diskFull(): boolean {
