@@ -41,7 +41,12 @@ export interface ClusterNodeOptions {
    * Deliberately broken protocol variants for the simulator's teeth tests. Never set in a real
    * node (`celer serve` has no flag for them).
    */
-  unsafe?: { takeoverAfterMs?: number; ackBeforeFsync?: boolean };
+  unsafe?: {
+    takeoverAfterMs?: number;
+    ackBeforeFsync?: boolean;
+    /** takeHandover leads from its read of the lease, with no write of its own (before the review 3 A3 fix). */
+    handoverFromRead?: boolean;
+  };
 }
 
 export interface WriteRefusal {
@@ -348,6 +353,13 @@ export class ClusterNode {
     try {
       const l = await this.leases.read();
       if (l === null || l.lease.leader !== this.o.nodeId || l.lease.epoch !== epoch || (this.role !== 'follower' && this.role !== 'fenced')) return;
+      if (this.o.unsafe?.handoverFromRead === true) {
+        this.observed = l;
+        this.observedAtMono = this.now();
+        this.counters.elections++;
+        void this.promote(epoch, this.now());
+        return;
+      }
       // The old leader counts its TTL from when it stepped back, before the handover message left;
       // a read here, however late, bounds nothing on its side. So the authority runs from a write
       // of our own (same epoch): once it lands, the old leader's challenge on the handed-over ETag

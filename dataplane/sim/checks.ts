@@ -59,6 +59,47 @@ export class AuthorityWatch {
   }
 }
 
+/**
+ * (7) Step-downs (ClusterNode.stepDown) that answered steppedDown true: the lease then names the
+ * peer at the handed-over epoch, so some node must come to lead at that epoch or a later one
+ * (the peer at once on the handover, or a later election), and at exactly that epoch only the
+ * peer. Checked on every turn while one is pending; the run fails on one never resolved.
+ */
+export class StepDownWatch {
+  violation: string | null = null;
+  private readonly pending: { from: string; to: string; epoch: number; at: number }[] = [];
+  private readonly nodes: SimNode[];
+  private readonly now: () => number;
+  private readonly trace: (e: string) => void;
+  constructor(nodes: SimNode[], now: () => number, trace: (e: string) => void) {
+    this.nodes = nodes;
+    this.now = now;
+    this.trace = trace;
+  }
+  /** `from` stepped down, handing `epoch` to `to`. */
+  expect(from: string, to: string, epoch: number): void {
+    this.pending.push({ from, to, epoch, at: this.now() });
+  }
+  check(): void {
+    if (this.pending.length === 0) return;
+    for (const n of this.nodes) {
+      if (!n.life.alive || n.cluster === null || !n.cluster.hasAuthority()) continue;
+      const e = n.cluster.epoch;
+      for (let i = this.pending.length - 1; i >= 0; i--) {
+        const p = this.pending[i]!;
+        if (e < p.epoch) continue;
+        this.pending.splice(i, 1);
+        this.trace(`step-down ${p.from}->${p.to} (epoch ${p.epoch}): ${n.name} leads at epoch ${e}, ${(this.now() - p.at).toFixed(1)} ms after${e === p.epoch ? ' (the handover)' : ' (a later election)'}`);
+        if (e === p.epoch && n.name !== p.to) this.violation ??= `(7) ${p.from} handed epoch ${p.epoch} to ${p.to}, but ${n.name} leads at that epoch`;
+      }
+    }
+  }
+  /** Step-downs no node ever led after. */
+  unresolved(): string[] {
+    return this.pending.map((p) => `(7) ${p.from} stepped down at ${p.at.toFixed(1)} ms handing epoch ${p.epoch} to ${p.to} (steppedDown true), but no node led at that epoch or a later one afterwards`);
+  }
+}
+
 interface RecordInfo {
   first: number;
   last: number;

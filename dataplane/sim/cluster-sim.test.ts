@@ -40,7 +40,7 @@ test('every seed keeps the invariants: one writer at a time, no acknowledged wri
 });
 
 test('a seed replays exactly (the same event trace, twice)', async () => {
-  for (const opts of [{ seed: 3 }, { seed: 11, scenario: 'mixed' as Scenario }, { seed: 5, scenario: 'ack-then-lose' as Scenario }]) {
+  for (const opts of [{ seed: 3 }, { seed: 11, scenario: 'mixed' as Scenario }, { seed: 5, scenario: 'ack-then-lose' as Scenario }, { seed: 7, scenario: 'step-down' as Scenario }]) {
     const a = await runSeed(opts);
     const b = await runSeed(opts);
     assert.equal(a.traceHash, b.traceHash, `seed ${opts.seed}: the traces differ`);
@@ -72,8 +72,17 @@ test('teeth: a follower that takes over before the full TTL gives two nodes writ
   console.log(`takeoverAfterMs caught on seed ${seed}: ${result!.failures.find((f) => /^\(1\) /.test(f))}`);
 });
 
+test('teeth: a new leader that counts a handed-over lease from its read of it (no write of its own) overlaps the old leader (caught within 60 seeds)', async () => {
+  // Review 3 A3: the old leader counts its TTL from its step-back; a late handover (the peer
+  // stalled, its heartbeats lost) read after that leaves the new leader's authority running past it.
+  const opts: Omit<SimOptions, 'seed'> = { scenario: 'step-down', unsafe: { handoverFromRead: true } };
+  const { seed, result } = await firstCaught(opts, /^\(1\) /, 60);
+  assert.notEqual(seed, null, 'no seed of 1..60 saw two writers with handoverFromRead');
+  console.log(`handoverFromRead caught on seed ${seed}: ${result!.failures.find((f) => /^\(1\) /.test(f))}`);
+});
+
 test('teeth: the same scenarios with the real protocol are clean on the seeds that caught the broken ones', async () => {
-  for (const scenario of ['ack-then-lose', 'bridge'] as Scenario[]) {
+  for (const scenario of ['ack-then-lose', 'bridge', 'step-down'] as Scenario[]) {
     for (let seed = 1; seed <= 10; seed++) {
       const r = await runSeed({ seed, scenario });
       if (r.knownBug === null) assert.deepEqual(r.failures, [], `${scenario} seed ${seed}:\n${describe([r], { scenario })}`);

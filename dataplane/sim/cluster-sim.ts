@@ -10,7 +10,7 @@ import type { ClusterNodeOptions } from '../cluster/cluster-node.ts';
 import { DEFAULT_TIMING, type ClusterTiming } from '../cluster/timing.ts';
 import { initHashing } from '../storage/checksum.ts';
 import { prng } from '../../test/lib/prng.ts';
-import { AuthorityWatch, committedAgree, converged, finalChecks, lostWrites } from './checks.ts';
+import { AuthorityWatch, committedAgree, converged, finalChecks, lostWrites, StepDownWatch } from './checks.ts';
 import { BugSignatures } from './known-bugs.ts';
 import { chooseScenario, injectFaults, type FaultLog, type Scenario } from './faults.ts';
 import { Scheduler } from './scheduler.ts';
@@ -45,7 +45,7 @@ export interface SimResult {
 }
 
 export function replayCommand(seed: number, scenario?: Scenario, unsafe?: SimOptions['unsafe']): string {
-  return `npm run sim -- --seed ${seed}${scenario !== undefined ? ` --scenario ${scenario}` : ''}${unsafe?.ackBeforeFsync ? ' --unsafe-ack-before-fsync' : ''}${unsafe?.takeoverAfterMs !== undefined ? ` --unsafe-takeover-after-ms ${unsafe.takeoverAfterMs}` : ''} --verbose`;
+  return `npm run sim -- --seed ${seed}${scenario !== undefined ? ` --scenario ${scenario}` : ''}${unsafe?.ackBeforeFsync ? ' --unsafe-ack-before-fsync' : ''}${unsafe?.takeoverAfterMs !== undefined ? ` --unsafe-takeover-after-ms ${unsafe.takeoverAfterMs}` : ''}${unsafe?.handoverFromRead ? ' --unsafe-handover-from-read' : ''} --verbose`;
 }
 
 export async function runSeed(o: SimOptions): Promise<SimResult> {
@@ -53,7 +53,7 @@ export async function runSeed(o: SimOptions): Promise<SimResult> {
   const rng = prng(o.seed);
   const int = (n: number): number => Math.floor(rng() * n);
   const timing = o.timing ?? DEFAULT_TIMING;
-  const scenario = chooseScenario(rng, o.scenario);
+  const scenario = chooseScenario(rng, o.scenario, prng(o.seed ^ 0x5d0e));
   const hash = createHash('sha256');
   const tail: string[] = [];
   const full: string[] = [];
@@ -97,7 +97,11 @@ export async function runSeed(o: SimOptions): Promise<SimResult> {
   });
   for (const n of nodes) n.drift = { offsetMs: (rng() - 0.5) * (timing.maxClockDriftMs / 2), rate: (rng() - 0.5) * 0.002 };
   const watch = new AuthorityWatch(nodes, () => sched.now);
-  sched.onTurn = () => watch.check();
+  const stepDowns = new StepDownWatch(nodes, () => sched.now, trace);
+  sched.onTurn = () => {
+    watch.check();
+    stepDowns.check();
+  };
 
   const faultMs = 3000 + int(6000);
   const faultEnd = faultMs + 500;
@@ -106,7 +110,7 @@ export async function runSeed(o: SimOptions): Promise<SimResult> {
   const boots = nodes.map((n, i) => sched.sleep(i === 0 ? 0 : int(300)).then(() => n.start()));
   const workload = startWorkload({ sched, rng: prng(o.seed ^ 0x3011), nodes, numShards, trace, stopAtMs: faultEnd + 1000 });
   let faultsDone = false;
-  const faults = injectFaults({ sched, rng: prng(o.seed ^ 0xfa17), nodes, net, bucket, trace, maxClockDriftMs: timing.maxClockDriftMs, endMs: faultEnd }, scenario, faultLog).then(() => (faultsDone = true));
+  const faults = injectFaults({ sched, rng: prng(o.seed ^ 0xfa17), stepRng: prng(o.seed ^ 0x57e9), stepDowns, fail, nodes, net, bucket, trace, maxClockDriftMs: timing.maxClockDriftMs, endMs: faultEnd }, scenario, faultLog).then(() => (faultsDone = true));
   let workloadDone = false;
   void workload.done.then(() => (workloadDone = true));
   void boots;
@@ -175,6 +179,8 @@ export async function runSeed(o: SimOptions): Promise<SimResult> {
   process.off('unhandledRejection', onUnhandled);
   for (const n of nodes) if (n.bootError !== null) fail(`(2) ${n.name} cannot start again after a power loss: ${n.bootError}`);
   if (watch.violation !== null) fail(`(1) ${watch.violation}`);
+  if (stepDowns.violation !== null) fail(stepDowns.violation);
+  if (convergedAt >= 0) for (const f of stepDowns.unresolved()) fail(f);
   const writes = workload.writes;
   const acked = writes.filter((w) => w.status === 'acked').length;
   const unknown = writes.filter((w) => w.status === 'unknown').length;

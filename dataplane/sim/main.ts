@@ -1,6 +1,6 @@
 // `npm run sim -- --seeds N [--from S] [--seed S] [--scenario NAME] [--verbose]`: runs the
 // deterministic cluster simulator (cluster-sim.ts) over seeds and prints progress and a summary.
-// --unsafe-ack-before-fsync / --unsafe-takeover-after-ms N run a deliberately broken protocol
+// --unsafe-ack-before-fsync / --unsafe-takeover-after-ms N / --unsafe-handover-from-read run a deliberately broken protocol
 // (what the teeth tests do), to replay their failing seeds.
 import { isScenario, SCENARIOS, type Scenario } from './faults.ts';
 import { replayCommand, runSeed, type SimOptions, type SimResult } from './cluster-sim.ts';
@@ -30,6 +30,7 @@ for (let i = 0; i < args.length; i++) {
   } else if (a === '--verbose') verbose = true;
   else if (a === '--unsafe-ack-before-fsync') unsafe.ackBeforeFsync = true;
   else if (a === '--unsafe-takeover-after-ms') unsafe.takeoverAfterMs = Number(val());
+  else if (a === '--unsafe-handover-from-read') unsafe.handoverFromRead = true;
   else usage(`unknown argument ${a}`);
 }
 if (!Number.isSafeInteger(seeds) || seeds < 1 || !Number.isSafeInteger(from)) usage('--seeds and --from take integers');

@@ -15,10 +15,14 @@ export const CHANNELS: readonly Channel[] = ['control', 'data'];
 export interface NetFaults {
   lossP: number;
   dupP: number;
-  /** Probability of a delay spike (20..300 ms) on a message. */
+  /** Probability of a delay spike (`spikeMs`, default 20..300 ms) on a message. */
   spikeP: number;
   /** Base one-way latency range (ms). */
   latencyMs: [number, number];
+  /** Range of a delay spike (ms); default [20, 300]. */
+  spikeMs?: [number, number];
+  /** Loss, duplication and spikes hit only these channels (default: both). */
+  channels?: readonly Channel[];
 }
 
 export const CALM_NET: NetFaults = { lossP: 0, dupP: 0, spikeP: 0, latencyMs: [0.05, 0.4] };
@@ -111,7 +115,7 @@ export class SimNet {
     if (!this.live(from) || !this.link[ch].up) return false;
     this.sent++;
     const gen = this.link[ch].gen;
-    const f = this.faults;
+    const f = this.faults.channels === undefined || this.faults.channels.includes(ch) ? this.faults : { ...CALM_NET, latencyMs: this.faults.latencyMs };
     const frame = encodeFrame(m);
     if (this.blocked[from]![ch] || this.rng() < f.lossP) {
       this.trace(`net ${from}->${to} ${ch} ${m.t} lost`);
@@ -120,7 +124,8 @@ export class SimNet {
     const copies = this.rng() < f.dupP ? 2 : 1;
     for (let c = 0; c < copies; c++) {
       const [lo, hi] = f.latencyMs;
-      const delay = lo + this.rng() * (hi - lo) + (this.rng() < f.spikeP ? 20 + this.rng() * 280 : 0);
+      const [slo, shi] = f.spikeMs ?? [20, 300];
+      const delay = lo + this.rng() * (hi - lo) + (this.rng() < f.spikeP ? slo + this.rng() * (shi - slo) : 0);
       this.sched.after(delay, () => {
         const e = this.ends[to];
         if (e === null || e === undefined || !this.live(to) || this.link[ch].gen !== gen || this.blocked[from]![ch]) return;
