@@ -8,6 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Op } from '../../client/wire.ts';
+import { MemoryStore } from '../../test/lib/cluster-fixture.ts';
 import { code, FakeCommitStep, ManualClock, openShard, settle, show, until, writeBody } from '../../test/lib/shard-fixture.ts';
 import { SimDisk } from '../../test/sim/sim-disk.ts';
 import { equalBytes, initHashing } from '../storage/checksum.ts';
@@ -15,33 +16,10 @@ import type { Shard } from '../shard/shard.ts';
 import { catchUpFromS3 } from './catch-up.ts';
 import { encodeFallback, fallbackKey, parseFallbackKey, type FallbackKey } from './fallback.ts';
 import { localShardPort } from './local-shard.ts';
-import type { ObjectStore, StoredObject } from './object-store.ts';
 import { newCounters } from './ports.ts';
 
 await initHashing();
 
-class MemoryStore implements ObjectStore {
-  readonly objects = new Map<string, Uint8Array>();
-  get(key: string): Promise<StoredObject | null> {
-    const body = this.objects.get(key);
-    return Promise.resolve(body === undefined ? null : { body, etag: key });
-  }
-  putIfAbsent(key: string, body: Uint8Array) {
-    if (this.objects.has(key)) return Promise.resolve({ ok: false as const, reason: 'exists' as const });
-    this.objects.set(key, body);
-    return Promise.resolve({ ok: true as const, etag: key });
-  }
-  putIfMatch(): never {
-    throw new Error('not used');
-  }
-  list(prefix: string) {
-    return Promise.resolve([...this.objects.keys()].filter((k) => k.startsWith(prefix)).sort().map((key) => ({ key, size: this.objects.get(key)!.length })));
-  }
-  delete(key: string): Promise<void> {
-    this.objects.delete(key);
-    return Promise.resolve();
-  }
-}
 
 async function write(clock: ManualClock, s: Shard, id: number): Promise<void> {
   const r = await settle(clock, s.handle(Op.Write, writeBody(id)), `write of key ${id}`);

@@ -453,23 +453,28 @@ export class Replicator {
     }
   }
 
+  /** Index of the cached record that starts at `from`, or -1. */
+  private cacheIndex(st: Stream, from: number): number {
+    const c = st.cache;
+    if (c.length === 0 || c[0]!.first > from || c[c.length - 1]!.last < from) return -1;
+    let i = 0;
+    while (c[i]!.last < from) i++;
+    return c[i]!.first === from ? i : -1;
+  }
+
   /** The cached records covering exactly `from..to`, or null. */
   private cached(st: Stream, from: number, to: number): Uint8Array[] | null {
     const c = st.cache;
-    let i = 0;
-    while (i < c.length && c[i]!.last < from) i++;
-    if (i === c.length || c[i]!.first !== from) return null;
     const out: Uint8Array[] = [];
-    for (; i < c.length && c[i]!.last <= to; i++) out.push(c[i]!.bytes);
+    for (let i = this.cacheIndex(st, from); i >= 0 && i < c.length && c[i]!.last <= to; i++) out.push(c[i]!.bytes);
     return out.length > 0 && lastSeqOf(out[out.length - 1]!) === to ? out : null;
   }
 
+  /** Cached records from `from` on, up to about APPEND_BYTES_MAX; null when `from` is not cached. */
   private fromCache(st: Stream, from: number): Uint8Array[] | null {
     const c = st.cache;
-    if (c.length === 0 || c[0]!.first > from || c[c.length - 1]!.last < from) return null;
-    let i = 0;
-    while (c[i]!.last < from) i++;
-    if (c[i]!.first !== from) return null;
+    let i = this.cacheIndex(st, from);
+    if (i < 0) return null;
     const out: Uint8Array[] = [];
     let bytes = 0;
     for (; i < c.length && (out.length === 0 || bytes + c[i]!.bytes.length <= APPEND_BYTES_MAX); i++) {

@@ -4,6 +4,7 @@
 // disk built from records other shards wrote.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { stubShard } from '../../test/lib/cluster-fixture.ts';
 import { Op } from '../../client/wire.ts';
 import { SimClock } from '../../test/sim/sim-clock.ts';
 import { initHashing } from '../storage/checksum.ts';
@@ -14,9 +15,8 @@ import { Replicator } from './replicator.ts';
 import { newCounters } from './ports.ts';
 import { code, show, writeBody } from '../../test/lib/shard-fixture.ts';
 import { SimDisk } from '../../test/sim/sim-disk.ts';
-import { Shard, type CommitStep, type ShardTip } from '../shard/shard.ts';
+import { Shard, type CommitStep } from '../shard/shard.ts';
 import type { Clock } from '../storage/disk.ts';
-import { ZERO_HASH } from '../storage/checksum.ts';
 import type { ClusterMessage } from './messages.ts';
 import { ObjectStoreError, type ETag, type ListedObject, type ObjectStore, type PutResult, type StoredObject } from './object-store.ts';
 import type { Channel, PeerTransport, ShardPort } from './ports.ts';
@@ -144,22 +144,6 @@ export class LinkEnd implements PeerTransport {
   onLinkChange(): void {}
 }
 
-/** A ShardPort with an empty log that agrees to everything (election and lease tests). */
-export function stubShard(id: number): ShardPort {
-  const tip: ShardTip = { placedSeq: 0, durableSeq: 0, committedSeq: 0, barrierSeq: 0, tipHash: ZERO_HASH };
-  return {
-    id,
-    tip: () => Promise.resolve(tip),
-    recordAt: (seq) => Promise.resolve(seq === 0 ? { hash: ZERO_HASH, epoch: 0 } : null),
-    readDurable: () => Promise.resolve([]),
-    applyReplicated: () => Promise.resolve(0),
-    commitTo: () => Promise.resolve(0),
-    becomeLeader: () => Promise.resolve(),
-    becomeReplica: () => Promise.resolve(),
-    quiesce: () => Promise.resolve(),
-    truncateAfter: () => Promise.resolve(),
-  };
-}
 
 export const HOLD: CommitStep = { commit: () => new Promise<void>(() => {}) };
 export const OK: CommitStep = { commit: () => Promise.resolve() };

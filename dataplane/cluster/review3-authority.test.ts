@@ -5,13 +5,14 @@
 // fail, answers that are lost or late) and a link whose messages the test may hold and release.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { MemoryStore, stubShard } from '../../test/lib/cluster-fixture.ts';
 import { SimClock } from '../../test/sim/sim-clock.ts';
-import { initHashing, ZERO_HASH } from '../storage/checksum.ts';
+import { initHashing } from '../storage/checksum.ts';
 import type { Clock } from '../storage/disk.ts';
 import { ClusterNode } from './cluster-node.ts';
 import type { ClusterMessage } from './messages.ts';
 import { ObjectStoreError, type ETag, type ListedObject, type ObjectStore, type PutResult, type StoredObject } from './object-store.ts';
-import type { Channel, PeerTransport, ShardPort, ShardTip } from './ports.ts';
+import type { Channel, PeerTransport } from './ports.ts';
 import { DEFAULT_TIMING } from './timing.ts';
 
 await initHashing();
@@ -20,51 +21,7 @@ const LEASE = 'cluster/lease.json';
 
 const turn = (): Promise<void> => new Promise<void>((r) => setImmediate(r));
 
-/** The bucket: conditional puts, nothing else (the faults are per node, in NodeStore). */
-class MemStore {
-  readonly objects = new Map<string, StoredObject>();
-  private n = 0;
-  get(key: string): Promise<StoredObject | null> {
-    return Promise.resolve(this.objects.get(key) ?? null);
-  }
-  putIfAbsent(key: string, body: Uint8Array): Promise<PutResult> {
-    if (this.objects.has(key)) return Promise.resolve({ ok: false, reason: 'exists' });
-    const etag = `e${++this.n}`;
-    this.objects.set(key, { body: body.slice(), etag });
-    return Promise.resolve({ ok: true, etag });
-  }
-  putIfMatch(key: string, body: Uint8Array, etag: ETag): Promise<PutResult> {
-    const cur = this.objects.get(key);
-    if (cur === undefined || cur.etag !== etag) return Promise.resolve({ ok: false, reason: 'precondition' });
-    const next = `e${++this.n}`;
-    this.objects.set(key, { body: body.slice(), etag: next });
-    return Promise.resolve({ ok: true, etag: next });
-  }
-  list(prefix: string): Promise<ListedObject[]> {
-    return Promise.resolve([...this.objects.keys()].filter((k) => k.startsWith(prefix)).sort().map((k) => ({ key: k, size: this.objects.get(k)!.body.length })));
-  }
-  delete(key: string): Promise<void> {
-    this.objects.delete(key);
-    return Promise.resolve();
-  }
-}
 
-/** A shard with an empty log that agrees to everything (these tests are about the lease). */
-function stubShard(id: number): ShardPort {
-  const tip: ShardTip = { placedSeq: 0, durableSeq: 0, committedSeq: 0, barrierSeq: 0, tipHash: ZERO_HASH };
-  return {
-    id,
-    tip: () => Promise.resolve(tip),
-    recordAt: (seq) => Promise.resolve(seq === 0 ? { hash: ZERO_HASH, epoch: 0 } : null),
-    readDurable: () => Promise.resolve([]),
-    applyReplicated: () => Promise.resolve(0),
-    commitTo: () => Promise.resolve(0),
-    becomeLeader: () => Promise.resolve(),
-    becomeReplica: () => Promise.resolve(),
-    quiesce: () => Promise.resolve(),
-    truncateAfter: () => Promise.resolve(),
-  };
-}
 
 /** One node's clock over the world's: same time, but while `stalled` its due timers wait (they run, late, on resume()). */
 class NodeClk implements Clock {
@@ -109,9 +66,9 @@ class NodeStore implements ObjectStore {
   leaseGetDelayMs = 0;
   /** Lease puts sent (for the test to see a challenge leave). */
   leasePuts = 0;
-  private readonly bucket: MemStore;
+  private readonly bucket: MemoryStore;
   private readonly world: SimClock;
-  constructor(bucket: MemStore, world: SimClock) {
+  constructor(bucket: MemoryStore, world: SimClock) {
     this.bucket = bucket;
     this.world = world;
   }
@@ -204,7 +161,7 @@ class End implements PeerTransport {
 
 interface World {
   world: SimClock;
-  bucket: MemStore;
+  bucket: MemoryStore;
   net: Net;
   a: ClusterNode;
   b: ClusterNode;
@@ -218,7 +175,7 @@ interface World {
 
 async function steadyPair(): Promise<World> {
   const world = new SimClock();
-  const bucket = new MemStore();
+  const bucket = new MemoryStore();
   const net = new Net(world);
   const clk: [NodeClk, NodeClk] = [new NodeClk(world), new NodeClk(world)];
   const s3: [NodeStore, NodeStore] = [new NodeStore(bucket, world), new NodeStore(bucket, world)];

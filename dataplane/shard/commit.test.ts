@@ -7,11 +7,11 @@ import { mkdtemp, open, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeDetailsOk, decodeError, decodeReadOk, decodeWriteOk, encodeKeyRequest, encodeReadRequest, encodeWriteRequest, Expect, Op, type ExpectMode } from '../../client/wire.ts';
-import { ForwardingDisk } from '../../test/lib/forwarding-disk.ts';
+import { HoldDisk } from '../../test/lib/hold-disk.ts';
 import { nodeFs, verifyShard } from '../cli/verify.ts';
 import { SEGMENT_HEADER_BYTES } from '../constants.ts';
 import { initHashing } from '../storage/checksum.ts';
-import { systemClock, type AlignedWrite, type Clock, type SegmentFile } from '../storage/disk.ts';
+import { systemClock, type Clock } from '../storage/disk.ts';
 import { openFileIo, type FileIo } from '../storage/io.ts';
 import { batchesOf } from '../storage/record.ts';
 import { RealDisk } from '../storage/real-disk.ts';
@@ -52,41 +52,6 @@ class FakeCommitStep implements CommitStep {
   }
   rejectAll(why: string): void {
     for (const h of this.held.splice(0)) h.reject(new Error(why));
-  }
-}
-
-/**
- * The real disk; while `holdFlushes` is set, every segment writeAndSync waits until released;
- * while `holdReadResults` is set, a segment read happens but its result waits in `heldReads`.
- */
-class HoldDisk extends ForwardingDisk {
-  holdFlushes = false;
-  holdReadResults = false;
-  readonly heldReads: (() => void)[] = [];
-  private readonly held: (() => void)[] = [];
-  get heldFlushes(): number {
-    return this.held.length;
-  }
-  releaseFlushes(): void {
-    this.holdFlushes = false;
-    for (const r of this.held.splice(0)) r();
-  }
-  override async openSegment(path: string, opts: { create: boolean; sizeBytes: number }): Promise<SegmentFile> {
-    const f = await this.inner.openSegment(path, opts);
-    return {
-      path: f.path,
-      sizeBytes: f.sizeBytes,
-      read: async (offset, length) => {
-        const bytes = await f.read(offset, length);
-        if (this.holdReadResults) await new Promise<void>((r) => this.heldReads.push(r));
-        return bytes;
-      },
-      writeAndSync: async (writes: readonly AlignedWrite[]) => {
-        if (this.holdFlushes) await new Promise<void>((r) => this.held.push(r));
-        return f.writeAndSync(writes);
-      },
-      close: () => f.close(),
-    };
   }
 }
 

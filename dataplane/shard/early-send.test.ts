@@ -5,19 +5,19 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { decodeError, Op } from '../../client/wire.ts';
-import { code, DIR, FakeCommitStep, ManualClock, openShard, quiet, settle, show, track, until, writeBody } from '../../test/lib/shard-fixture.ts';
+import { code, DIR, FakeCommitStep, ManualClock, SendingCommitStep, openShard, quiet, settle, show, track, until, writeBody } from '../../test/lib/shard-fixture.ts';
 import { SimDisk } from '../../test/sim/sim-disk.ts';
 import { initHashing } from '../storage/checksum.ts';
-import { lastSeqOf } from '../cluster/records-pack.ts';
 
 await initHashing();
 
-/** A commit step with the early hand-off; records what was handed over and when. */
-class SendingStep extends FakeCommitStep {
-  readonly sent: { lastSeq: number; segmentWritesBefore: number }[] = [];
+/** The early hand-off, noting how many segment writes had been issued when each group was handed over. */
+class SendingStep extends SendingCommitStep {
+  readonly writesBefore: number[] = [];
   segmentWrites = 0;
-  send(records: readonly Uint8Array[]): void {
-    this.sent.push({ lastSeq: lastSeqOf(records[records.length - 1]!), segmentWritesBefore: this.segmentWrites });
+  override send(records: readonly Uint8Array[]): void {
+    super.send(records);
+    this.writesBefore.push(this.segmentWrites);
   }
 }
 
@@ -42,12 +42,12 @@ test('a leader hands each group to send() before its write is issued, and commit
   disk.onOp = null;
   assert.ok(writesAfterW1 > 0, 'the group writes reach the segment file');
   assert.deepEqual(
-    step.sent.map((s) => s.lastSeq),
+    step.sent,
     [1, 2],
     'each group is handed over once, in seq order',
   );
-  assert.equal(step.sent[0]!.segmentWritesBefore, 0, 'group 1 was handed over before its segment write');
-  assert.equal(step.sent[1]!.segmentWritesBefore, writesAfterW1, 'group 2 was handed over before its segment write');
+  assert.equal(step.writesBefore[0], 0, 'group 1 was handed over before its segment write');
+  assert.equal(step.writesBefore[1], writesAfterW1, 'group 2 was handed over before its segment write');
   assert.deepEqual(step.calls, [{ from: 1, to: 1 }, { from: 2, to: 2 }], 'commit() still runs once per durable group');
   await shard.close();
 });

@@ -8,44 +8,29 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { Op } from '../../client/wire.ts';
-import { ForwardingDisk } from '../../test/lib/forwarding-disk.ts';
-import { code, FakeCommitStep, ManualClock, openShard, quiet, settle, show, track, turn, until, writeBody } from '../../test/lib/shard-fixture.ts';
+import { HoldDisk } from '../../test/lib/hold-disk.ts';
+import { code, ManualClock, SendingCommitStep, openShard, quiet, settle, show, track, turn, until, writeBody } from '../../test/lib/shard-fixture.ts';
 import { SimDisk } from '../../test/sim/sim-disk.ts';
 import { initHashing } from '../storage/checksum.ts';
-import type { AlignedWrite, SegmentFile } from '../storage/disk.ts';
 
 await initHashing();
 
-/** SimDisk whose segment writes wait while `hold` is set (released by `release`). */
-class HoldDisk extends ForwardingDisk<SimDisk> {
-  hold = false;
-  readonly held: (() => void)[] = [];
-  /** Called when a held write is released (before it reaches the disk). */
-  onRelease: (() => void) | null = null;
-  release(): void {
-    this.hold = false;
-    for (const r of this.held.splice(0)) r();
-  }
-  override async openSegment(path: string, opts: { create: boolean; sizeBytes: number }): Promise<SegmentFile> {
-    const f = await this.inner.openSegment(path, opts);
-    return {
-      path: f.path,
-      sizeBytes: f.sizeBytes,
-      read: (offset, length) => f.read(offset, length),
-      writeAndSync: async (writes: readonly AlignedWrite[]) => {
-        if (this.hold) await new Promise<void>((r) => this.held.push(r));
-        return f.writeAndSync(writes);
-      },
-      close: () => f.close(),
-    };
-  }
-}
-
-class SendingStep extends FakeCommitStep {
-  readonly sent: number[] = [];
-  send(records: readonly Uint8Array[]): void {
-    this.sent.push(records.length);
-  }
+/**
+ * Seq 1's group is written (held on the disk) with seq 2 placed behind it, so seq 2 is queued
+ * when group 1 becomes durable.
+ */
+async function groupOneHeldSeqTwoQueued() {
+  const clock = new ManualClock();
+  const disk = new HoldDisk(new SimDisk());
+  const step = new SendingCommitStep();
+  const { shard, logs } = await openShard(disk, clock, step);
+  await quiet(clock, disk.inner);
+  disk.holdFlushes = true;
+  const w1 = track(shard.handle(Op.Write, writeBody(1)));
+  await until(clock, () => disk.heldFlushes === 1, 'group 1 write issued (held)');
+  const w2 = track(shard.handle(Op.Write, writeBody(2)));
+  await until(clock, () => shard.placedSeq === 2, 'seq 2 placed while group 1 is being written');
+  return { clock, disk, step, shard, logs, w1, w2 };
 }
 
 /**
@@ -54,18 +39,9 @@ class SendingStep extends FakeCommitStep {
  * for group 1's commit before it writes seq 2; that commit fails.
  */
 async function commitFailsWithAGroupQueued() {
-  const clock = new ManualClock();
-  const disk = new HoldDisk(new SimDisk());
-  const step = new SendingStep();
-  const { shard, logs } = await openShard(disk, clock, step);
-  await quiet(clock, disk.inner);
-  disk.hold = true;
-  const w1 = track(shard.handle(Op.Write, writeBody(1)));
-  await until(clock, () => disk.held.length === 1, 'group 1 write issued (held)');
-  const w2 = track(shard.handle(Op.Write, writeBody(2)));
-  await until(clock, () => shard.placedSeq === 2, 'seq 2 placed while group 1 is being written');
+  const { clock, disk, step, shard, logs, w1, w2 } = await groupOneHeldSeqTwoQueued();
   clock.advance(5); // the flush of group 1 takes 5 ms
-  disk.release();
+  disk.releaseFlushes();
   await until(clock, () => step.calls.length === 1, 'group 1 durable, its commit step running', undefined, 0);
   assert.equal(shard.durableSeq, 1);
   // The loop now waits (up to 5 ms of the shard's clock, which stands still) for group 1's commit.
@@ -105,25 +81,16 @@ test('review4 C2: after a failed commit with a group queued, the node can lead a
 });
 
 test('review4 C3: a write that fails after a failed commit step stopped writes keeps the shard stopped over a role change (the rule after a failed fdatasync)', async () => {
-  const clock = new ManualClock();
-  const disk = new HoldDisk(new SimDisk());
-  const step = new SendingStep();
-  const { shard } = await openShard(disk, clock, step);
-  await quiet(clock, disk.inner);
-  disk.hold = true;
-  const w1 = track(shard.handle(Op.Write, writeBody(1)));
-  await until(clock, () => disk.held.length === 1, 'group 1 write issued (held)');
-  const w2 = track(shard.handle(Op.Write, writeBody(2)));
-  await until(clock, () => shard.placedSeq === 2, 'seq 2 placed while group 1 is being written');
+  const { clock, disk, step, shard, w1, w2 } = await groupOneHeldSeqTwoQueued();
   // The barrier wait for group 1's commit runs out (the clock moves): group 2 is written (held).
-  disk.held.shift()!();
-  await until(clock, () => step.calls.length === 1 && disk.held.length === 1, 'group 1 durable, its commit running; group 2 write issued');
+  disk.releaseOneFlush();
+  await until(clock, () => step.calls.length === 1 && disk.heldFlushes === 1, 'group 1 durable, its commit running; group 2 write issued');
   step.held[0]!.reject(new Error('this node lost its authority to acknowledge'));
   await settle(clock, w1.promise, 'write 1 answered', undefined, 0);
   assert.notEqual(shard.writesRefused, null, 'the failed commit stopped writes');
   // Group 2's fdatasync fails (EIO): what the kernel kept of it is unknown.
   disk.inner.onOp = (op) => (op.kind === 'fsync' && /\.seg(\.new)?$/.test(op.path) ? 'EIO' : undefined);
-  disk.release();
+  disk.releaseFlushes();
   const r2 = await settle(clock, w2.promise, 'write 2 answered', undefined, 0);
   assert.notEqual(code(r2), 0, show(r2));
   for (let i = 0; i < 10; i++) await turn();

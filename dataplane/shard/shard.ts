@@ -126,8 +126,6 @@ export class Shard {
   committedSeq = 0;
   /** Commit steps in flight resolve in seq order through this chain. */
   private commitChain: Promise<void> = Promise.resolve();
-  /** The commit-chain link of the newest group handed to the commit step (settles after its barrier is set). */
-  private newestCommit: Promise<void> | null = null;
   private durableSent = 0;
   /** Set after a failed fdatasync or commit step: no more writes on this shard, reads go on. */
   private writesStopped: string | null = null;
@@ -471,14 +469,14 @@ export class Shard {
         const flushMs = this.opts.clock.monoMs() - t0;
         this.fsyncSamples.push({ seconds: flushMs / 1000, records: durableSeq - this.durableSent });
         if (this.fsyncSamples.length > 1000) this.fsyncSamples.splice(0, this.fsyncSamples.length - 1000);
-        this.newestCommit = null;
+        const chain = this.commitChain;
         this.afterDurable(durableSeq);
         this.releaseWaiters();
-        // A leader: the follower's answer for this group is usually a round trip away. Waiting
-        // for it (at most as long as the flush took) lets the next write carry the ack barrier;
-        // not waiting means that write goes without it and the acknowledgements wait for a third.
-        const pending = this.newestCommit as Promise<void> | null;
-        if (pending !== null && log.queuedRecords > 0) await this.within(pending, Math.min(flushMs, BARRIER_RIDE_WAIT_MAX_MS));
+        // A leader: the follower's answer for this group (the chain's new link, which settles once
+        // the barrier is set) is usually a round trip away. Waiting for it (at most as long as the
+        // flush took) lets the next write carry the ack barrier; not waiting means that write goes
+        // without it and the acknowledgements wait for a third.
+        if (this.commitChain !== chain && log.queuedRecords > 0) await this.within(this.commitChain, Math.min(flushMs, BARRIER_RIDE_WAIT_MAX_MS));
       }
     } catch (e) {
       if (e instanceof DiskFullError) {
@@ -577,7 +575,7 @@ export class Shard {
       () => null,
       (e: unknown) => (e instanceof Error ? e : new Error(String(e))),
     );
-    this.newestCommit = this.commitChain = this.commitChain.then(async () => {
+    this.commitChain = this.commitChain.then(async () => {
       const failure = await settled;
       if (gen !== this.generation || this.state !== 'serving') return;
       // An earlier range failed: nothing after it commits, whatever its own step answered (an S3
@@ -657,28 +655,28 @@ export class Shard {
   /** Refuses every queued write with 2008 and puts the log and the state back at the durable end. */
   private rewindToDurable(why: string, diskFull: boolean): void {
     this.opts.log(`shard ${this.id}: refusing queued writes: ${why}`);
-    this.log!.discardQueued();
-    this.unsent = this.unsent.filter((u) => u.lastSeq <= this.log!.durableSeq);
+    this.discardQueued();
     this.replicaKeys = [];
     for (const w of this.durableWaiters.splice(0)) w.fail(new Refusal(err(ErrorCode.StorageFailed, `shard ${this.id}: replicated records were not stored: ${why}`, { shard: this.id, diskFull })));
     // Durable writes still waiting for their commit step stay: only what never reached the disk fails.
     const durable = this.log!.durableSeq;
     const waiters = this.waiters.filter((w) => w.lastSeq > durable);
     this.waiters = this.waiters.filter((w) => w.lastSeq <= durable);
-    // Placed states are ahead of the log now: drop every cached state; they reload from disk.
-    this.states.clear();
-    this.readAhead.clear();
     for (const w of waiters) w.fail(new Refusal(err(ErrorCode.StorageFailed, `shard ${this.id}: this write was not stored: ${why}`, { shard: this.id, diskFull })));
   }
 
   /** Queued (never written) records after writes stopped for a failed commit step: gone, like the writes' answers said may be. */
   private dropQueuedAfterCommitStop(): void {
+    this.opts.log(`shard ${this.id}: dropping ${this.log!.queuedRecords} queued records after the failed commit step (never written)`);
+    this.discardQueued();
+    this.failWaitersAbove(this.log!.durableSeq, new Error('an earlier group was not committed'));
+  }
+
+  /** Puts the log back at its durable end (queued records never written) and drops the states placed ahead of it (they reload from disk). */
+  private discardQueued(): void {
     const log = this.log!;
-    this.opts.log(`shard ${this.id}: dropping ${log.queuedRecords} queued records after the failed commit step (never written)`);
     log.discardQueued();
     this.unsent = this.unsent.filter((u) => u.lastSeq <= log.durableSeq);
-    this.failWaitersAbove(log.durableSeq, new Error('an earlier group was not committed'));
-    // Placed states are ahead of the log now: they reload from disk.
     this.states.clear();
     this.readAhead.clear();
   }

@@ -146,6 +146,16 @@ export class FakeCommitStep implements CommitStep {
   }
 }
 
+/** A FakeCommitStep with the early hand-off (`send`): records the last seq of each group handed over. */
+export class SendingCommitStep extends FakeCommitStep {
+  readonly sent: number[] = [];
+  send(records: readonly Uint8Array[]): void {
+    const last = records[records.length - 1]!;
+    const v = new DataView(last.buffer, last.byteOffset, last.length);
+    this.sent.push(Number(v.getBigUint64(24)) + v.getUint16(18) - 1);
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Shards, requests, results
 
