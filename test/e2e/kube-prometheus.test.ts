@@ -6,75 +6,31 @@
 // jobs discover pods of this apiserver through test/agent/pod-sd.ts (HTTP SD, same meta labels).
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync, writeFileSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { parse, stringify } from 'yaml';
 import { TestAgent } from '../agent/agent.ts';
 import { celerEntrypoint, defaultExecutables } from '../agent/celer.ts';
 import { servePodDiscovery } from '../agent/pod-sd.ts';
 import type { Pod } from '../agent/types.ts';
-import { celerWrite, chartDir, clusterPath, condition, getCluster, helmInstall } from './kube-celer.ts';
-import { background, createNamespace, freePort, helmPath, prometheusPath, repoRoot, startKube, waitFor, type Background, type KubeEnv } from './kube-env.ts';
+import { celerWrite, clusterPath, condition, getCluster, helmInstall } from './kube-celer.ts';
+import { createNamespace, helmPath, repoRoot, startKube, waitFor, type KubeEnv } from './kube-env.ts';
+import { isOperatorQuery, loadDashboard, panelQueries, withVariables } from '../lib/monitoring.ts';
+import { Prometheus, type Sample } from './lib/prometheus.ts';
 
 const RELEASE = 'celer-operator';
 const CLUSTER = 'mon';
 
 let env: KubeEnv;
 let agent: TestAgent;
-let prometheus: Background;
-let promUrl: string;
+let prometheus: Prometheus | undefined;
 let discovery: { url: string; close: () => Promise<void> } | undefined;
 let opNs: string;
 let ns: string;
 
-interface ScrapeConfig {
-  job_name: string;
-  scrape_interval?: string;
-  scrape_timeout?: string;
-  kubernetes_sd_configs?: Record<string, unknown>[];
-  http_sd_configs?: Record<string, unknown>[];
-}
+/** Scrape, evaluation and discovery refresh interval. */
+const INTERVAL_S = 2;
 
-interface Target {
-  labels: Record<string, string>;
-  scrapePool: string;
-  scrapeUrl: string;
-  health: string;
-  lastError: string;
-}
-
-/**
- * The chart's scrape jobs with their relabel_configs unchanged. Debian's Prometheus is built
- * without Kubernetes discovery, so each `kubernetes_sd_configs` (role pod) becomes an
- * `http_sd_configs` on test/agent/pod-sd.ts, which lists this apiserver's pods with the same meta
- * labels. Scrape intervals are cut to 2 s.
- */
-function renderScrapeConfig(dir: string, sdUrl: string): { file: string; jobs: string[] } {
-  const chartConfig = parse(readFileSync(path.join(chartDir, 'files', 'prometheus-scrape-config.yaml'), 'utf8')) as { scrape_configs: ScrapeConfig[] };
-  for (const job of chartConfig.scrape_configs) {
-    job.scrape_interval = '2s';
-    job.scrape_timeout = '1s';
-    const sds = job.kubernetes_sd_configs ?? [];
-    assert.ok(sds.length > 0, `job ${job.job_name} discovers its targets through Kubernetes`);
-    for (const sd of sds) assert.equal(sd.role, 'pod', `job ${job.job_name}: only role pod has a stand-in`);
-    delete job.kubernetes_sd_configs;
-    job.http_sd_configs = [{ url: sdUrl, refresh_interval: '2s' }];
-  }
-  const file = path.join(dir, 'prometheus.yml');
-  writeFileSync(file, stringify({ global: { scrape_interval: '2s', evaluation_interval: '2s' }, scrape_configs: chartConfig.scrape_configs }));
-  return { file, jobs: chartConfig.scrape_configs.map((j) => j.job_name) };
-}
-
-async function promGet<T>(pathAndQuery: string): Promise<T> {
-  const res = await fetch(`${promUrl}${pathAndQuery}`);
-  const body = (await res.json()) as { status: string; data: T; error?: string };
-  if (body.status !== 'success') throw new Error(`${pathAndQuery}: ${body.error ?? res.status}`);
-  return body.data;
-}
-
-async function query(q: string): Promise<{ metric: Record<string, string>; value: [number, string] }[]> {
-  const data = await promGet<{ result: { metric: Record<string, string>; value: [number, string] }[] }>(`/api/v1/query?query=${encodeURIComponent(q)}`);
-  return data.result;
+async function query(q: string): Promise<Sample[]> {
+  return prometheus!.query(q);
 }
 
 async function podsOf(namespace: string, selector: string): Promise<Pod[]> {
@@ -90,7 +46,7 @@ function diagnostics(): string {
 describe('Prometheus scrapes Celer nodes and the operator with the chart\'s scrape configuration', () => {
   before(async () => {
     env = await startKube('prometheus');
-    const [helm, promBin] = await Promise.all([helmPath(), prometheusPath()]);
+    const helm = await helmPath();
     opNs = await createNamespace(env, 'celer-system');
     ns = await createNamespace(env, 'apps');
     agent = await TestAgent.start({
@@ -104,23 +60,8 @@ describe('Prometheus scrapes Celer nodes and the operator with the chart\'s scra
     });
     // The chart as released: one operator replica with leader election, scrape annotations on.
     await helmInstall(env, helm, RELEASE, opNs);
-    const dir = path.join(env.runDir, 'prometheus');
-    mkdirSync(dir, { recursive: true });
-    const port = await freePort();
-    promUrl = `http://127.0.0.1:${port}`;
     discovery = await servePodDiscovery(async () => [...(await podsOf(opNs, '')), ...(await podsOf(ns, ''))]);
-    const { file } = renderScrapeConfig(dir, discovery.url);
-    prometheus = background(
-      promBin,
-      [`--config.file=${file}`, `--storage.tsdb.path=${path.join(dir, 'data')}`, `--web.listen-address=127.0.0.1:${port}`, '--log.level=warn'],
-      path.join(dir, 'prometheus.log'),
-    );
-    await waitFor('Prometheus ready', async () => {
-      if (prometheus.proc.exitCode !== null) throw new Error(`prometheus exited with ${prometheus.proc.exitCode}`);
-      return (await fetch(`${promUrl}/-/ready`)).status === 200;
-    }, 60_000).catch((err: Error) => {
-      throw new Error(`${err.message}\n${prometheus.output()}`);
-    });
+    prometheus = await Prometheus.start({ dir: path.join(env.runDir, 'prometheus'), sdUrl: discovery.url, intervalS: INTERVAL_S });
   });
 
   after(async () => {
@@ -161,11 +102,11 @@ describe('Prometheus scrapes Celer nodes and the operator with the chart\'s scra
     const [node] = await podsOf(ns, `celer.io/cluster=${CLUSTER}`);
     const [op] = await podsOf(opNs, 'app.kubernetes.io/name=celer-operator');
     const targets = await waitFor('both scrape jobs up', async () => {
-      const data = await promGet<{ activeTargets: Target[] }>('/api/v1/targets?state=active');
-      const byJob = (job: string): Target | undefined => data.activeTargets.find((t) => t.scrapePool === job);
+      const activeTargets = await prometheus!.targets();
+      const byJob = (job: string): (typeof activeTargets)[number] | undefined => activeTargets.find((t) => t.scrapePool === job);
       const n = byJob('celer-nodes');
       const o = byJob('celer-operator');
-      return n?.health === 'up' && o?.health === 'up' ? { node: n, operator: o, all: data.activeTargets } : undefined;
+      return n?.health === 'up' && o?.health === 'up' ? { node: n, operator: o, all: activeTargets } : undefined;
     }, 90_000).catch((err: Error) => {
       throw new Error(`${err.message}\n${diagnostics()}`);
     });
@@ -200,5 +141,21 @@ describe('Prometheus scrapes Celer nodes and the operator with the chart\'s scra
     assert.ok(duration.length > 0, 'the reconcile duration histogram is scraped');
     const leader = await query('celer_operator_is_leader{job="celer-operator"}');
     assert.equal(leader[0]?.value[1], '1', 'the only operator replica holds the Lease');
+  });
+
+  test('every operator panel query of the dashboard returns data from the operator job', async () => {
+    // The node panels are checked against a two-node cluster in cluster-prometheus.test.ts.
+    const ops = panelQueries(loadDashboard()).filter((q) => isOperatorQuery(q.expr));
+    assert.ok(ops.length >= 2, `only ${ops.length} operator queries`);
+    for (const q of ops) {
+      const expr = withVariables(q.expr, { namespace: ns, cluster: CLUSTER });
+      const r = await waitFor(`panel "${q.panel}" ${q.refId} to return data: ${expr}`, async () => {
+        const x = await query(expr);
+        return x.length > 0 ? x : undefined;
+      }, 60_000);
+      console.log(`operator panel "${q.panel}" ${q.refId}: ${r.length} series, e.g. ${JSON.stringify(r[0]?.metric)} ${r[0]?.value[1]}`);
+    }
+    // Teeth: the same check on a renamed metric finds nothing.
+    assert.deepEqual(await query('sum by (gate) (rate(celer_operator_gate_deferals_total[5m]))'), []);
   });
 });
