@@ -67,8 +67,12 @@ function find(docs: K8sDoc[], kind: string): K8sDoc {
 
 const all = ['--set', 'monitoring.serviceMonitor.enabled=true,monitoring.prometheusRule.enabled=true,monitoring.dashboard.enabled=true,replicaCount=2'];
 
-test('helm lint accepts the chart', () => {
+test('helm lint --strict accepts the chart, also with two replicas (a PDB) and with every toggle on', () => {
   execFileSync(helm, ['lint', '--strict', chart], { encoding: 'utf8' });
+  execFileSync(helm, ['lint', '--strict', chart, '--set', 'replicaCount=2'], { encoding: 'utf8' });
+  execFileSync(helm, ['lint', '--strict', chart, ...all], { encoding: 'utf8' });
+  // The version a 1.20 install picks passes lint for that version (no deprecation warning there).
+  execFileSync(helm, ['lint', '--strict', chart, '--set', 'replicaCount=2', '--kube-version', '1.20.2'], { encoding: 'utf8' });
 });
 
 test('by default the chart renders the operator, its RBAC and metrics Service, and no monitoring objects', () => {
@@ -81,11 +85,26 @@ test('every monitoring toggle renders its object and the operator gets a PDB wit
   for (const k of ['ServiceMonitor', 'PrometheusRule', 'ConfigMap', 'PodDisruptionBudget']) assert.ok(kinds.includes(k), k);
 });
 
-test('the PDB uses policy/v1 only where the apiserver serves it (1.20 has only policy/v1beta1)', () => {
-  const old = find(render(all), 'PodDisruptionBudget');
-  assert.equal(old.apiVersion, 'policy/v1beta1');
-  const current = find(render([...all, '--api-versions', 'policy/v1/PodDisruptionBudget']), 'PodDisruptionBudget');
-  assert.equal(current.apiVersion, 'policy/v1');
+const pdbVersion = (args: string[]): string => find(render([...all, ...args]), 'PodDisruptionBudget').apiVersion;
+
+test('without a view of the API (helm template, GitOps) the PDB is policy/v1', () => {
+  assert.equal(pdbVersion([]), 'policy/v1');
+});
+
+test('the PDB is policy/v1beta1 only where the target is known to be older than 1.21', () => {
+  // A real install passes the apiserver's version as .Capabilities.KubeVersion; --kube-version sets it here.
+  assert.equal(pdbVersion(['--kube-version', '1.20.2']), 'policy/v1beta1');
+  assert.equal(pdbVersion(['--kube-version', 'v1.20.15-gke.1000']), 'policy/v1beta1');
+  assert.equal(pdbVersion(['--kube-version', '1.21.0']), 'policy/v1');
+  assert.equal(pdbVersion(['--kube-version', '1.30.1']), 'policy/v1');
+  // An apiserver that lists the resource wins over an old-looking version.
+  assert.equal(pdbVersion(['--kube-version', '1.20.2', '--api-versions', 'policy/v1/PodDisruptionBudget']), 'policy/v1');
+});
+
+test('podDisruptionBudget.apiVersion overrides the choice, and anything but the two versions is refused', () => {
+  assert.equal(pdbVersion(['--set', 'podDisruptionBudget.apiVersion=policy/v1beta1']), 'policy/v1beta1');
+  assert.equal(pdbVersion(['--kube-version', '1.20.2', '--set', 'podDisruptionBudget.apiVersion=policy/v1']), 'policy/v1');
+  assert.throws(() => render([...all, '--set', 'podDisruptionBudget.apiVersion=policy/v2']), /podDisruptionBudget\.apiVersion must be "", "policy\/v1" or "policy\/v1beta1"/);
 });
 
 test('every port names protocol TCP, which server-side apply on 1.20 requires', () => {

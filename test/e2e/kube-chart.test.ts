@@ -1,7 +1,8 @@
 // The celer-operator Helm chart against a real Kubernetes 1.20 apiserver: helm lint, and a
 // server-side dry run of every manifest the chart renders (with the capabilities the apiserver
 // reports, so the PDB's policy version is the served one), both as a plain create and as
-// server-side apply (which on 1.20 rejects a port without `protocol`).
+// server-side apply (which on 1.20 rejects a port without `protocol`). Without a view of the API
+// (helm template, GitOps) the PDB is policy/v1; v1beta1 only for a target known older than 1.21.
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { writeFileSync } from 'node:fs';
@@ -75,10 +76,13 @@ describe('celer-operator chart on a real 1.20 apiserver', () => {
     await env?.stop();
   });
 
-  test('helm lint --strict accepts the chart', async () => {
-    const r = await run(helm, ['lint', '--strict', chart]);
-    assert.equal(r.code, 0, r.stdout + r.stderr);
-    assert.match(r.stdout, /1 chart\(s\) linted, 0 chart\(s\) failed/);
+  test('helm lint --strict accepts the chart, also with two replicas (the operator PDB)', async () => {
+    for (const args of [[], ['--set', 'replicaCount=2']]) {
+      const r = await run(helm, ['lint', '--strict', chart, ...args]);
+      assert.equal(r.code, 0, `helm lint --strict ${args.join(' ')}:\n${r.stdout}${r.stderr}`);
+      assert.match(r.stdout, /1 chart\(s\) linted, 0 chart\(s\) failed/);
+      assert.doesNotMatch(r.stdout, /\[WARNING\]/);
+    }
   });
 
   test('the chart\'s CRD passes a server-side dry run as a create and as a client-side apply with --validate=false', async () => {
@@ -126,13 +130,34 @@ describe('celer-operator chart on a real 1.20 apiserver', () => {
     });
   }
 
-  test('with two replicas the operator\'s PDB uses policy/v1beta1, the version 1.20 serves', async () => {
+  test('with two replicas, installed against 1.20 (its real capabilities), the operator\'s PDB uses policy/v1beta1, the version 1.20 serves', async () => {
     const { docs } = await renderAgainstServer('celer', ['--set', 'replicaCount=2']);
     const pdb = docs.find((d) => d.kind === 'PodDisruptionBudget');
     assert.ok(pdb !== undefined, 'a PDB is rendered');
     assert.equal(pdb.apiVersion, 'policy/v1beta1');
     const served = await env.kubectlOk(['api-versions']);
     assert.ok(!served.split('\n').includes('policy/v1'), 'the apiserver does not serve policy/v1');
+  });
+
+  test('helm template, without a view of the API, renders a policy/v1 PDB; with the server\'s --kube-version, the v1beta1 one 1.20 accepts', async () => {
+    const template = async (args: string[]): Promise<{ file: string; pdb: Manifest }> => {
+      const out = await runOk(helm, ['template', 'celer', chart, '--namespace', ns, '--set', 'replicaCount=2', ...args]);
+      const pdb = parseAllDocuments(out).map((d) => d.toJS() as Manifest | null).find((d) => d?.kind === 'PodDisruptionBudget');
+      assert.ok(pdb !== undefined && pdb !== null, `a PDB in:\n${out}`);
+      const file = path.join(env.runDir, `chart-template-pdb-${pdb.apiVersion.replace('/', '-')}.yaml`);
+      writeFileSync(file, JSON.stringify(pdb));
+      return { file, pdb };
+    };
+    // helm template never contacts the apiserver (no KUBECONFIG here, on purpose).
+    const plain = await template([]);
+    assert.equal(plain.pdb.apiVersion, 'policy/v1');
+    const version = (JSON.parse(await env.kubectlOk(['version', '-o', 'json'])) as { serverVersion: { gitVersion: string } }).serverVersion.gitVersion;
+    assert.match(version, /^v1\.20\./);
+    const old = await template(['--kube-version', version]);
+    assert.equal(old.pdb.apiVersion, 'policy/v1beta1');
+    await env.kubectlOk(['apply', '--dry-run=server', '-n', ns, '-f', old.file]);
+    const refused = await env.kubectl(['apply', '--dry-run=server', '-n', ns, '-f', plain.file]);
+    assert.notEqual(refused.code, 0, 'a 1.20 apiserver has no policy/v1');
   });
 
   test('a chart that asked for an API version the apiserver does not serve would be refused by the same dry run', async () => {
