@@ -18,7 +18,8 @@ export interface NodeView {
   version: string | null;
   lagRecords: number | null;
   epoch: number | null;
-  leaseExpiresAtMs: number | null;
+  /** The node's own measure of its remaining lease authority (leader) or wait to challenge (follower). */
+  leaseRemainingMs: number | null;
   statusError: string | null;
   failedShards: string[];
 }
@@ -46,7 +47,7 @@ export function viewNodes(obs: ObservedState, standalone: boolean): ClusterView 
       version: s?.version ?? null,
       lagRecords: null,
       epoch: s?.epoch ?? null,
-      leaseExpiresAtMs: s?.leaseExpiresAtMs ?? null,
+      leaseRemainingMs: s?.leaseRemainingMs ?? null,
       statusError: s === null ? (observed?.error ?? 'no /status yet') : null,
       failedShards: (s?.shards ?? []).filter((sh) => sh.state === 'corrupt' || sh.state === 'failed')
         .map((sh) => `shard ${sh.shard} ${sh.state}${sh.reason !== undefined ? `: ${sh.reason}` : ''}`),

@@ -438,3 +438,19 @@ test('the last pod of an upgrade coming back is reported as finishing the upgrad
   assert.equal(done.status.phase, 'Running');
   assert.equal(done.status.upgrade, null);
 });
+
+test('LeaseHealthy reads the remaining time the leader measures, not its wall-clock expiry against the operator clock', () => {
+  const { c, h, pods } = steadyTwoNode();
+  // The operator's clock runs 5 s ahead of the leader's: the expiry looks past, the lease is held.
+  const ahead = observe(c, pods, h, { nowMs: NOW_MS + 5_000 });
+  ahead.nodes['c1-0']!.status!.leaseRemainingMs = 900;
+  assert.equal(condition(reconcile(ahead), 'LeaseHealthy')?.reason, 'LeaseHeld');
+  // The operator's clock runs 5 s behind: the expiry looks ahead, but the leader has no authority left.
+  const behind = observe(c, pods, h, { nowMs: NOW_MS - 5_000 });
+  behind.nodes['c1-0']!.status!.leaseRemainingMs = 0;
+  assert.equal(condition(reconcile(behind), 'LeaseHealthy')?.reason, 'LeaseExpired');
+  // A leader that reports no remaining time is not known to hold the lease.
+  const unknown = observe(c, pods, h);
+  unknown.nodes['c1-0']!.status!.leaseRemainingMs = null;
+  assert.equal(condition(reconcile(unknown), 'LeaseHealthy')?.status, 'Unknown');
+});

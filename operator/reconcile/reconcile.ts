@@ -65,7 +65,7 @@ function baseResult(status: CelerClusterStatus): ReconcileResult {
 }
 
 /** Ready and LeaseHealthy as observed, whatever the operator is allowed to do about them. */
-function observedConditions(view: ClusterView, spec: DefaultedSpec, nowMs: number): { ready: ConditionInput; lease: ConditionInput } {
+function observedConditions(view: ClusterView, spec: DefaultedSpec): { ready: ConditionInput; lease: ConditionInput } {
   const leaderOk = spec.standalone || view.leader !== null;
   const ready: ConditionInput = view.readyCount >= spec.replicas && leaderOk
     ? { type: 'Ready', status: 'True', reason: 'NodesReady', message: `${view.readyCount}/${spec.replicas} nodes ready` }
@@ -77,10 +77,14 @@ function observedConditions(view: ClusterView, spec: DefaultedSpec, nowMs: numbe
     lease = { type: 'LeaseHealthy', status: 'True', reason: 'Standalone', message: 'standalone nodes hold no lease' };
   } else if (view.leader === null) {
     lease = { type: 'LeaseHealthy', status: 'False', reason: 'NoLeader', message: 'no node holds the lease' };
-  } else if (view.leader.leaseExpiresAtMs !== null && view.leader.leaseExpiresAtMs > nowMs) {
-    lease = { type: 'LeaseHealthy', status: 'True', reason: 'LeaseHeld', message: `${view.leader.pod} holds the lease at epoch ${view.leader.epoch ?? 0}` };
+  } else if (view.leader.leaseRemainingMs === null) {
+    lease = { type: 'LeaseHealthy', status: 'Unknown', reason: 'LeaseUnknown', message: `${view.leader.pod} reports no remaining lease time` };
+  } else if (view.leader.leaseRemainingMs > 0) {
+    // Measured by the leader on its own clock: no comparison of two machines' wall clocks.
+    lease = { type: 'LeaseHealthy', status: 'True', reason: 'LeaseHeld',
+      message: `${view.leader.pod} holds the lease at epoch ${view.leader.epoch ?? 0} (${view.leader.leaseRemainingMs} ms of authority left)` };
   } else {
-    lease = { type: 'LeaseHealthy', status: 'False', reason: 'LeaseExpired', message: `the lease of ${view.leader.pod} has expired` };
+    lease = { type: 'LeaseHealthy', status: 'False', reason: 'LeaseExpired', message: `${view.leader.pod} reports no authority left on its lease` };
   }
   return { ready, lease };
 }
@@ -107,7 +111,7 @@ export function reconcile(obs: ObservedState): ReconcileResult {
   const spec = withDefaults(cluster.spec, obs.defaultImage);
   const view = viewNodes(obs, spec.standalone);
   const base = statusBase(obs, spec, view);
-  const { ready, lease } = observedConditions(view, spec, obs.nowMs);
+  const { ready, lease } = observedConditions(view, spec);
   const hasFinalizer = (cluster.metadata.finalizers ?? []).includes(FINALIZER);
 
   if (cluster.metadata.deletionTimestamp !== undefined && cluster.metadata.deletionTimestamp !== null) {
