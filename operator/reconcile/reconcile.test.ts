@@ -2,6 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { V1ConfigMap, V1Service, V1StatefulSet } from '@kubernetes/client-node';
 import type { CelerClusterStatus } from '../api/types.ts';
+import { DEFAULT_LEASE } from '../api/defaults.ts';
 import { ANNOTATION_APPROVE_UPGRADE, ANNOTATION_PAUSED, FINALIZER } from '../api/constants.ts';
 import { PROGRESS_POLL_MS, reconcile, RESYNC_MS, type ReconcileResult } from './reconcile.ts';
 import { FOLLOWER_LAG_BOUND_RECORDS } from './rollout.ts';
@@ -383,7 +384,7 @@ test('a shorter lease TTL is rolled out through the intermediate step first', ()
   ];
   const status: CelerClusterStatus = { phase: 'Running', lease: { effective: slow, target: slow } };
   const c = cluster({ ...twoNodeSpec }, { status });
-  const r = reconcile(observe(c, pods, h));
+  const r = reconcile(observe(c, pods, h, { statefulSet: sts(reconcile(observe(before, [], null))) }));
   assert.deepEqual(r.status.lease?.effective, { leaseTtlMs: 3000, renewDeadlineMs: 1000, renewIntervalMs: 250, maxClockDriftMs: 200 });
   const cm = r.apply.find((o) => o.kind === 'ConfigMap') as V1ConfigMap;
   assert.match(cm.data?.['celer.json'] ?? '', /"renewDeadlineMs": 1000/);
@@ -470,4 +471,35 @@ test('under sustained writes a follower a few hundred records behind is caught u
   const behind = reconcile(observe(c, [{ ...old.pods[0]!, peerLag: FOLLOWER_LAG_BOUND_RECORDS + 1 }, follower], h));
   assert.equal(behind.deferredGate, 'FollowerCaughtUp');
   assert.deepEqual(behind.actions, []);
+});
+
+test('lease timings are observed on the StatefulSet: with status lost mid-retune the next step is still the safe intermediate one', () => {
+  const slow = { leaseTtlMs: 3000, renewDeadlineMs: 2000, renewIntervalMs: 500, maxClockDriftMs: 200 };
+  const mid = { leaseTtlMs: 3000, renewDeadlineMs: 1000, renewIntervalMs: 250, maxClockDriftMs: 200 };
+  const target = cluster({ ...twoNodeSpec }, { status: {} });
+  const stsRunning = (lease: typeof slow): { s: V1StatefulSet; h: string } => {
+    const c = cluster({ ...twoNodeSpec, lease });
+    return { s: sts(reconcile(observe(c, [], null))), h: desiredHash(c) };
+  };
+  const podsOn = (h0: string, h1: string): PodSketch[] => [
+    { ordinal: 0, hash: h0, role: 'leader', roleLabel: 'leader', peerLag: 0 },
+    { ordinal: 1, hash: h1, role: 'follower', roleLabel: 'follower' },
+  ];
+  // Every pod runs the old timings and nothing remembers them: the first step is the intermediate.
+  const old = stsRunning(slow);
+  let r = reconcile(observe(target, podsOn(old.h, old.h), old.h, { statefulSet: old.s }));
+  assert.deepEqual(r.status.lease?.effective, mid);
+  // The intermediate is rolling (one pod on it, one on the old timings): stay on it.
+  const step = stsRunning(mid);
+  r = reconcile(observe(target, podsOn(old.h, step.h), step.h, { statefulSet: step.s }));
+  assert.deepEqual(r.status.lease?.effective, mid);
+  const args = sts(r).spec?.template.spec?.containers[0]?.args ?? [];
+  assert.equal(args[args.indexOf('--lease-ttl-ms') + 1], '3000');
+  // Status claims the target was reached, but the pods run the old timings: the StatefulSet wins.
+  const lying = cluster({ ...twoNodeSpec }, { status: { lease: { effective: DEFAULT_LEASE, target: DEFAULT_LEASE } } });
+  r = reconcile(observe(lying, podsOn(old.h, old.h), old.h, { statefulSet: old.s }));
+  assert.deepEqual(r.status.lease?.effective, mid);
+  // Everything on the intermediate: now the target.
+  r = reconcile(observe(target, podsOn(step.h, step.h), step.h, { statefulSet: step.s }));
+  assert.deepEqual(r.status.lease?.effective, DEFAULT_LEASE);
 });

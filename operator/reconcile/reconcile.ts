@@ -8,7 +8,7 @@ import type { KubernetesObject } from '@kubernetes/client-node';
 import type { CelerClusterStatus, LeaseSpec, S3Spec } from '../api/types.ts';
 import type { ConditionInput } from './conditions.ts';
 import type { Gate } from './gates.ts';
-import type { ObservedState, OwnedRef } from './observed.ts';
+import { observedLease, type ObservedState, type OwnedRef } from './observed.ts';
 import type { RolloutPod, RolloutStep } from './rollout.ts';
 import type { ClusterView } from './node-view.ts';
 import { ANNOTATION_APPROVE_UPGRADE, ANNOTATION_PAUSED, ANNOTATION_TEMPLATE_HASH, FINALIZER, S3_LEASE_OBJECT_KEYS } from '../api/constants.ts';
@@ -185,8 +185,10 @@ function reconcileValid(
   const prev = cluster.status ?? {};
   const result = baseResult(base);
 
-  // Lease timings: two-node clusters step towards the spec in a safe order (lease-timing.ts).
-  const current = spec.standalone ? null : (prev.lease?.effective ?? null);
+  // Lease timings: two-node clusters step towards the spec in a safe order (lease-timing.ts),
+  // from what the StatefulSet (or, without one, the pods) runs: never from status, which may be
+  // lost or stale, so a lost status cannot skip the intermediate step.
+  const current = spec.standalone ? null : observedLease(obs);
   const currentHash = current === null ? null : statefulSet(cluster, spec, current).templateHash;
   const settled = view.nodes.length === spec.replicas && view.nodes.every((n) => n.ready && !n.terminating && n.templateHash === currentHash);
   const leaseStep = nextLeaseStep(current, spec.lease, settled);
