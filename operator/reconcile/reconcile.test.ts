@@ -503,3 +503,41 @@ test('lease timings are observed on the StatefulSet: with status lost mid-retune
   r = reconcile(observe(target, podsOn(step.h, step.h), step.h, { statefulSet: step.s }));
   assert.deepEqual(r.status.lease?.effective, DEFAULT_LEASE);
 });
+
+test('a pod labelled leader that does not answer loses the label when the other node answers as leader at a higher epoch', () => {
+  const { h } = steadyTwoNode();
+  const pods: PodSketch[] = [
+    { ordinal: 0, hash: h, ready: false, role: null, roleLabel: 'leader' },
+    { ordinal: 1, hash: h, role: 'leader', roleLabel: 'follower', epoch: 4, peerLag: null },
+  ];
+  const failedOver = cluster(twoNodeSpec, { status: { phase: 'Running', leader: 'c1-0', epoch: 3 } });
+  let r = reconcile(observe(failedOver, pods, h));
+  assert.deepEqual(r.actions.filter((a) => a.kind === 'labelPod'), [
+    { kind: 'labelPod', pod: 'c1-0', role: 'unreachable' },
+    { kind: 'labelPod', pod: 'c1-1', role: 'leader' },
+  ]);
+  // The status lost: no recorded leader, the live claim still wins.
+  r = reconcile(observe(cluster(twoNodeSpec, { status: {} }), pods, h));
+  assert.ok(r.actions.some((a) => a.kind === 'labelPod' && a.pod === 'c1-0' && a.role === 'unreachable'));
+  // The unanswered pod was recorded leading at a higher epoch than the claim: that claim is stale; keep the label.
+  r = reconcile(observe(cluster(twoNodeSpec, { status: { phase: 'Running', leader: 'c1-0', epoch: 5 } }), pods, h));
+  assert.ok(!r.actions.some((a) => a.kind === 'labelPod' && a.pod === 'c1-0'));
+  // One failed poll of the leader with no other claimant keeps its label.
+  r = reconcile(observe(failedOver, [pods[0]!, { ordinal: 1, hash: h, role: 'follower', roleLabel: 'follower', epoch: 3 }], h));
+  assert.ok(!r.actions.some((a) => a.kind === 'labelPod' && a.pod === 'c1-0'));
+});
+
+test('a gate holding for many passes gives one Event identity, however its lag moves', () => {
+  const old = steadyTwoNode();
+  const c = cluster({ ...twoNodeSpec, version: '1.1.0' }, { status: { phase: 'Running' }, generation: 2 });
+  const h = desiredHash(c);
+  const follower: PodSketch = { ordinal: 1, hash: h, role: 'follower', roleLabel: 'follower', version: '1.1.0' };
+  const keys = new Set<string>();
+  for (const lag of [90_000, 70_000, 40_000]) {
+    const r = reconcile(observe(c, [{ ...old.pods[0]!, peerLag: lag }, follower], h));
+    const e = r.events.find((x) => x.reason === 'FollowerCaughtUp');
+    assert.ok(e !== undefined);
+    keys.add(e.key ?? `${e.reason}/${e.message}`);
+  }
+  assert.equal(keys.size, 1);
+});

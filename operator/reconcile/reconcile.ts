@@ -44,6 +44,11 @@ export interface ClusterEvent {
   type: 'Normal' | 'Warning';
   reason: string;
   message: string;
+  /**
+   * Identity for deduplication when the message carries volatile figures (a gate's wait quotes
+   * the current lag): the same key within the dedup window is one Event. Default: reason + message.
+   */
+  key?: string;
 }
 
 export interface ReconcileResult {
@@ -82,7 +87,7 @@ function observedConditions(view: ClusterView, spec: DefaultedSpec): { ready: Co
   } else if (view.leader.leaseRemainingMs > 0) {
     // Measured by the leader on its own clock: no comparison of two machines' wall clocks.
     lease = { type: 'LeaseHealthy', status: 'True', reason: 'LeaseHeld',
-      message: `${view.leader.pod} holds the lease at epoch ${view.leader.epoch ?? 0} (${view.leader.leaseRemainingMs} ms of authority left)` };
+      message: `${view.leader.pod} holds the lease at epoch ${view.leader.epoch ?? 0}` };
   } else {
     lease = { type: 'LeaseHealthy', status: 'False', reason: 'LeaseExpired', message: `${view.leader.pod} reports no authority left on its lease` };
   }
@@ -211,7 +216,7 @@ function reconcileValid(
   if (!needsFinalizer && hasFinalizer) result.finalizer = 'remove';
 
   for (const n of view.nodes) {
-    const role = desiredRoleLabel(n, view.leader, spec.standalone);
+    const role = desiredRoleLabel(n, view.leader, spec.standalone, { pod: prev.leader ?? null, epoch: prev.epoch ?? 0 });
     if (role !== null && role !== n.roleLabel && !n.terminating) result.actions.push({ kind: 'labelPod', pod: n.pod, role });
   }
 
@@ -261,7 +266,8 @@ function applyStep(result: ReconcileResult, step: RolloutStep, lease: LeaseSpec)
       return;
     case 'wait':
       result.deferredGate = step.gate;
-      result.events.push({ type: 'Normal', reason: step.gate, message: step.message });
+      // One Event per gate and phase of a wait, not one per pass as its message's lag moves.
+      result.events.push({ type: 'Normal', reason: step.gate, message: step.message, key: `${step.gate}/${step.phase}` });
       return;
     case 'deletePod':
       result.actions.push({ kind: 'deletePod', pod: step.pod });
