@@ -324,6 +324,7 @@ export class Controller {
         this.#o.log.info('step-down requested', { pod, steppedDown: answer.steppedDown, reason: answer.reason });
       },
       deleteS3LeaseObjects: async (cluster, s3, keys) => {
+        if (this.#stop.signal.aborted) throw new Error('the controller stopped; not deleting S3 lease objects');
         const credentials = await this.#s3Credentials(cluster, s3);
         await deleteS3Objects(s3, keys, credentials, () => this.#o.clock.nowMs());
       },
