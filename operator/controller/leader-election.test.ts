@@ -140,6 +140,26 @@ test('a hung lease call is abandoned after the request timeout and the next atte
   await b.stop();
 });
 
+test('an attempt in flight when stop() releases the lease does not take it back', async () => {
+  const clock = new ManualClock(1_000_000);
+  const api = new FakeLeaseApi();
+  const log: string[] = [];
+  const a = elector(api, clock, 'a', log);
+  a.start();
+  await settle();
+  // The next renewal's get is slow; stop() releases the lease meanwhile.
+  let answer: () => void = () => {};
+  const realGet = api.get.bind(api);
+  api.get = () => new Promise((resolve) => { answer = () => resolve(realGet()); });
+  clock.advance(RETRY_PERIOD_MS);
+  await settle();
+  await a.stop();
+  assert.equal(api.record?.holder, '');
+  answer();
+  await settle();
+  assert.equal(api.record?.holder, '', 'the released lease stays released');
+});
+
 test('a released lease is taken by the next candidate without waiting out the TTL', async () => {
   const clock = new ManualClock(1_000_000);
   const api = new FakeLeaseApi();

@@ -154,8 +154,10 @@ export class LeaderElector {
 
   /** One Lease call, bounded by the request timeout; throws if its attempt was abandoned meanwhile. */
   async #call<T>(attempt: number, what: string, fn: () => Promise<T>): Promise<T> {
+    // After stop() no attempt may go on: it could take back the lease the release just gave up.
+    if (this.#stopped()) throw new Error(`Lease ${what} not sent: the elector stopped`);
     const v = await this.#bounded(fn(), this.#o.requestTimeoutMs, `Lease ${what}`);
-    if (attempt !== this.#attempt) throw new Error(`Lease ${what} answered after its attempt was abandoned`);
+    if (attempt !== this.#attempt || this.#stopped()) throw new Error(`Lease ${what} answered after its attempt was abandoned`);
     return v;
   }
 
