@@ -32,3 +32,11 @@ test('unknown flags and unreadable booleans are refused', () => {
   assert.throws(() => parseFlags(['--bogus'], {}));
   assert.throws(() => parseFlags([], { CELER_OPERATOR_LEADER_ELECT: 'maybe' }), RangeError);
 });
+
+test('the role poll interval defaults to ROLE_POLL_INTERVAL_MS and must stay above the poll timeout', () => {
+  assert.equal(parseFlags([], {}).rolePollIntervalMs, 500);
+  assert.equal(parseFlags(['--role-poll-interval-ms', '1000'], { CELER_OPERATOR_ROLE_POLL_INTERVAL_MS: '700' }).rolePollIntervalMs, 1000);
+  assert.equal(parseFlags([], { CELER_OPERATOR_ROLE_POLL_INTERVAL_MS: '700' }).rolePollIntervalMs, 700);
+  assert.throws(() => parseFlags(['--role-poll-interval-ms', '100'], {}), /above the poll timeout/);
+  assert.throws(() => parseFlags(['--role-poll-interval-ms', 'soon'], {}), RangeError);
+});

@@ -5,6 +5,7 @@ import { hostname } from 'node:os';
 import { parseArgs } from 'node:util';
 import { DEFAULT_IMAGE } from './api/defaults.ts';
 import { DEFAULT_NODE_URL_TEMPLATE } from './controller/node-client.ts';
+import { ROLE_POLL_INTERVAL_MS, ROLE_POLL_TIMEOUT_MS } from './controller/role-watcher.ts';
 
 export interface OperatorOptions {
   /** Path of a kubeconfig; null: in-cluster config, or the default kubeconfig outside a cluster. */
@@ -18,6 +19,8 @@ export interface OperatorOptions {
   identity: string;
   defaultImage: string;
   nodeUrlTemplate: string;
+  /** How often two-node clusters' /status is polled for role changes (ms). */
+  rolePollIntervalMs: number;
   help: boolean;
 }
 
@@ -38,6 +41,9 @@ export const USAGE = `Usage: node operator/main.ts [flags]
   --node-url-template T     where a node's HTTP server is (env CELER_NODE_URL_TEMPLATE,
                             default ${DEFAULT_NODE_URL_TEMPLATE}); placeholders {podIP} {pod}
                             {namespace} {cluster} {ordinal} {service}
+  --role-poll-interval-ms N how often each two-node cluster's pods are asked for their role, so the
+                            client Service follows a failover (env CELER_OPERATOR_ROLE_POLL_INTERVAL_MS,
+                            default ${ROLE_POLL_INTERVAL_MS}; at least ${ROLE_POLL_TIMEOUT_MS + 1}, the poll timeout + 1)
   --help                    print this
 `;
 
@@ -63,6 +69,7 @@ export function parseFlags(argv: readonly string[], env: Readonly<Record<string,
       identity: { type: 'string' },
       'default-image': { type: 'string' },
       'node-url-template': { type: 'string' },
+      'role-poll-interval-ms': { type: 'string' },
       help: { type: 'boolean' },
     },
   });
@@ -72,6 +79,11 @@ export function parseFlags(argv: readonly string[], env: Readonly<Record<string,
   if (values['leader-elect'] === true) leaderElect = true;
   if (values['no-leader-elect'] === true) leaderElect = false;
   const kubeconfig = values.kubeconfig ?? env.KUBECONFIG ?? '';
+  const pollText = values['role-poll-interval-ms'] ?? env.CELER_OPERATOR_ROLE_POLL_INTERVAL_MS ?? String(ROLE_POLL_INTERVAL_MS);
+  const rolePollIntervalMs = Number(pollText);
+  if (!Number.isInteger(rolePollIntervalMs) || rolePollIntervalMs <= ROLE_POLL_TIMEOUT_MS) {
+    throw new RangeError(`--role-poll-interval-ms must be an integer above the poll timeout of ${ROLE_POLL_TIMEOUT_MS} ms, got "${pollText}"`);
+  }
   return {
     kubeconfig: kubeconfig === '' ? null : kubeconfig,
     namespace,
@@ -82,6 +94,7 @@ export function parseFlags(argv: readonly string[], env: Readonly<Record<string,
     identity: values.identity ?? env.POD_NAME ?? `${hostname()}-${process.pid}`,
     defaultImage: values['default-image'] ?? env.CELER_DEFAULT_IMAGE ?? DEFAULT_IMAGE,
     nodeUrlTemplate: values['node-url-template'] ?? env.CELER_NODE_URL_TEMPLATE ?? DEFAULT_NODE_URL_TEMPLATE,
+    rolePollIntervalMs,
     help: values.help === true,
   };
 }

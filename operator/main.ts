@@ -1,14 +1,17 @@
 // Entry point of the Celer operator: `node operator/main.ts [flags]` (see flags.ts or --help).
 // Serves /metrics and /healthz at once, then runs the controller: straight away, or only while
-// it holds the leader-election Lease. Losing the Lease exits the process (the Deployment
-// restarts it as a candidate), because a controller that may be out of date must not act.
+// it holds the leader-election Lease. Losing the Lease (including a renewal that hangs past the
+// renew deadline) stops the controller, which aborts its requests in flight, and exits the
+// process (the Deployment restarts it as a candidate): a controller that may be out of date must
+// not act.
 
 import { KubeConfig } from '@kubernetes/client-node';
 import { systemClock } from './controller/clock.ts';
 import { Controller } from './controller/controller.ts';
 import { describe } from './controller/executor.ts';
 import { kubeLeaseApi } from './controller/kube-lease.ts';
-import { LeaderElector } from './controller/leader-election.ts';
+import { LEASE_REQUEST_TIMEOUT_MS, LeaderElector } from './controller/leader-election.ts';
+import { withRequestDeadline } from './controller/api-deadline.ts';
 import { parseFlags, USAGE } from './flags.ts';
 import { jsonLogger } from './log.ts';
 import { OperatorMetrics, serveMetrics } from './metrics.ts';
@@ -32,7 +35,7 @@ async function main(): Promise<void> {
   const metrics = new OperatorMetrics();
   const controller = new Controller({
     kc, namespace: options.namespace, clock: systemClock, metrics, log, identity: options.identity,
-    defaultImage: options.defaultImage, nodeUrlTemplate: options.nodeUrlTemplate,
+    defaultImage: options.defaultImage, nodeUrlTemplate: options.nodeUrlTemplate, rolePollIntervalMs: options.rolePollIntervalMs,
   });
   const server = await serveMetrics(metrics, options.metricsAddress, controller);
   const address = server.address();
@@ -57,7 +60,8 @@ async function main(): Promise<void> {
     return;
   }
   elector = new LeaderElector({
-    api: kubeLeaseApi(kc, options.leaseNamespace, options.leaseName),
+    // Its own deadline (not the controller's stop signal): the release on shutdown must still go out.
+    api: kubeLeaseApi(withRequestDeadline(kc, LEASE_REQUEST_TIMEOUT_MS), options.leaseNamespace, options.leaseName),
     identity: options.identity,
     clock: systemClock,
     onStartedLeading: () => {

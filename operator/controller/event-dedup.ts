@@ -1,5 +1,8 @@
 // Reconcile runs every few seconds during a rollout and would repeat the same Event ("waiting
 // for FollowerCaughtUp") each time. This filter lets an identical event through once per window.
+// The controller applies it to every pass's events before the executor records them; an event's
+// identity is its cluster, type and `key` (reconcile sets one for gate waits, whose messages quote
+// the moving lag), else its reason and message.
 
 /** Ten minutes: a stall is re-announced often enough to notice, rarely enough not to flood. */
 export const EVENT_REPEAT_MS = 600_000;
@@ -21,4 +24,9 @@ export class EventDedup {
     }
     return true;
   }
+}
+
+/** The identity of a cluster's event for EventDedup. */
+export function eventKey(clusterUid: string, event: { type: string; reason: string; message: string; key?: string }): string {
+  return `${clusterUid}/${event.type}/${event.key ?? `${event.reason}/${event.message}`}`;
 }

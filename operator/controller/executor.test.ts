@@ -39,7 +39,7 @@ function result(over: Partial<ReconcileResult>): ReconcileResult {
   };
 }
 
-test('the executor adds the finalizer, applies, prunes, acts, records events and writes status, in that order', async () => {
+test('the executor relabels, adds the finalizer, applies, prunes, acts, records events and writes status, in that order', async () => {
   const r = recorder();
   const report = await execute(cluster, result({
     finalizer: 'add',
@@ -50,10 +50,23 @@ test('the executor adds the finalizer, applies, prunes, acts, records events and
   }), r.kube, r.nodes);
   assert.equal(report.error, null);
   assert.deepEqual(report.done, ['labelPod', 'deletePod']);
+  // The role label first: the client Service follows a new leader before eight applies go out.
   assert.deepEqual(r.calls, [
-    'addFinalizer', 'apply ConfigMap', 'apply StatefulSet', 'prune ServiceMonitor',
-    'labelPod c1-0 {"celer.io/role":"leader"}', 'deletePod c1-1', 'event RestartingFollower', 'status',
+    'labelPod c1-0 {"celer.io/role":"leader"}', 'addFinalizer', 'apply ConfigMap', 'apply StatefulSet', 'prune ServiceMonitor',
+    'deletePod c1-1', 'event RestartingFollower', 'status',
   ]);
+  assert.equal(report.statusWritten, true);
+});
+
+test('a status that only changed volatile figures is not written; after a failure it always is', async () => {
+  const r = recorder();
+  const report = await execute(cluster, result({}), r.kube, r.nodes, { statusUnchanged: () => true });
+  assert.equal(report.statusWritten, false);
+  assert.ok(!r.calls.includes('status'));
+  const failing = recorder('apply ConfigMap');
+  const failed = await execute(cluster, result({ apply: [{ apiVersion: 'v1', kind: 'ConfigMap', metadata: { name: 'x' } }] }), failing.kube, failing.nodes, { statusUnchanged: () => true });
+  assert.ok(failing.calls.includes('status'));
+  assert.equal(failed.statusWritten, true);
 });
 
 test('a failed apply stops every later step but still records events and a degraded status', async () => {

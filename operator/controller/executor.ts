@@ -1,4 +1,6 @@
 // Carries out a ReconcileResult against the cluster. Order matters:
+//  0. relabel pods first (celer.io/role): the client Service follows a new leader at once, and
+//     a label depends on nothing else here;
 //  1. add the finalizer first, so S3 cleanup is owed before any node can write to S3;
 //  2. server-side apply the desired objects (field manager celer-operator, forced: the
 //     operator owns these fields), then delete owned objects no longer desired;
@@ -35,10 +37,19 @@ export interface ExecutionReport {
   done: Action['kind'][];
   /** The first error, if any; the controller retries with backoff. */
   error: { stage: string; err: unknown } | null;
+  /** The status was patched (false: skipped as unchanged, or the patch failed). */
+  statusWritten: boolean;
 }
 
-export async function execute(cluster: CelerCluster, result: ReconcileResult, kube: KubeOps, nodes: NodeOps): Promise<ExecutionReport> {
-  const report: ExecutionReport = { done: [], error: null };
+export interface ExecuteOptions {
+  /** True when writing `status` would change nothing that matters (triggers.ts stableStatus); the patch is skipped. */
+  statusUnchanged?: (status: CelerClusterStatus) => boolean;
+}
+
+export async function execute(
+  cluster: CelerCluster, result: ReconcileResult, kube: KubeOps, nodes: NodeOps, options: ExecuteOptions = {},
+): Promise<ExecutionReport> {
+  const report: ExecutionReport = { done: [], error: null, statusWritten: false };
   const ns = cluster.metadata.namespace;
   const step = async (stage: string, fn: () => Promise<void>): Promise<boolean> => {
     if (report.error !== null) return false;
@@ -51,10 +62,15 @@ export async function execute(cluster: CelerCluster, result: ReconcileResult, ku
     }
   };
 
+  const labels = result.actions.filter((a) => a.kind === 'labelPod');
+  for (const action of labels) {
+    const ok = await step(`action ${action.kind}`, () => runAction(cluster, action, kube, nodes));
+    if (ok) report.done.push(action.kind);
+  }
   if (result.finalizer === 'add') await step('finalizer', () => kube.addFinalizer(cluster));
   for (const obj of result.apply) await step(`apply ${obj.kind}/${obj.metadata?.name}`, () => kube.apply(obj));
   for (const ref of result.prune) await step(`prune ${ref.kind}/${ref.name}`, () => kube.deleteOwned(ns, ref));
-  for (const action of result.actions) {
+  for (const action of result.actions.filter((a) => a.kind !== 'labelPod')) {
     const ok = await step(`action ${action.kind}`, () => runAction(cluster, action, kube, nodes));
     if (ok) report.done.push(action.kind);
   }
@@ -75,8 +91,10 @@ export async function execute(cluster: CelerCluster, result: ReconcileResult, ku
       ? { ...c, status: 'True', reason: 'ReconcileError', message: `${report.error!.stage}: ${describe(report.error!.err)}` }
       : c),
   };
+  if (report.error === null && options.statusUnchanged?.(status) === true) return report;
   try {
     await kube.patchStatus(cluster, status);
+    report.statusWritten = true;
   } catch (err) {
     if (report.error === null) report.error = { stage: 'status', err };
   }

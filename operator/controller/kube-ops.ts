@@ -11,7 +11,6 @@ import type { OwnedRef } from '../reconcile/observed.ts';
 import type { ClusterEvent } from '../reconcile/reconcile.ts';
 import type { KubeOps } from './executor.ts';
 import { API_VERSION, FIELD_MANAGER, FINALIZER, GROUP, KIND, PLURAL, VERSION } from '../api/constants.ts';
-import { EventDedup } from './event-dedup.ts';
 
 export function httpStatusOf(err: unknown): number | undefined {
   if (err === null || typeof err !== 'object') return undefined;
@@ -33,7 +32,6 @@ export class ClientNodeKubeOps implements KubeOps {
   readonly #objects: KubernetesObjectApi;
   readonly #core: CoreV1Api;
   readonly #custom: CustomObjectsApi;
-  readonly #dedup = new EventDedup();
   readonly #identity: string;
   readonly #now: () => number;
 
@@ -92,8 +90,8 @@ export class ClientNodeKubeOps implements KubeOps {
   }
 
   async recordEvent(cluster: CelerCluster, event: ClusterEvent): Promise<void> {
+    // Deduplication is the controller's (event-dedup.ts), before the executor sees the events.
     const now = this.#now();
-    if (!this.#dedup.admit(`${cluster.metadata.uid ?? cluster.metadata.name}/${event.reason}/${event.message}`, now)) return;
     const time = new Date(now);
     const body: CoreV1Event = {
       metadata: { name: `${cluster.metadata.name}.${now.toString(16)}${Math.floor(Math.random() * 0xffff).toString(16)}`, namespace: cluster.metadata.namespace },

@@ -43,8 +43,14 @@ function isNodeStatus(v: unknown): v is NodeStatus {
     && typeof s.epoch === 'number' && Array.isArray(s.shards);
 }
 
-export async function fetchNodeStatus(baseUrl: string, timeoutMs: number = NODE_HTTP_TIMEOUT_MS): Promise<NodeStatus> {
-  const res = await fetch(`${baseUrl}/status`, { signal: AbortSignal.timeout(timeoutMs) });
+/** The timeout, and `stop` when given (the controller's stop()), as one signal. */
+function callSignal(timeoutMs: number, stop: AbortSignal | undefined): AbortSignal {
+  const timeout = AbortSignal.timeout(timeoutMs);
+  return stop === undefined ? timeout : AbortSignal.any([timeout, stop]);
+}
+
+export async function fetchNodeStatus(baseUrl: string, timeoutMs: number = NODE_HTTP_TIMEOUT_MS, stop?: AbortSignal): Promise<NodeStatus> {
+  const res = await fetch(`${baseUrl}/status`, { signal: callSignal(timeoutMs, stop) });
   if (res.status !== 200) throw new Error(`GET ${baseUrl}/status answered ${res.status}`);
   const body: unknown = await res.json();
   if (!isNodeStatus(body)) throw new Error(`GET ${baseUrl}/status returned an unexpected shape`);
@@ -52,12 +58,12 @@ export async function fetchNodeStatus(baseUrl: string, timeoutMs: number = NODE_
 }
 
 /** 200: stepped down. 409: cannot (not leader, standalone); the rollout re-plans from /status. */
-export async function requestStepDown(baseUrl: string, handoverTtlMs: number, timeoutMs: number = NODE_HTTP_TIMEOUT_MS): Promise<StepDownResult> {
+export async function requestStepDown(baseUrl: string, handoverTtlMs: number, stop?: AbortSignal, timeoutMs: number = NODE_HTTP_TIMEOUT_MS): Promise<StepDownResult> {
   const res = await fetch(`${baseUrl}/admin/step-down`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ handoverTtlMs }),
-    signal: AbortSignal.timeout(timeoutMs),
+    signal: callSignal(timeoutMs, stop),
   });
   const text = await res.text();
   let body: Partial<StepDownResult> = {};

@@ -5,6 +5,7 @@ import type { KubernetesObject, V1Pod } from '@kubernetes/client-node';
 import type { ObservedPod } from '../reconcile/observed.ts';
 import { ANNOTATION_TEMPLATE_HASH, LABEL_CLUSTER, LABEL_ROLE } from '../api/constants.ts';
 import { podOrdinal } from '../reconcile/names.ts';
+import { leaseOfPodSpec } from '../reconcile/observed.ts';
 
 /** Work-queue key of the CelerCluster an object belongs to; null for objects not ours. */
 export function ownerKey(obj: KubernetesObject): string | null {
@@ -35,5 +36,6 @@ export function observedPod(cluster: string, pod: V1Pod): ObservedPod | null {
     terminating: deletion !== undefined && deletion !== null,
     roleLabel: pod.metadata?.labels?.[LABEL_ROLE] ?? null,
     phase: pod.status?.phase ?? 'Unknown',
+    lease: leaseOfPodSpec(pod.spec),
   };
 }

@@ -42,7 +42,8 @@ export interface ReflectorOptions<T> {
   name: string;
   source: ListWatchSource<T>;
   clock: Clock;
-  onChange: (obj: T, kind: ChangeKind) => void;
+  /** `before` is the cached object an update replaces, so the caller can ignore changes that do not matter. */
+  onChange: (obj: T, kind: ChangeKind, before?: T) => void;
   onError?: (err: unknown) => void;
   backoff?: BackoffPolicy;
   random?: () => number;
@@ -131,7 +132,7 @@ export class Reflector<T extends KubernetesObject> {
       const before = this.#cache.get(key);
       this.#cache.set(key, item);
       if (before === undefined) this.#o.onChange(item, 'add');
-      else if (before.metadata?.resourceVersion !== item.metadata?.resourceVersion) this.#o.onChange(item, 'update');
+      else if (before.metadata?.resourceVersion !== item.metadata?.resourceVersion) this.#o.onChange(item, 'update', before);
     }
     for (const [key, item] of [...this.#cache]) {
       if (!seen.has(key)) {
@@ -200,9 +201,10 @@ export class Reflector<T extends KubernetesObject> {
       this.#cache.delete(key);
       this.#o.onChange(item, 'delete');
     } else if (type === 'ADDED' || type === 'MODIFIED') {
-      const existed = this.#cache.has(key);
+      const before = this.#cache.get(key);
       this.#cache.set(key, item);
-      this.#o.onChange(item, existed ? 'update' : 'add');
+      if (before === undefined) this.#o.onChange(item, 'add');
+      else this.#o.onChange(item, 'update', before);
     }
   }
 

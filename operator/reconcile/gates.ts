@@ -9,7 +9,7 @@ export type Gate =
   | 'PodReady'
   /** No node reports itself leader; wait for the election before touching anything. */
   | 'LeaderElected'
-  /** The follower's lag is not 0 (or unknown); switching over now could lose the tail. */
+  /** The follower's lag is above FOLLOWER_LAG_BOUND_RECORDS (or unknown): more than a step-down drains in its handover TTL. */
   | 'FollowerCaughtUp'
   /** upgradePolicy supervised: the switchover waits for the celer.io/approve-upgrade annotation. */
   | 'UpgradeApproved'

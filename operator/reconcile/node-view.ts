@@ -18,7 +18,8 @@ export interface NodeView {
   version: string | null;
   lagRecords: number | null;
   epoch: number | null;
-  leaseExpiresAtMs: number | null;
+  /** The node's own measure of its remaining lease authority (leader) or wait to challenge (follower). */
+  leaseRemainingMs: number | null;
   statusError: string | null;
   failedShards: string[];
 }
@@ -46,7 +47,7 @@ export function viewNodes(obs: ObservedState, standalone: boolean): ClusterView 
       version: s?.version ?? null,
       lagRecords: null,
       epoch: s?.epoch ?? null,
-      leaseExpiresAtMs: s?.leaseExpiresAtMs ?? null,
+      leaseRemainingMs: s?.leaseRemainingMs ?? null,
       statusError: s === null ? (observed?.error ?? 'no /status yet') : null,
       failedShards: (s?.shards ?? []).filter((sh) => sh.state === 'corrupt' || sh.state === 'failed')
         .map((sh) => `shard ${sh.shard} ${sh.state}${sh.reason !== undefined ? `: ${sh.reason}` : ''}`),
@@ -68,13 +69,30 @@ export function viewNodes(obs: ObservedState, standalone: boolean): ClusterView 
   return { nodes, leader, readyCount: nodes.filter((n) => n.ready && !n.terminating).length };
 }
 
+/** Label of a pod labelled leader whose /status does not answer while another node's claim does. */
+export const ROLE_LABEL_UNREACHABLE = 'unreachable';
+
+/** The leader the last status recorded (status.leader, status.epoch); what an unanswered pod last claimed. */
+export interface RecordedLeader {
+  pod: string | null;
+  epoch: number;
+}
+
 /** The value of celer.io/role a pod should carry; null leaves the label as it is. */
-export function desiredRoleLabel(node: NodeView, leader: NodeView | null, standalone: boolean): string | null {
+export function desiredRoleLabel(node: NodeView, leader: NodeView | null, standalone: boolean, recorded: RecordedLeader = { pod: null, epoch: 0 }): string | null {
   if (standalone) return node === leader ? ROLE_LEADER : 'standalone';
   if (node === leader) return ROLE_LEADER;
   // A lower-epoch claim is stale; never let the client Service select it.
   if (node.role === ROLE_LEADER) return 'stale-leader';
-  // A node whose /status is unknown keeps its label: one failed poll should not cut clients off.
+  if (node.role === null) {
+    // Unanswered and labelled leader while another node answers as leader at a higher epoch than
+    // this one was recorded leading at: that claim is the live one, so the client Service must
+    // stop selecting this pod (it would send clients to a crashed or fenced node).
+    const recordedNewer = recorded.pod === node.pod && leader !== null && recorded.epoch > (leader.epoch ?? 0);
+    if (node.roleLabel === ROLE_LEADER && leader !== null && !recordedNewer) return ROLE_LABEL_UNREACHABLE;
+    // Otherwise an unanswered node keeps its label: one failed poll should not cut clients off.
+    return null;
+  }
   return node.role;
 }
 

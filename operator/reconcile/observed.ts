@@ -4,7 +4,7 @@
 
 import type { V1StatefulSet } from '@kubernetes/client-node';
 import type { NodeStatus } from '../../dataplane/server/status.ts';
-import type { CelerCluster } from '../api/types.ts';
+import type { CelerCluster, LeaseSpec } from '../api/types.ts';
 
 export type PdbApiVersion = 'policy/v1' | 'policy/v1beta1';
 
@@ -30,6 +30,8 @@ export interface ObservedPod {
   roleLabel: string | null;
   /** Pod phase (Pending, Running, ...). */
   phase: string;
+  /** The lease timings in the pod's own container args (leaseFlags()); null when it has none. */
+  lease?: LeaseSpec | null;
 }
 
 export interface ObservedNode {
@@ -59,4 +61,44 @@ export interface ObservedState {
   nowMs: number;
   /** Image repository when spec.image is empty. */
   defaultImage: string;
+}
+
+/** The flags leaseFlags() writes, by LeaseSpec field. */
+const LEASE_FLAGS: Record<keyof LeaseSpec, string> = {
+  leaseTtlMs: '--lease-ttl-ms',
+  renewDeadlineMs: '--renew-deadline-ms',
+  renewIntervalMs: '--renew-interval-ms',
+  maxClockDriftMs: '--max-clock-drift-ms',
+};
+
+/** The lease timings in a `celer serve` argument list; null unless all four flags carry integers. */
+export function leaseFromArgs(args: readonly string[] | undefined): LeaseSpec | null {
+  if (args === undefined) return null;
+  const out: Partial<LeaseSpec> = {};
+  for (const [field, flag] of Object.entries(LEASE_FLAGS) as [keyof LeaseSpec, string][]) {
+    const i = args.lastIndexOf(flag);
+    const v = i < 0 ? NaN : Number(args[i + 1]);
+    if (!Number.isInteger(v)) return null;
+    out[field] = v;
+  }
+  return out as LeaseSpec;
+}
+
+/** The lease timings of the `celer` container in a pod spec (a pod's, or a StatefulSet template's). */
+export function leaseOfPodSpec(spec: { containers?: { name: string; args?: string[] }[] } | undefined): LeaseSpec | null {
+  const containers = spec?.containers ?? [];
+  const c = containers.find((x) => x.name === 'celer') ?? containers[0];
+  return leaseFromArgs(c?.args);
+}
+
+/**
+ * What the nodes are configured with, observed rather than remembered: the StatefulSet's
+ * template (the last step the operator wrote; every pod restarted since runs it), else, with no
+ * StatefulSet, the pods' own args (the lowest ordinal that has them). Null: nothing runs yet.
+ */
+export function observedLease(obs: Pick<ObservedState, 'statefulSet' | 'pods'>): LeaseSpec | null {
+  const fromSts = leaseOfPodSpec(obs.statefulSet?.spec?.template?.spec);
+  if (fromSts !== null) return fromSts;
+  const pods = [...obs.pods].sort((a, b) => a.ordinal - b.ordinal);
+  return pods.find((p) => p.lease !== undefined && p.lease !== null)?.lease ?? null;
 }

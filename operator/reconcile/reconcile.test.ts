@@ -2,8 +2,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { V1ConfigMap, V1Service, V1StatefulSet } from '@kubernetes/client-node';
 import type { CelerClusterStatus } from '../api/types.ts';
+import { DEFAULT_LEASE } from '../api/defaults.ts';
 import { ANNOTATION_APPROVE_UPGRADE, ANNOTATION_PAUSED, FINALIZER } from '../api/constants.ts';
 import { PROGRESS_POLL_MS, reconcile, RESYNC_MS, type ReconcileResult } from './reconcile.ts';
+import { FOLLOWER_LAG_BOUND_RECORDS } from './rollout.ts';
 import { cluster, desiredHash, NOW_MS, observe, standaloneSpec, twoNodeSpec, type PodSketch } from './test-fixtures.ts';
 
 const kinds = (r: ReconcileResult): string[] => r.apply.map((o) => `${o.apiVersion}/${o.kind}`);
@@ -167,7 +169,7 @@ test('a version upgrade restarts the follower, waits for catch-up, switches over
   assert.deepEqual(r.status.upgrade?.pendingPods, ['c1-0', 'c1-1']);
 
   // 3. The new follower is not Ready yet.
-  const leaderOld = { ...old.pods[0]!, peerLag: 120 };
+  const leaderOld = { ...old.pods[0]!, peerLag: 50_000 };
   r = reconcile(observe(c, [leaderOld, { ordinal: 1, hash: h, ready: false, role: 'boot', version: '1.1.0' }], h));
   assert.equal(r.deferredGate, 'PodReady');
   assert.ok(r.events.some((e) => e.reason === 'PodReady'));
@@ -177,7 +179,7 @@ test('a version upgrade restarts the follower, waits for catch-up, switches over
   r = reconcile(observe(c, [leaderOld, follower], h));
   assert.equal(r.deferredGate, 'FollowerCaughtUp');
   assert.equal(condition(r, 'Progressing')?.reason, 'FollowerCaughtUp');
-  assert.ok(r.events.some((e) => e.reason === 'FollowerCaughtUp' && e.message.includes('120 records')));
+  assert.ok(r.events.some((e) => e.reason === 'FollowerCaughtUp' && e.message.includes('50000 records')));
   assert.deepEqual(r.actions, []);
 
   // 5. Caught up: ask the leader to step down, with a short handover TTL.
@@ -238,7 +240,7 @@ test('a rollout never deletes a pod or switches over unless another ready node h
   for (const hash0 of [target, 'old']) for (const hash1 of [target, 'old'])
     for (const ready0 of [true, false]) for (const ready1 of [true, false])
       for (const role0 of roles) for (const role1 of roles)
-        for (const lag of [0, 7, null]) {
+        for (const lag of [0, 7, 50_000, null]) {
           const pods: PodSketch[] = [
             { ordinal: 0, hash: hash0, ready: ready0, role: role0, peerLag: role0 === 'leader' ? lag : null },
             { ordinal: 1, hash: hash1, ready: ready1, role: role1, peerLag: role1 === 'leader' ? lag : null },
@@ -253,11 +255,12 @@ test('a rollout never deletes a pod or switches over unless another ready node h
             if (a.kind === 'stepDown') {
               const other = pods.find((p) => `c1-${p.ordinal}` !== a.pod)!;
               const self = pods.find((p) => `c1-${p.ordinal}` === a.pod)!;
-              assert.ok(other.ready && other.hash === target && self.peerLag === 0, `unsafe switchover: ${JSON.stringify(pods)}`);
+              assert.ok(other.ready && other.hash === target && self.peerLag !== null && self.peerLag !== undefined && self.peerLag <= FOLLOWER_LAG_BOUND_RECORDS,
+                `unsafe switchover: ${JSON.stringify(pods)}`);
             }
           }
         }
-  assert.equal(checked, 2 * 2 * 2 * 2 * 4 * 4 * 3);
+  assert.equal(checked, 2 * 2 * 2 * 2 * 4 * 4 * 4);
 });
 
 test('a supervised upgrade waits for approval of the exact target revision before switching over', () => {
@@ -381,7 +384,7 @@ test('a shorter lease TTL is rolled out through the intermediate step first', ()
   ];
   const status: CelerClusterStatus = { phase: 'Running', lease: { effective: slow, target: slow } };
   const c = cluster({ ...twoNodeSpec }, { status });
-  const r = reconcile(observe(c, pods, h));
+  const r = reconcile(observe(c, pods, h, { statefulSet: sts(reconcile(observe(before, [], null))) }));
   assert.deepEqual(r.status.lease?.effective, { leaseTtlMs: 3000, renewDeadlineMs: 1000, renewIntervalMs: 250, maxClockDriftMs: 200 });
   const cm = r.apply.find((o) => o.kind === 'ConfigMap') as V1ConfigMap;
   assert.match(cm.data?.['celer.json'] ?? '', /"renewDeadlineMs": 1000/);
@@ -437,4 +440,104 @@ test('the last pod of an upgrade coming back is reported as finishing the upgrad
   const done = reconcile(observe(cluster(c.spec, { status: r.status }), [{ ordinal: 0, hash: h, roleLabel: 'leader' }], h));
   assert.equal(done.status.phase, 'Running');
   assert.equal(done.status.upgrade, null);
+});
+
+test('LeaseHealthy reads the remaining time the leader measures, not its wall-clock expiry against the operator clock', () => {
+  const { c, h, pods } = steadyTwoNode();
+  // The operator's clock runs 5 s ahead of the leader's: the expiry looks past, the lease is held.
+  const ahead = observe(c, pods, h, { nowMs: NOW_MS + 5_000 });
+  ahead.nodes['c1-0']!.status!.leaseRemainingMs = 900;
+  assert.equal(condition(reconcile(ahead), 'LeaseHealthy')?.reason, 'LeaseHeld');
+  // The operator's clock runs 5 s behind: the expiry looks ahead, but the leader has no authority left.
+  const behind = observe(c, pods, h, { nowMs: NOW_MS - 5_000 });
+  behind.nodes['c1-0']!.status!.leaseRemainingMs = 0;
+  assert.equal(condition(reconcile(behind), 'LeaseHealthy')?.reason, 'LeaseExpired');
+  // A leader that reports no remaining time is not known to hold the lease.
+  const unknown = observe(c, pods, h);
+  unknown.nodes['c1-0']!.status!.leaseRemainingMs = null;
+  assert.equal(condition(reconcile(unknown), 'LeaseHealthy')?.status, 'Unknown');
+});
+
+test('under sustained writes a follower a few hundred records behind is caught up enough: the step-down drains the tail', () => {
+  const old = steadyTwoNode();
+  const c = cluster({ ...twoNodeSpec, version: '1.1.0' }, { status: { phase: 'Running' }, generation: 2 });
+  const h = desiredHash(c);
+  const follower: PodSketch = { ordinal: 1, hash: h, role: 'follower', roleLabel: 'follower', version: '1.1.0' };
+  // The leader never reports 0 while writes flow; every pass sees a small, changing lag.
+  for (const lag of [180, 64, 1, FOLLOWER_LAG_BOUND_RECORDS]) {
+    const r = reconcile(observe(c, [{ ...old.pods[0]!, peerLag: lag }, follower], h));
+    assert.deepEqual(r.actions, [{ kind: 'stepDown', pod: 'c1-0', handoverTtlMs: 450 }], `lag ${lag}`);
+  }
+  const behind = reconcile(observe(c, [{ ...old.pods[0]!, peerLag: FOLLOWER_LAG_BOUND_RECORDS + 1 }, follower], h));
+  assert.equal(behind.deferredGate, 'FollowerCaughtUp');
+  assert.deepEqual(behind.actions, []);
+});
+
+test('lease timings are observed on the StatefulSet: with status lost mid-retune the next step is still the safe intermediate one', () => {
+  const slow = { leaseTtlMs: 3000, renewDeadlineMs: 2000, renewIntervalMs: 500, maxClockDriftMs: 200 };
+  const mid = { leaseTtlMs: 3000, renewDeadlineMs: 1000, renewIntervalMs: 250, maxClockDriftMs: 200 };
+  const target = cluster({ ...twoNodeSpec }, { status: {} });
+  const stsRunning = (lease: typeof slow): { s: V1StatefulSet; h: string } => {
+    const c = cluster({ ...twoNodeSpec, lease });
+    return { s: sts(reconcile(observe(c, [], null))), h: desiredHash(c) };
+  };
+  const podsOn = (h0: string, h1: string): PodSketch[] => [
+    { ordinal: 0, hash: h0, role: 'leader', roleLabel: 'leader', peerLag: 0 },
+    { ordinal: 1, hash: h1, role: 'follower', roleLabel: 'follower' },
+  ];
+  // Every pod runs the old timings and nothing remembers them: the first step is the intermediate.
+  const old = stsRunning(slow);
+  let r = reconcile(observe(target, podsOn(old.h, old.h), old.h, { statefulSet: old.s }));
+  assert.deepEqual(r.status.lease?.effective, mid);
+  // The intermediate is rolling (one pod on it, one on the old timings): stay on it.
+  const step = stsRunning(mid);
+  r = reconcile(observe(target, podsOn(old.h, step.h), step.h, { statefulSet: step.s }));
+  assert.deepEqual(r.status.lease?.effective, mid);
+  const args = sts(r).spec?.template.spec?.containers[0]?.args ?? [];
+  assert.equal(args[args.indexOf('--lease-ttl-ms') + 1], '3000');
+  // Status claims the target was reached, but the pods run the old timings: the StatefulSet wins.
+  const lying = cluster({ ...twoNodeSpec }, { status: { lease: { effective: DEFAULT_LEASE, target: DEFAULT_LEASE } } });
+  r = reconcile(observe(lying, podsOn(old.h, old.h), old.h, { statefulSet: old.s }));
+  assert.deepEqual(r.status.lease?.effective, mid);
+  // Everything on the intermediate: now the target.
+  r = reconcile(observe(target, podsOn(step.h, step.h), step.h, { statefulSet: step.s }));
+  assert.deepEqual(r.status.lease?.effective, DEFAULT_LEASE);
+});
+
+test('a pod labelled leader that does not answer loses the label when the other node answers as leader at a higher epoch', () => {
+  const { h } = steadyTwoNode();
+  const pods: PodSketch[] = [
+    { ordinal: 0, hash: h, ready: false, role: null, roleLabel: 'leader' },
+    { ordinal: 1, hash: h, role: 'leader', roleLabel: 'follower', epoch: 4, peerLag: null },
+  ];
+  const failedOver = cluster(twoNodeSpec, { status: { phase: 'Running', leader: 'c1-0', epoch: 3 } });
+  let r = reconcile(observe(failedOver, pods, h));
+  assert.deepEqual(r.actions.filter((a) => a.kind === 'labelPod'), [
+    { kind: 'labelPod', pod: 'c1-0', role: 'unreachable' },
+    { kind: 'labelPod', pod: 'c1-1', role: 'leader' },
+  ]);
+  // The status lost: no recorded leader, the live claim still wins.
+  r = reconcile(observe(cluster(twoNodeSpec, { status: {} }), pods, h));
+  assert.ok(r.actions.some((a) => a.kind === 'labelPod' && a.pod === 'c1-0' && a.role === 'unreachable'));
+  // The unanswered pod was recorded leading at a higher epoch than the claim: that claim is stale; keep the label.
+  r = reconcile(observe(cluster(twoNodeSpec, { status: { phase: 'Running', leader: 'c1-0', epoch: 5 } }), pods, h));
+  assert.ok(!r.actions.some((a) => a.kind === 'labelPod' && a.pod === 'c1-0'));
+  // One failed poll of the leader with no other claimant keeps its label.
+  r = reconcile(observe(failedOver, [pods[0]!, { ordinal: 1, hash: h, role: 'follower', roleLabel: 'follower', epoch: 3 }], h));
+  assert.ok(!r.actions.some((a) => a.kind === 'labelPod' && a.pod === 'c1-0'));
+});
+
+test('a gate holding for many passes gives one Event identity, however its lag moves', () => {
+  const old = steadyTwoNode();
+  const c = cluster({ ...twoNodeSpec, version: '1.1.0' }, { status: { phase: 'Running' }, generation: 2 });
+  const h = desiredHash(c);
+  const follower: PodSketch = { ordinal: 1, hash: h, role: 'follower', roleLabel: 'follower', version: '1.1.0' };
+  const keys = new Set<string>();
+  for (const lag of [90_000, 70_000, 40_000]) {
+    const r = reconcile(observe(c, [{ ...old.pods[0]!, peerLag: lag }, follower], h));
+    const e = r.events.find((x) => x.reason === 'FollowerCaughtUp');
+    assert.ok(e !== undefined);
+    keys.add(e.key ?? `${e.reason}/${e.message}`);
+  }
+  assert.equal(keys.size, 1);
 });

@@ -8,7 +8,7 @@ import type { KubernetesObject } from '@kubernetes/client-node';
 import type { CelerClusterStatus, LeaseSpec, S3Spec } from '../api/types.ts';
 import type { ConditionInput } from './conditions.ts';
 import type { Gate } from './gates.ts';
-import type { ObservedState, OwnedRef } from './observed.ts';
+import { observedLease, type ObservedState, type OwnedRef } from './observed.ts';
 import type { RolloutPod, RolloutStep } from './rollout.ts';
 import type { ClusterView } from './node-view.ts';
 import { ANNOTATION_APPROVE_UPGRADE, ANNOTATION_PAUSED, ANNOTATION_TEMPLATE_HASH, FINALIZER, S3_LEASE_OBJECT_KEYS } from '../api/constants.ts';
@@ -44,6 +44,11 @@ export interface ClusterEvent {
   type: 'Normal' | 'Warning';
   reason: string;
   message: string;
+  /**
+   * Identity for deduplication when the message carries volatile figures (a gate's wait quotes
+   * the current lag): the same key within the dedup window is one Event. Default: reason + message.
+   */
+  key?: string;
 }
 
 export interface ReconcileResult {
@@ -65,7 +70,7 @@ function baseResult(status: CelerClusterStatus): ReconcileResult {
 }
 
 /** Ready and LeaseHealthy as observed, whatever the operator is allowed to do about them. */
-function observedConditions(view: ClusterView, spec: DefaultedSpec, nowMs: number): { ready: ConditionInput; lease: ConditionInput } {
+function observedConditions(view: ClusterView, spec: DefaultedSpec): { ready: ConditionInput; lease: ConditionInput } {
   const leaderOk = spec.standalone || view.leader !== null;
   const ready: ConditionInput = view.readyCount >= spec.replicas && leaderOk
     ? { type: 'Ready', status: 'True', reason: 'NodesReady', message: `${view.readyCount}/${spec.replicas} nodes ready` }
@@ -77,10 +82,14 @@ function observedConditions(view: ClusterView, spec: DefaultedSpec, nowMs: numbe
     lease = { type: 'LeaseHealthy', status: 'True', reason: 'Standalone', message: 'standalone nodes hold no lease' };
   } else if (view.leader === null) {
     lease = { type: 'LeaseHealthy', status: 'False', reason: 'NoLeader', message: 'no node holds the lease' };
-  } else if (view.leader.leaseExpiresAtMs !== null && view.leader.leaseExpiresAtMs > nowMs) {
-    lease = { type: 'LeaseHealthy', status: 'True', reason: 'LeaseHeld', message: `${view.leader.pod} holds the lease at epoch ${view.leader.epoch ?? 0}` };
+  } else if (view.leader.leaseRemainingMs === null) {
+    lease = { type: 'LeaseHealthy', status: 'Unknown', reason: 'LeaseUnknown', message: `${view.leader.pod} reports no remaining lease time` };
+  } else if (view.leader.leaseRemainingMs > 0) {
+    // Measured by the leader on its own clock: no comparison of two machines' wall clocks.
+    lease = { type: 'LeaseHealthy', status: 'True', reason: 'LeaseHeld',
+      message: `${view.leader.pod} holds the lease at epoch ${view.leader.epoch ?? 0}` };
   } else {
-    lease = { type: 'LeaseHealthy', status: 'False', reason: 'LeaseExpired', message: `the lease of ${view.leader.pod} has expired` };
+    lease = { type: 'LeaseHealthy', status: 'False', reason: 'LeaseExpired', message: `${view.leader.pod} reports no authority left on its lease` };
   }
   return { ready, lease };
 }
@@ -107,7 +116,7 @@ export function reconcile(obs: ObservedState): ReconcileResult {
   const spec = withDefaults(cluster.spec, obs.defaultImage);
   const view = viewNodes(obs, spec.standalone);
   const base = statusBase(obs, spec, view);
-  const { ready, lease } = observedConditions(view, spec, obs.nowMs);
+  const { ready, lease } = observedConditions(view, spec);
   const hasFinalizer = (cluster.metadata.finalizers ?? []).includes(FINALIZER);
 
   if (cluster.metadata.deletionTimestamp !== undefined && cluster.metadata.deletionTimestamp !== null) {
@@ -181,8 +190,10 @@ function reconcileValid(
   const prev = cluster.status ?? {};
   const result = baseResult(base);
 
-  // Lease timings: two-node clusters step towards the spec in a safe order (lease-timing.ts).
-  const current = spec.standalone ? null : (prev.lease?.effective ?? null);
+  // Lease timings: two-node clusters step towards the spec in a safe order (lease-timing.ts),
+  // from what the StatefulSet (or, without one, the pods) runs: never from status, which may be
+  // lost or stale, so a lost status cannot skip the intermediate step.
+  const current = spec.standalone ? null : observedLease(obs);
   const currentHash = current === null ? null : statefulSet(cluster, spec, current).templateHash;
   const settled = view.nodes.length === spec.replicas && view.nodes.every((n) => n.ready && !n.terminating && n.templateHash === currentHash);
   const leaseStep = nextLeaseStep(current, spec.lease, settled);
@@ -205,7 +216,7 @@ function reconcileValid(
   if (!needsFinalizer && hasFinalizer) result.finalizer = 'remove';
 
   for (const n of view.nodes) {
-    const role = desiredRoleLabel(n, view.leader, spec.standalone);
+    const role = desiredRoleLabel(n, view.leader, spec.standalone, { pod: prev.leader ?? null, epoch: prev.epoch ?? 0 });
     if (role !== null && role !== n.roleLabel && !n.terminating) result.actions.push({ kind: 'labelPod', pod: n.pod, role });
   }
 
@@ -255,7 +266,8 @@ function applyStep(result: ReconcileResult, step: RolloutStep, lease: LeaseSpec)
       return;
     case 'wait':
       result.deferredGate = step.gate;
-      result.events.push({ type: 'Normal', reason: step.gate, message: step.message });
+      // One Event per gate and phase of a wait, not one per pass as its message's lag moves.
+      result.events.push({ type: 'Normal', reason: step.gate, message: step.message, key: `${step.gate}/${step.phase}` });
       return;
     case 'deletePod':
       result.actions.push({ kind: 'deletePod', pod: step.pod });

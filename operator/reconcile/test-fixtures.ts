@@ -48,7 +48,7 @@ export function nodeStatus(p: PodSketch): NodeStatus {
   return {
     nodeId: `c1-${p.ordinal}`, version: p.version ?? '1.0.0', role: p.role ?? 'standalone', epoch: p.epoch ?? 0,
     leaseExpiresAtMs: p.role === 'leader' ? NOW_MS + 1000 : null, leader: null,
-    leaseRemainingMs: null,
+    leaseRemainingMs: p.role === 'leader' ? 1000 : null,
     listen: { client: '0.0.0.0:7400', grpc: null, http: '0.0.0.0:7401' }, ready: p.ready ?? true,
     numShards: 4, routing: 'id', shards: [{ shard: 0, state: 'serving', writeSeq: '10', commitSeq: '10' }],
     peer: p.role === 'standalone' || p.role === undefined ? null : { address: null, lagRecords: p.peerLag ?? null },
