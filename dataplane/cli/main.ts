@@ -1,11 +1,12 @@
 // The `celer` command line: serve, write, read, details, verify, bench, cluster status.
-import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Batch, ExpectedVersion } from '@celer/client';
 import { CelerError } from '../../client/errors.ts';
 import { parseKey } from '../../client/key.ts';
-import { ConfigError, isRouting } from '../storage/meta.ts';
+import { ConfigError } from '../storage/meta.ts';
+import { int, parse, UsageError } from './args.ts';
+import { parseServeArgs } from './serve-args.ts';
 
 // Commands load what they need on demand, so `celer write` does not pay for the server's imports.
 const connect = async (...a: Parameters<typeof import('@celer/client').connect>) => (await import('@celer/client')).connect(...a);
@@ -42,100 +43,11 @@ Run "celer COMMAND --help" for the flags of one command.`;
 const out = (s: string): void => void process.stdout.write(s + '\n');
 const errOut = (s: string): void => void process.stderr.write(s + '\n');
 
-class UsageError extends Error {}
-
-function parse<T extends NonNullable<ParseArgsConfig['options']>>(args: string[], options: T, positionals = 0) {
-  try {
-    const r = parseArgs({ args, options: { ...options, help: { type: 'boolean' } }, allowPositionals: positionals > 0, strict: true });
-    if (r.positionals.length !== positionals) throw new UsageError(`expected ${positionals} argument(s), got ${r.positionals.length}`);
-    return r;
-  } catch (e) {
-    throw new UsageError((e as Error).message);
-  }
-}
-
-function int(v: string | undefined, name: string, min = 0): number | undefined {
-  if (v === undefined) return undefined;
-  const n = Number(v);
-  if (!Number.isSafeInteger(n) || n < min) throw new UsageError(`${name} must be an integer ≥ ${min}; got "${v}"`);
-  return n;
-}
-
 async function serve(args: string[]): Promise<number> {
-  const { values } = parse(args, {
-    standalone: { type: 'boolean' },
-    'data-dir': { type: 'string' },
-    shards: { type: 'string' },
-    routing: { type: 'string' },
-    listen: { type: 'string' },
-    http: { type: 'string' },
-    grpc: { type: 'string' },
-    'memory-budget-mb': { type: 'string' },
-    'segment-mb': { type: 'string' },
-    workers: { type: 'string' },
-    'sync-io': { type: 'boolean' },
-    'unsafe-no-direct-io': { type: 'boolean' },
-    'node-id': { type: 'string' },
-    replication: { type: 'string' },
-    peers: { type: 'string' },
-    advertise: { type: 'string' },
-    's3-bucket': { type: 'string' },
-    's3-prefix': { type: 'string' },
-    's3-endpoint': { type: 'string' },
-    's3-region': { type: 'string' },
-    'lease-ttl-ms': { type: 'string' },
-    'renew-deadline-ms': { type: 'string' },
-    'renew-interval-ms': { type: 'string' },
-    'max-clock-drift-ms': { type: 'string' },
-    'test-clock-offset-ms': { type: 'string' },
-  });
-  const clusterFlags = ['node-id', 'replication', 'peers', 'advertise', 's3-bucket', 's3-prefix', 's3-endpoint', 's3-region', 'lease-ttl-ms', 'renew-deadline-ms', 'renew-interval-ms', 'max-clock-drift-ms', 'test-clock-offset-ms'] as const;
-  const given = clusterFlags.filter((f) => values[f] !== undefined);
-  if (values.standalone && given.length > 0) throw new UsageError(`--standalone takes no cluster flags (got --${given.join(', --')})`);
-  let cluster: import('../server/node.ts').ClusterOptions | undefined;
-  if (!values.standalone) {
-    const missing = (['node-id', 'peers', 's3-bucket'] as const).filter((f) => values[f] === undefined);
-    if (missing.length > 0) throw new UsageError(`a cluster node needs --${missing.join(', --')} (or run one node with --standalone)`);
-    const { DEFAULT_TIMING } = await import('../cluster/timing.ts');
-    const offset = values['test-clock-offset-ms'];
-    if (offset !== undefined && !/^-?\d+$/.test(offset)) throw new UsageError(`--test-clock-offset-ms must be an integer; got "${offset}"`);
-    cluster = {
-      nodeId: values['node-id']!,
-      replication: values.replication,
-      peers: values.peers!,
-      advertise: values.advertise,
-      s3: { bucket: values['s3-bucket']!, prefix: values['s3-prefix'], endpoint: values['s3-endpoint'], region: values['s3-region'] },
-      timing: {
-        leaseTtlMs: int(values['lease-ttl-ms'], '--lease-ttl-ms', 1) ?? DEFAULT_TIMING.leaseTtlMs,
-        renewDeadlineMs: int(values['renew-deadline-ms'], '--renew-deadline-ms', 1) ?? DEFAULT_TIMING.renewDeadlineMs,
-        renewIntervalMs: int(values['renew-interval-ms'], '--renew-interval-ms', 1) ?? DEFAULT_TIMING.renewIntervalMs,
-        maxClockDriftMs: int(values['max-clock-drift-ms'], '--max-clock-drift-ms', 1) ?? DEFAULT_TIMING.maxClockDriftMs,
-      },
-      clockOffsetMs: offset === undefined ? undefined : Number(offset),
-    };
-  }
-  const dataDir = values['data-dir'];
-  if (!dataDir) throw new UsageError('--data-dir DIR is required');
-  if (values.routing !== undefined && !isRouting(values.routing)) throw new UsageError(`--routing must be org, type or id; got "${values.routing}"`);
-  const memMb = int(values['memory-budget-mb'], '--memory-budget-mb', 16);
-  const segMb = int(values['segment-mb'], '--segment-mb', 1);
+  const options = await parseServeArgs(args);
   const log = (m: string): void => errOut(`celer: ${m}`);
   const { startNode } = await import('../server/node.ts');
-  const node = await startNode({
-    dataDir: resolve(dataDir),
-    shards: int(values.shards, '--shards', 1),
-    routing: values.routing as 'org' | 'type' | 'id' | undefined,
-    listen: values.listen ?? '127.0.0.1:7400',
-    http: values.http,
-    grpc: values.grpc,
-    workers: int(values.workers, '--workers', 1),
-    memoryBudgetBytes: memMb === undefined ? undefined : memMb * 1024 * 1024,
-    segmentBytes: segMb === undefined ? undefined : segMb * 1024 * 1024,
-    unsafeNoDirectIo: values['unsafe-no-direct-io'],
-    forceSyncIo: values['sync-io'] || process.env.CELER_IO === 'sync',
-    cluster,
-    log,
-  });
+  const node = await startNode({ ...options, log });
   out(`listening native ${node.listen.native}`);
   if (node.listen.grpc) out(`listening grpc ${node.listen.grpc}`);
   out(`listening http ${node.listen.http}`);

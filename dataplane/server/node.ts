@@ -73,8 +73,19 @@ function firstExternalAddress(): string | undefined {
   return undefined;
 }
 
+/**
+ * Whether a --peers entry names this node: its replication address, or a host that is the node
+ * id or begins with `<node-id>.` (a StatefulSet pod's stable DNS name `<pod>.<service>.<ns>.svc`,
+ * so every pod of a cluster can be given the same list).
+ */
+function isSelfEntry(entry: string, nodeId: string, self: Set<string>): boolean {
+  if (self.has(entry)) return true;
+  const host = entry.includes(':') ? entry.slice(0, entry.lastIndexOf(':')) : entry;
+  return host === nodeId || host.startsWith(`${nodeId}.`);
+}
+
 /** A cluster node's addresses, from its flags (ConfigError when they do not add up). */
-function clusterAddresses(co: ClusterOptions, listen: string): { host: string; advertise: string; replListen: string; replPort: number; peer: string } {
+export function clusterAddresses(co: ClusterOptions, listen: string): { host: string; advertise: string; replListen: string; replPort: number; peer: string } {
   const { host, port } = splitHostPort(listen);
   const advertise = co.advertise ?? (host === '0.0.0.0' || host === '::' ? firstExternalAddress() : host);
   if (advertise === undefined) throw new ConfigError('--advertise HOST is required when --listen is 0.0.0.0 and this machine has no non-loopback IPv4 address (the peer and clients must know where to dial)');
@@ -85,9 +96,20 @@ function clusterAddresses(co: ClusterOptions, listen: string): { host: string; a
   const peer = co.peers
     .split(',')
     .map((p) => p.trim())
-    .filter((p) => p !== '' && !self.has(p))[0];
+    .filter((p) => p !== '' && !isSelfEntry(p, co.nodeId, self))[0];
   if (peer === undefined) throw new ConfigError(`--peers "${co.peers}" names no node other than this one`);
   return { host, advertise, replListen, replPort, peer };
+}
+
+/**
+ * Every check of a cluster member's flags that needs no I/O: node id, lease timings, addresses.
+ * `celer serve` runs it before opening anything; the operator's contract test runs it on the
+ * arguments it generates for each pod.
+ */
+export function checkClusterOptions(co: ClusterOptions, listen: string): ReturnType<typeof clusterAddresses> {
+  if (!NODE_ID_RE.test(co.nodeId)) throw new ConfigError(`--node-id must be 1 to 64 letters, digits or '-' (got "${co.nodeId}")`);
+  validateTiming(co.timing);
+  return clusterAddresses(co, listen);
 }
 
 /** The peer's replication address as configured (for /status). */
@@ -123,13 +145,8 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
   const co = o.cluster;
   let clusterAddrs: ReturnType<typeof clusterAddresses> | null = null;
   if (co !== undefined) {
-    if (!NODE_ID_RE.test(co.nodeId)) {
-      await lock.release();
-      throw new ConfigError(`--node-id must be 1 to 64 letters, digits or '-' (got "${co.nodeId}")`);
-    }
     try {
-      validateTiming(co.timing);
-      clusterAddrs = clusterAddresses(co, o.listen);
+      clusterAddrs = checkClusterOptions(co, o.listen);
     } catch (e) {
       await lock.release();
       throw e;

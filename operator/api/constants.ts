@@ -36,9 +36,12 @@ export const LABEL_POD_NAME = 'statefulset.kubernetes.io/pod-name';
 /** Ports a node listens on (SPEC §8: client protocol and the HTTP status/metrics server). */
 export const PORT_CLIENT = 7400;
 export const PORT_HTTP = 7401;
+/** gRPC front end: the node's default, client port + 2. */
+export const PORT_GRPC = 7402;
+/** Node-to-node replication: the node's default, client port + 3 (dataplane REPLICATION_PORT_OFFSET). */
+export const PORT_REPLICATION = 7403;
 export const DATA_DIR = '/var/lib/celer';
 export const CONFIG_DIR = '/etc/celer';
-export const TLS_DIR = '/etc/celer/tls';
 export const VOLUME_DATA = 'data';
 
 /**

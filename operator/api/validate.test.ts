@@ -39,9 +39,19 @@ test('validateSpec refuses unknown enum values that the 1.20 schema would also r
   assert.deepEqual(fields(spec).sort(), ['spec.deletionPolicy', 'spec.routing', 'spec.upgradePolicy']);
 });
 
-test('validateSpec refuses an s3 block without a bucket and a tls block without a secret', () => {
+test('validateSpec refuses an s3 block without a bucket, and any tls block (the node has no TLS listener)', () => {
   const spec = { ...base, s3: {}, tls: {} } as unknown as CelerClusterSpec;
-  assert.deepEqual(fields(spec).sort(), ['spec.s3.bucket', 'spec.tls.secretName']);
+  assert.deepEqual(fields(spec).sort(), ['spec.s3.bucket', 'spec.tls']);
+  const tls = validateSpec({ ...base, tls: { secretName: 'celer-tls' } });
+  assert.deepEqual(tls.map((i) => i.field), ['spec.tls']);
+  assert.match(tls[0]!.message, /not supported yet.*remove spec\.tls/);
+});
+
+test('validateSpec refuses more than one standalone replica: the second would be an orphan store', () => {
+  const issues = validateSpec({ ...base, standalone: true, replicas: 2 });
+  assert.deepEqual(issues.map((i) => i.field), ['spec.replicas']);
+  assert.match(issues[0]!.message, /set replicas: 1, or standalone: false with an s3 section/);
+  assert.deepEqual(validateSpec({ ...base, standalone: true, replicas: 1 }), []);
 });
 
 test('validateSpec compares the storage with the volume claims in use', () => {

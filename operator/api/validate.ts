@@ -97,8 +97,12 @@ export function validateSpec(raw: CelerClusterSpec, previous: PreviousState = {}
   if (raw.s3 !== undefined && (typeof raw.s3.bucket !== 'string' || raw.s3.bucket.length < 3)) {
     issues.push({ field: 'spec.s3.bucket', message: 'spec.s3.bucket is required (at least 3 characters)', cel: false });
   }
-  if (raw.tls !== undefined && (typeof raw.tls.secretName !== 'string' || raw.tls.secretName === '')) {
-    issues.push({ field: 'spec.tls.secretName', message: 'spec.tls.secretName is required when spec.tls is set', cel: false });
+  if (raw.tls !== undefined) {
+    // The node has no TLS listener yet: pods given --tls-* flags would crash-loop on an unknown option.
+    issues.push({ field: 'spec.tls', message: 'spec.tls is not supported yet: celer serve has no TLS listener, so the operator creates no pods for this cluster; remove spec.tls (terminate TLS in front of the client Service meanwhile)', cel: false });
+  }
+  if (standalone && raw.replicas !== undefined && raw.replicas > 1 && !issues.some((i) => i.field === 'spec.replicas')) {
+    issues.push({ field: 'spec.replicas', message: `spec.replicas is ${raw.replicas} with spec.standalone true: standalone nodes do not replicate, so every pod past the first would be an orphan store; set replicas: 1, or standalone: false with an s3 section for a two-node cluster`, cel: false });
   }
 
   // Rules the CRD states in CEL, with the CRD's messages.

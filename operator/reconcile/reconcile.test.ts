@@ -296,15 +296,14 @@ test('a pod of a bad version that never gets Ready is restarted once the version
   assert.equal(condition(r, 'Progressing')?.reason, 'RestartingUnreadyPod');
 });
 
-test('two standalone replicas upgrade the highest ordinal first and pod 0 last', () => {
-  const spec = { ...standaloneSpec, replicas: 2 };
-  const oldH = desiredHash(cluster(spec));
-  const c = cluster({ ...spec, version: '2.0.0' });
-  const h = desiredHash(c);
-  let r = reconcile(observe(c, [{ ordinal: 0, hash: oldH, roleLabel: 'leader' }, { ordinal: 1, hash: oldH, roleLabel: 'standalone' }], h));
-  assert.deepEqual(r.actions, [{ kind: 'deletePod', pod: 'c1-1' }]);
-  r = reconcile(observe(c, [{ ordinal: 0, hash: oldH, roleLabel: 'leader' }, { ordinal: 1, hash: h, roleLabel: 'standalone' }], h));
-  assert.deepEqual(r.actions, [{ kind: 'deletePod', pod: 'c1-0' }]);
+test('two standalone replicas, or spec.tls, create no pods: refused as InvalidSpec', () => {
+  for (const spec of [{ ...standaloneSpec, replicas: 2 }, { ...twoNodeSpec, tls: { secretName: 'celer-tls' } }]) {
+    const r = reconcile(observe(cluster(spec), [], 'none'));
+    assert.equal(r.apply.find((o) => o.kind === 'StatefulSet'), undefined);
+    assert.deepEqual(r.actions, []);
+    assert.equal(condition(r, 'Ready')?.reason, 'InvalidSpec');
+    assert.equal(condition(r, 'Degraded')?.status, 'True');
+  }
 });
 
 test('a paused cluster gets status only, even with an upgrade pending', () => {

@@ -6,14 +6,18 @@
 
 import type { V1Service } from '@kubernetes/client-node';
 import type { CelerCluster } from '../../api/types.ts';
-import { LABEL_ROLE, PORT_CLIENT, PORT_HTTP, ROLE_LEADER } from '../../api/constants.ts';
+import { LABEL_ROLE, PORT_CLIENT, PORT_GRPC, PORT_HTTP, PORT_REPLICATION, ROLE_LEADER } from '../../api/constants.ts';
 import { clientServiceName, headlessServiceName, selectorLabels } from '../names.ts';
 import { ownedMeta } from './owner.ts';
 
-const ports = [
+/** What clients dial: the native protocol, gRPC, and HTTP (status, metrics). */
+const clientPorts = [
   { name: 'client', port: PORT_CLIENT, targetPort: 'client', protocol: 'TCP' },
+  { name: 'grpc', port: PORT_GRPC, targetPort: 'grpc', protocol: 'TCP' },
   { name: 'http', port: PORT_HTTP, targetPort: 'http', protocol: 'TCP' },
 ];
+/** The nodes also reach each other's replication port through the headless names. */
+const nodePorts = [...clientPorts, { name: 'replication', port: PORT_REPLICATION, targetPort: 'replication', protocol: 'TCP' }];
 
 export function headlessService(cluster: CelerCluster): V1Service {
   return {
@@ -24,7 +28,7 @@ export function headlessService(cluster: CelerCluster): V1Service {
       clusterIP: 'None',
       publishNotReadyAddresses: true,
       selector: selectorLabels(cluster.metadata.name),
-      ports,
+      ports: nodePorts,
     },
   };
 }
@@ -37,7 +41,7 @@ export function clientService(cluster: CelerCluster): V1Service {
     spec: {
       type: 'ClusterIP',
       selector: { ...selectorLabels(cluster.metadata.name), [LABEL_ROLE]: ROLE_LEADER },
-      ports,
+      ports: clientPorts,
     },
   };
 }

@@ -6,7 +6,7 @@ import type { V1Affinity, V1Container, V1EnvVar, V1PodTemplateSpec, V1StatefulSe
 import type { CelerCluster, LeaseSpec } from '../../api/types.ts';
 import type { DefaultedSpec } from '../../api/defaults.ts';
 import * as c from '../../api/constants.ts';
-import { commonLabels, configMapName, headlessServiceName, selectorLabels, serviceAccountName, statefulSetName } from '../names.ts';
+import { commonLabels, configMapName, headlessServiceName, podName, selectorLabels, serviceAccountName, statefulSetName } from '../names.ts';
 import { leaseFlags } from '../lease-timing.ts';
 import { stableHash } from '../stable-hash.ts';
 import { ownedMeta } from './owner.ts';
@@ -24,26 +24,34 @@ export const READINESS_PERIOD_SECONDS = 2;
 export const LIVENESS_PERIOD_SECONDS = 5;
 export const LIVENESS_FAILURE_THRESHOLD = 6;
 
-/** The node command line: SPEC §8's `celer serve` plus the cluster flags from the spec. */
-export function nodeArgs(spec: DefaultedSpec, lease: LeaseSpec): string[] {
+/**
+ * The node command line: SPEC §8's `celer serve` plus the cluster flags from the spec. Every
+ * shape the operator generates goes through the node's own parser in node-args.contract.test.ts.
+ * Two-node pods share one template, so `--peers` lists both pods' stable DNS names and each
+ * node skips the entry that begins with its own node id (the pod name); `--advertise` is the
+ * pod IP, which the peer and clients dial.
+ */
+export function nodeArgs(cluster: CelerCluster, spec: DefaultedSpec, lease: LeaseSpec): string[] {
   const args = ['serve'];
   if (spec.standalone) args.push('--standalone');
   args.push('--data-dir', c.DATA_DIR, '--listen', `0.0.0.0:${c.PORT_CLIENT}`, '--http', `0.0.0.0:${c.PORT_HTTP}`);
   if (spec.shards !== undefined) args.push('--shards', String(spec.shards));
   args.push('--routing', spec.routing);
   if (!spec.standalone) {
-    // Two-node flags; the data plane adds them with the replication work.
-    args.push('--node-id', '$(POD_NAME)', '--peers', `$(PEER_DNS)`, ...leaseFlags(lease));
+    args.push('--node-id', '$(POD_NAME)', '--advertise', '$(POD_IP)', '--peers', peerList(cluster, spec.replicas), ...leaseFlags(lease));
     if (spec.s3 !== undefined) {
       args.push('--s3-bucket', spec.s3.bucket, '--s3-prefix', spec.s3.prefix ?? '');
       if (spec.s3.endpoint !== undefined) args.push('--s3-endpoint', spec.s3.endpoint);
       if (spec.s3.region !== undefined) args.push('--s3-region', spec.s3.region);
     }
   }
-  if (spec.tls !== undefined) {
-    args.push('--tls-cert', `${c.TLS_DIR}/tls.crt`, '--tls-key', `${c.TLS_DIR}/tls.key`, '--tls-ca', `${c.TLS_DIR}/ca.crt`);
-  }
   return args;
+}
+
+/** `<pod>.<headless>.<namespace>.svc:<replication port>` for every pod of the cluster. */
+export function peerList(cluster: CelerCluster, replicas: number): string {
+  const { name, namespace } = cluster.metadata;
+  return Array.from({ length: replicas }, (_, i) => `${podName(name, i)}.${headlessServiceName(name)}.${namespace}.svc:${c.PORT_REPLICATION}`).join(',');
 }
 
 /** The user's affinity plus required anti-affinity on the host: the two nodes never share one. */
@@ -61,12 +69,11 @@ export function nodeAffinity(cluster: string, user: V1Affinity | undefined): V1A
   };
 }
 
-function env(cluster: CelerCluster, spec: DefaultedSpec): V1EnvVar[] {
-  const name = cluster.metadata.name;
+function env(spec: DefaultedSpec): V1EnvVar[] {
   const vars: V1EnvVar[] = [
     { name: 'POD_NAME', valueFrom: { fieldRef: { fieldPath: 'metadata.name' } } },
     { name: 'POD_NAMESPACE', valueFrom: { fieldRef: { fieldPath: 'metadata.namespace' } } },
-    { name: 'PEER_DNS', value: `${headlessServiceName(name)}.${cluster.metadata.namespace}.svc` },
+    { name: 'POD_IP', valueFrom: { fieldRef: { fieldPath: 'status.podIP' } } },
     { name: 'CELER_CONFIG', value: `${c.CONFIG_DIR}/celer.json` },
   ];
   const secret = spec.s3?.credentialsSecret;
@@ -83,18 +90,19 @@ function container(cluster: CelerCluster, spec: DefaultedSpec, lease: LeaseSpec)
     { name: c.VOLUME_DATA, mountPath: c.DATA_DIR },
     { name: 'config', mountPath: c.CONFIG_DIR, readOnly: true },
   ];
-  if (spec.tls !== undefined) mounts.push({ name: 'tls', mountPath: c.TLS_DIR, readOnly: true });
   return {
     name: 'celer',
     image: `${spec.image}:${spec.version}`,
     imagePullPolicy: spec.imagePullPolicy,
     command: ['celer'],
-    args: nodeArgs(spec, lease),
+    args: nodeArgs(cluster, spec, lease),
     ports: [
       { name: 'client', containerPort: c.PORT_CLIENT, protocol: 'TCP' },
       { name: 'http', containerPort: c.PORT_HTTP, protocol: 'TCP' },
+      { name: 'grpc', containerPort: c.PORT_GRPC, protocol: 'TCP' },
+      ...(spec.standalone ? [] : [{ name: 'replication', containerPort: c.PORT_REPLICATION, protocol: 'TCP' }]),
     ],
-    env: env(cluster, spec),
+    env: env(spec),
     readinessProbe: {
       httpGet: { path: '/readyz', port: 'http', scheme: 'HTTP' },
       periodSeconds: READINESS_PERIOD_SECONDS,
@@ -113,7 +121,6 @@ function container(cluster: CelerCluster, spec: DefaultedSpec, lease: LeaseSpec)
 function podTemplate(cluster: CelerCluster, spec: DefaultedSpec, lease: LeaseSpec): V1PodTemplateSpec {
   const name = cluster.metadata.name;
   const volumes: V1Volume[] = [{ name: 'config', configMap: { name: configMapName(name) } }];
-  if (spec.tls !== undefined) volumes.push({ name: 'tls', secret: { secretName: spec.tls.secretName } });
   const annotations: Record<string, string> = {};
   if (spec.monitoring.scrapeAnnotations) {
     annotations['prometheus.io/scrape'] = 'true';
