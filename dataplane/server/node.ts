@@ -238,6 +238,7 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
         epoch: 0,
         leaseExpiresAtMs: null,
         leaseRemainingMs: null,
+        leaseTiming: null,
         leader: native.address,
         listen: { client: native.address, grpc: grpc?.address ?? null, http: httpAddress },
         ready: serving && shards.every((s) => s.writable !== false),
@@ -257,6 +258,7 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
       epoch: c.epoch,
       leaseExpiresAtMs: remaining === null ? null : Date.now() + remaining,
       leaseRemainingMs: remaining,
+      leaseTiming: { leaseTtlMs: co!.timing.leaseTtlMs, renewDeadlineMs: co!.timing.renewDeadlineMs, renewIntervalMs: co!.timing.renewIntervalMs, maxClockDriftMs: co!.timing.maxClockDriftMs },
       leader: c.leader?.client ?? null,
       listen: { client: native.address, grpc: grpc?.address ?? null, http: httpAddress },
       // Ready = serving its role: the leader takes writes, a follower replicates.

@@ -258,6 +258,12 @@ export class Controller {
         out[podName] = { status: null, error: 'pod has no IP yet' };
         return;
       }
+      // A terminating pod's node is going away: asking it would only add its timeout to this pass
+      // (an unreachable pod IP answers nothing), and nothing reconcile decides reads its role.
+      if (pod.metadata?.deletionTimestamp !== undefined && pod.metadata.deletionTimestamp !== null) {
+        out[podName] = { status: null, error: 'pod is terminating' };
+        return;
+      }
       try {
         out[podName] = { status: await this.#nodeClient.fetchStatus(url, NODE_HTTP_TIMEOUT_MS, this.#stop.signal) };
       } catch (err) {

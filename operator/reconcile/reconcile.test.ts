@@ -359,7 +359,7 @@ test('deleting a cluster with deletionPolicy Delete removes its S3 lease objects
   const c = cluster({ ...twoNodeSpec, deletionPolicy: 'Delete' }, { finalizers: [FINALIZER], deleting: true });
   const r = reconcile(observe(c, [], null));
   assert.deepEqual(r.apply, []);
-  assert.deepEqual(r.actions, [{ kind: 'deleteS3LeaseObjects', s3: twoNodeSpec.s3, keys: ['cluster/lease.json'] }]);
+  assert.deepEqual(r.actions, [{ kind: 'deleteS3LeaseObjects', s3: twoNodeSpec.s3, keys: ['cluster/lease.json', 'cluster/fallback/'] }]);
   assert.equal(r.finalizer, 'remove');
   assert.equal(r.status.phase, 'Deleting');
 });

@@ -41,7 +41,9 @@ function spawnProcess(run: PodRun, cr: ContainerRun, launch: LaunchSpec): ChildP
   const fd = openSync(cr.logPath, 'a');
   writeFileSync(fd, `### ${now()} start: ${launch.argv.join(' ')}\n`);
   try {
-    return spawn(launch.argv[0] as string, launch.argv.slice(1), { cwd: launch.cwd, env: launch.env, stdio: ['ignore', fd, fd], detached: true });
+    // `ip netns exec` enters the namespace and execs the command: the pid and group stay the same.
+    const argv = run.netns === undefined ? launch.argv : ['ip', 'netns', 'exec', run.netns, ...launch.argv];
+    return spawn(argv[0] as string, argv.slice(1), { cwd: launch.cwd, env: launch.env, stdio: ['ignore', fd, fd], detached: true });
   } finally {
     closeSync(fd);
   }
