@@ -48,7 +48,7 @@ export const VOLUME_DATA = 'data';
  * Objects under the cluster's S3 prefix that hold leadership state. With deletionPolicy Delete
  * the operator removes them when the CelerCluster is deleted, so a new cluster with the same
  * bucket and prefix starts at a fresh epoch. The data plane writes these keys (dataplane/cluster/
- * lease.ts LEASE_KEY, fallback.ts FALLBACK_PREFIX); keep in step. A key ending in '/' stands for
+ * lease.ts LEASE_KEY, identity.ts IDENTITY_KEY, fallback.ts FALLBACK_PREFIX); keep in step. A key ending in '/' stands for
  * every object under it (the S3 fallback batches); nothing else under the prefix is touched.
  */
-export const S3_LEASE_OBJECT_KEYS: readonly string[] = ['cluster/lease.json', 'cluster/fallback/'];
+export const S3_LEASE_OBJECT_KEYS: readonly string[] = ['cluster/lease.json', 'cluster/identity.json', 'cluster/fallback/'];

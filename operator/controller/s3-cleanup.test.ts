@@ -44,3 +44,11 @@ test('deleteS3Objects sends signed DELETEs, accepts a missing object and fails o
     server.close();
   }
 });
+
+test('the finalizer deletes exactly the objects the data plane writes under the prefix', async () => {
+  const { S3_LEASE_OBJECT_KEYS } = await import('../api/constants.ts');
+  const { LEASE_KEY } = await import('../../dataplane/cluster/lease.ts');
+  const { IDENTITY_KEY } = await import('../../dataplane/cluster/identity.ts');
+  const { FALLBACK_PREFIX } = await import('../../dataplane/cluster/fallback.ts');
+  assert.deepEqual([...S3_LEASE_OBJECT_KEYS].sort(), [LEASE_KEY, IDENTITY_KEY, FALLBACK_PREFIX].sort());
+});

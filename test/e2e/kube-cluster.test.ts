@@ -168,6 +168,10 @@ function leaderSampler(ips: Map<string, string>): { stop(): Promise<string[]>; t
   return { timings, async stop() { running = false; await loop; return problems; } };
 }
 
+function events0(l: { items: (KubeObject & { reason?: string; message?: string; involvedObject?: { name?: string } })[] }): string {
+  return l.items.filter((e) => e.involvedObject?.name === CLUSTER).map((e) => `${e.reason ?? ''}: ${e.message ?? ''}`).join('\n');
+}
+
 describe('two-node CelerClusters on a real 1.20 control plane', () => {
   let ips: Map<string, string>;
 
@@ -254,6 +258,7 @@ describe('two-node CelerClusters on a real 1.20 control plane', () => {
       assert.ok(window < 10_000, `writes resumed within 10 s (${window.toFixed(0)} ms)`);
       await waitForRoles(ips, 120_000, before.epoch);
       await waitForClusterReady(1);
+      console.log(`# after the failover: kubectl get celerclusters; kubectl get pods -L celer.io/role\n${await env.kubectlOk(['get', 'celerclusters', '-n', ns])}\n${await env.kubectlOk(['get', 'pods', '-n', ns, '-L', 'celer.io/role'])}`);
     } finally {
       await stopAndCheck(load, ips);
     }
@@ -276,6 +281,7 @@ describe('two-node CelerClusters on a real 1.20 control plane', () => {
         const f = ps.find((p) => p.metadata.name === start.follower);
         return f !== undefined && f.metadata.uid !== uids.get(start.follower) && isReady(f) ? c : undefined;
       }, 180_000, 250));
+      console.log(`# waiting for approval: kubectl get celerclusters; conditions\n${await env.kubectlOk(['get', 'celerclusters', '-n', ns])}\n${(waiting.status?.conditions ?? []).map((x) => `${x.type}=${x.status} ${x.reason}: ${x.message}`).join('\n')}`);
       const leaderPod = (await pods()).find((p) => p.metadata.name === start.leader);
       assert.equal(leaderPod?.metadata.uid, uids.get(start.leader), 'the leader is not restarted before approval');
       assert.equal((await nodeStatus(ips.get(start.leader)!))?.role, 'leader', 'and still leads');
@@ -292,6 +298,8 @@ describe('two-node CelerClusters on a real 1.20 control plane', () => {
       assert.ok(roles.epoch > start.epoch);
       await load.waitAcks(100);
       const stall = load.longestGap(t0, now());
+      const evs = events0(await env.client.list<KubeObject & { reason?: string; message?: string; involvedObject?: { name?: string } }>(`/api/v1/namespaces/${ns}/events`));
+      console.log(`# upgrade events (reason: message)\n${evs}`);
       console.log(`# upgrade: longest write stall ${stall.toFixed(0)} ms (epoch ${start.epoch} → ${roles.epoch})`);
       assert.ok(stall < 10_000, `no write stall of 10 s or more (${stall.toFixed(0)} ms)`);
       // Every gate is visible: as an Event reason and as a gate label of the deferral metric.
@@ -350,5 +358,27 @@ describe('two-node CelerClusters on a real 1.20 control plane', () => {
     await withDiagnostics(waitFor('the CelerCluster gone (finalizer done)', async () => (await env.client.getOrUndefined(clusterPath(ns, CLUSTER))) === undefined, 120_000, 250));
     assert.deepEqual(await list(), [...keep].sort(), 'only objects the cluster does not own remain');
     client.destroy();
+  });
+
+  test('a CelerCluster recreated on the old volumes is refused as ClusterIdentityMismatch, not joined to the old data', async () => {
+    await withDiagnostics(waitFor('the old pods gone', async () => (await pods()).length === 0, 120_000, 250));
+    const port = new URL(s3.env.AWS_ENDPOINT_URL!).port;
+    await env.client.create(clusterPath(ns), {
+      apiVersion: 'celer.io/v1alpha1', kind: 'CelerCluster', metadata: { name: CLUSTER, namespace: ns },
+      spec: {
+        version: '0.1.0', standalone: false, replicas: 2, shards: 2, storage: { size: '1Gi' },
+        s3: { bucket: s3.env.CELER_S3_BUCKET, prefix: 'kube-e2e/orders-recreated/', endpoint: `http://${agent.network!.hostAddress}:${port}`, region: s3.env.AWS_REGION, credentialsSecret: 's3-credentials' },
+      },
+    });
+    const c = await withDiagnostics(waitFor('Degraded ClusterIdentityMismatch', async () => {
+      const x = await getCluster(env, ns, CLUSTER);
+      return condition(x, 'Degraded')?.reason === 'ClusterIdentityMismatch' ? x : undefined;
+    }, 120_000, 250));
+    const message = condition(c, 'Degraded')?.message ?? '';
+    console.log(`# recreated on old volumes: Degraded ClusterIdentityMismatch: ${message}`);
+    assert.match(message, /error 9300: refusing to start: the data directory \S+ belongs to cluster [0-9a-f-]{36}, but this node was started with --cluster-id [0-9a-f-]{36}/);
+    assert.match(message, /delete the old PVC/);
+    assert.equal(condition(c, 'Ready')?.status, 'False');
+    await env.client.delete(clusterPath(ns, CLUSTER));
   });
 });
