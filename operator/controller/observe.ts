@@ -37,5 +37,6 @@ export function observedPod(cluster: string, pod: V1Pod): ObservedPod | null {
     roleLabel: pod.metadata?.labels?.[LABEL_ROLE] ?? null,
     phase: pod.status?.phase ?? 'Unknown',
     lease: leaseOfPodSpec(pod.spec),
+    nodeName: pod.spec?.nodeName ?? null,
   };
 }

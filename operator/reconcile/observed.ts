@@ -32,6 +32,8 @@ export interface ObservedPod {
   phase: string;
   /** The lease timings in the pod's own container args (leaseFlags()); null when it has none. */
   lease?: LeaseSpec | null;
+  /** spec.nodeName: the Kubernetes node the pod is bound to; null or absent while unscheduled. */
+  nodeName?: string | null;
 }
 
 export interface ObservedNode {
@@ -61,6 +63,8 @@ export interface ObservedState {
   nowMs: number;
   /** Image repository when spec.image is empty. */
   defaultImage: string;
+  /** Kubernetes nodes with spec.unschedulable (cordoned, e.g. by `kubectl drain`); absent: none known. */
+  unschedulableNodes?: readonly string[];
 }
 
 /** The flags leaseFlags() writes, by LeaseSpec field. */

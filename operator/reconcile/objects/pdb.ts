@@ -1,11 +1,15 @@
-// At most one node down by voluntary disruption (drains). With two nodes that keeps one
-// serving; the operator itself deletes pods directly during upgrades, which a PDB does not
+// Voluntary disruption (drains, the Eviction API). `<name>`: at most one pod down, so with two
+// nodes one keeps serving. `<name>-leader` (two-node mode only): maxUnavailable 0 over the pod
+// labelled celer.io/role=leader, so evicting the leader is refused (429) until the operator has
+// stepped it down (drain.ts) and the role label moved; `kubectl drain` retries and then evicts a
+// follower. The operator itself deletes pods directly during upgrades, which a PDB does not
 // govern, and orders those restarts itself. policy/v1 when served, else policy/v1beta1 (1.20).
 
 import type { KubernetesObject } from '@kubernetes/client-node';
 import type { CelerCluster } from '../../api/types.ts';
 import type { PdbApiVersion } from '../observed.ts';
-import { pdbName, selectorLabels } from '../names.ts';
+import { LABEL_ROLE, ROLE_LEADER } from '../../api/constants.ts';
+import { leaderPdbName, pdbName, selectorLabels } from '../names.ts';
 import { ownedMeta } from './owner.ts';
 
 export function podDisruptionBudget(cluster: CelerCluster, apiVersion: PdbApiVersion): KubernetesObject & { spec: unknown } {
@@ -16,6 +20,19 @@ export function podDisruptionBudget(cluster: CelerCluster, apiVersion: PdbApiVer
     spec: {
       maxUnavailable: 1,
       selector: { matchLabels: selectorLabels(cluster.metadata.name) },
+    },
+  };
+}
+
+/** Refuses every eviction of the pod labelled leader; not for standalone clusters (no leader). */
+export function leaderDisruptionBudget(cluster: CelerCluster, apiVersion: PdbApiVersion): KubernetesObject & { spec: unknown } {
+  return {
+    apiVersion,
+    kind: 'PodDisruptionBudget',
+    metadata: ownedMeta(cluster, leaderPdbName(cluster.metadata.name), 'node'),
+    spec: {
+      maxUnavailable: 0,
+      selector: { matchLabels: { ...selectorLabels(cluster.metadata.name), [LABEL_ROLE]: ROLE_LEADER } },
     },
   };
 }
