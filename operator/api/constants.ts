@@ -50,3 +50,10 @@ export const VOLUME_DATA = 'data';
  * bucket and prefix starts at a fresh epoch. The data plane writes these keys; keep in step.
  */
 export const S3_LEASE_OBJECT_KEYS: readonly string[] = ['cluster/lease.json'];
+/**
+ * Sub-prefixes (under the cluster's prefix) whose every object the data plane writes and the
+ * finalizer deletes with the keys above: S3 fallback batches (dataplane/cluster/fallback.ts
+ * FALLBACK_PREFIX), which carry epochs a new cluster must not replay. Nothing else under the
+ * prefix, or beside it, is touched.
+ */
+export const S3_CLEANUP_PREFIXES: readonly string[] = ['cluster/fallback/'];
