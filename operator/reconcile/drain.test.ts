@@ -95,10 +95,14 @@ test('a cordoned follower needs nothing; standalone clusters and a lone pod neve
   assert.equal(lone.kind === 'wait' && lone.reason, 'DrainWaitingForFollower');
 });
 
-test('reconcile: a two-node cluster gets the leader PDB (maxUnavailable 0 over role=leader); a standalone one does not', () => {
+test('reconcile: a two-node cluster gets the leader PDB (maxUnavailable 0 over role=leader) beside the all-pods one; a standalone one does not', () => {
   const two = reconcile(observe(cluster(twoNodeSpec), [], null));
-  const pdbs = two.apply.filter((o) => o.kind === 'PodDisruptionBudget') as (KubernetesObject & { spec: { maxUnavailable: number; selector: { matchLabels: Record<string, string> } } })[];
-  assert.deepEqual(pdbs.map((p) => [p.metadata?.name, p.spec.maxUnavailable, p.spec.selector.matchLabels['celer.io/role'] ?? null]), [['c1', 1, null], ['c1-leader', 0, 'leader']]);
+  type Pdb = KubernetesObject & { spec: { maxUnavailable: number; selector: { matchLabels: Record<string, string>; matchExpressions?: unknown[] } } };
+  const pdbs = two.apply.filter((o) => o.kind === 'PodDisruptionBudget') as Pdb[];
+  assert.deepEqual(pdbs.map((p) => [p.metadata?.name, p.spec.maxUnavailable, p.spec.selector.matchLabels['celer.io/role'] ?? null, p.spec.selector.matchExpressions ?? null]), [
+    ['c1', 1, null, null],
+    ['c1-leader', 0, 'leader', null],
+  ]);
   const one = reconcile(observe(cluster(standaloneSpec), [], null));
   assert.deepEqual(one.apply.filter((o) => o.kind === 'PodDisruptionBudget').map((o) => o.metadata?.name), ['c1']);
 });
