@@ -4,11 +4,11 @@
 #   hack/deps.sh --test   plus what the tests need: prometheus (promtool; the Prometheus e2e),
 #                         postgresql (the peer of `celer bench --vs postgres` and its test) and
 #                         Ceph RGW (ceph-mon, ceph-osd, radosgw, ceph-common: hack/s3.sh, the S3
-#                         server of the cluster tests)
+#                         server of the cluster tests) and iproute2 (the Kubernetes e2e pod network)
 set -euo pipefail
 packages=(liburing-dev)
 if [ "${1:-}" = "--test" ]; then
-  packages+=(prometheus postgresql ceph-mon ceph-osd radosgw ceph-common)
+  packages+=(prometheus postgresql ceph-mon ceph-osd radosgw ceph-common iproute2)
 fi
 need=()
 for p in "${packages[@]}"; do

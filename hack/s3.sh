@@ -12,6 +12,8 @@
 # works. Calling start on a DIR whose server runs prints the same lines without a restart. Ports are
 # random in 20000-32000, checked free, and kept in DIR/ports, so several DIRs can run at once.
 # Installs ceph-mon, ceph-osd, radosgw and ceph-common with apt when missing (needs root then).
+# CELER_S3_EXTRA_BIND=ADDR (at start) makes RGW also listen on ADDR, e.g. the bridge address of the
+# Kubernetes e2e's pod network namespaces, which cannot reach the host's 127.0.0.1.
 # Objects live in the OSD's memory (memstore): a stop loses them, and the next start begins empty.
 set -Eeuo pipefail
 
@@ -211,7 +213,7 @@ client mount timeout = 30
 # ACKs the headers, which Linux delays by 40 ms on a busy keep-alive connection: ~47 ms per GET
 # or LIST instead of ~6 (PUT answers have no body). AWS S3 does not do this; the failover suite
 # measured it in every promotion's catch-up LIST.
-rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT tcp_nodelay=1
+rgw frontends = beast endpoint=127.0.0.1:$RGW_PORT${CELER_S3_EXTRA_BIND:+ endpoint=$CELER_S3_EXTRA_BIND:$RGW_PORT} tcp_nodelay=1
 EOF
 }
 

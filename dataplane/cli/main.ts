@@ -21,7 +21,7 @@ usage:
   celer serve --node-id ID --data-dir DIR --listen HOST:PORT [--http HOST:PORT] [--replication HOST:PORT]
               --peers ADDRS --s3-bucket B [--s3-prefix P] [--s3-endpoint URL] [--s3-region R]
               [--lease-ttl-ms N] [--renew-deadline-ms N] [--renew-interval-ms N] [--max-clock-drift-ms N]
-              [--advertise HOST] [--shards N] [--routing org|type|id]
+              [--advertise HOST] [--cluster-id ID] [--shards N] [--routing org|type|id]
               (a two-node cluster member; S3 credentials from AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
                AWS_REGION, AWS_ENDPOINT_URL)
   celer write   [--addr HOST:PORT] KEY --type TYPE (--data TEXT | --data-file FILE)

@@ -36,8 +36,9 @@ export async function parseServeArgs(args: string[]): Promise<Omit<import('../se
     'renew-interval-ms': { type: 'string' },
     'max-clock-drift-ms': { type: 'string' },
     'test-clock-offset-ms': { type: 'string' },
+    'cluster-id': { type: 'string' },
   });
-  const clusterFlags = ['node-id', 'replication', 'peers', 'advertise', 's3-bucket', 's3-prefix', 's3-endpoint', 's3-region', 'lease-ttl-ms', 'renew-deadline-ms', 'renew-interval-ms', 'max-clock-drift-ms', 'test-clock-offset-ms'] as const;
+  const clusterFlags = ['node-id', 'replication', 'peers', 'advertise', 's3-bucket', 's3-prefix', 's3-endpoint', 's3-region', 'lease-ttl-ms', 'renew-deadline-ms', 'renew-interval-ms', 'max-clock-drift-ms', 'test-clock-offset-ms', 'cluster-id'] as const;
   const given = clusterFlags.filter((f) => values[f] !== undefined);
   if (values.standalone && given.length > 0) throw new UsageError(`--standalone takes no cluster flags (got --${given.join(', --')})`);
   let cluster: import('../server/node.ts').ClusterOptions | undefined;
@@ -60,6 +61,7 @@ export async function parseServeArgs(args: string[]): Promise<Omit<import('../se
         maxClockDriftMs: int(values['max-clock-drift-ms'], '--max-clock-drift-ms', 1) ?? DEFAULT_TIMING.maxClockDriftMs,
       },
       clockOffsetMs: offset === undefined ? undefined : Number(offset),
+      clusterId: values['cluster-id'],
     };
   }
   const dataDir = values['data-dir'];

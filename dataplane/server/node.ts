@@ -19,6 +19,7 @@ import { validateTiming, type ClusterTiming } from '../cluster/timing.ts';
 import { systemClock, type Clock } from '../storage/disk.ts';
 import { workerShardPorts } from './cluster-shards.ts';
 import { observeS3Request, registerClusterMetrics } from './cluster-metrics.ts';
+import { checkDiskIdentity, checkS3Identity, IDENTITY_KEY, markS3Verified, validateClusterId } from '../cluster/identity.ts';
 
 /** A cluster node's settings (SPEC §7); absent for --standalone. */
 export interface ClusterOptions {
@@ -32,6 +33,12 @@ export interface ClusterOptions {
   advertise?: string | undefined;
   s3: { bucket: string; prefix?: string | undefined; endpoint?: string | undefined; region?: string | undefined };
   timing: ClusterTiming;
+  /**
+   * The cluster's identity (the operator passes the CelerCluster's uid). Recorded in celer.json
+   * and in S3 (cluster/identity.json) on first use; a mismatch refuses to start (9300,
+   * cluster/identity.ts). Undefined: no identity check.
+   */
+  clusterId?: string | undefined;
   /** Tests only: offset of this node's wall clock, to exercise the clock-drift check. */
   clockOffsetMs?: number | undefined;
 }
@@ -109,8 +116,11 @@ export function clusterAddresses(co: ClusterOptions, listen: string): { host: st
 export function checkClusterOptions(co: ClusterOptions, listen: string): ReturnType<typeof clusterAddresses> {
   if (!NODE_ID_RE.test(co.nodeId)) throw new ConfigError(`--node-id must be 1 to 64 letters, digits or '-' (got "${co.nodeId}")`);
   validateTiming(co.timing);
+  if (co.clusterId !== undefined) validateClusterId(co.clusterId);
   return clusterAddresses(co, listen);
 }
+
+const s3Location = (co: ClusterOptions): { bucket: string; prefix: string } => ({ bucket: co.s3.bucket, prefix: co.s3.prefix ?? '' });
 
 /** The peer's replication address as configured (for /status). */
 function peerAddress(a: { peer: string } | null): string | null {
@@ -144,9 +154,12 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
   const workers = Math.max(1, Math.min(o.workers ?? availableParallelism(), meta.numShards));
   const co = o.cluster;
   let clusterAddrs: ReturnType<typeof clusterAddresses> | null = null;
+  /** The S3 identity object was verified for this directory's cluster id on an earlier start. */
+  let identityInS3 = true;
   if (co !== undefined) {
     try {
       clusterAddrs = checkClusterOptions(co, o.listen);
+      if (co.clusterId !== undefined) identityInS3 = checkDiskIdentity(o.dataDir, co.clusterId, s3Location(co)).verifiedInS3;
     } catch (e) {
       await lock.release();
       throw e;
@@ -207,6 +220,19 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
       return t;
     });
     const store = new S3ObjectStore({ bucket: co.s3.bucket, prefix: co.s3.prefix, endpoint: co.s3.endpoint, region: co.s3.region, observe: (kind, result) => observeS3Request(kind, result) });
+    if (!identityInS3 && co.clusterId !== undefined) {
+      // Before the node takes part in elections: a prefix of another cluster is never joined.
+      const loc = s3Location(co);
+      try {
+        await checkS3Identity(store, co.clusterId, `s3://${loc.bucket}/${loc.prefix}`);
+        markS3Verified(o.dataDir, loc);
+      } catch (e) {
+        for (const h of started.reverse()) await h.close().catch(() => {});
+        await router.close();
+        unlock();
+        throw e instanceof ConfigError ? e : new ConfigError(`cannot check the cluster identity in S3 (s3://${loc.bucket}/${loc.prefix}${IDENTITY_KEY}): ${(e as Error).message}`);
+      }
+    }
     const offset = co.clockOffsetMs ?? 0;
     const clock: Clock = offset === 0 ? systemClock : { nowMs: () => systemClock.nowMs() + offset, monoMs: () => systemClock.monoMs(), after: (ms, fn) => systemClock.after(ms, fn) };
     const clientAddress = `${advertise}:${port}`;
@@ -238,6 +264,7 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
         epoch: 0,
         leaseExpiresAtMs: null,
         leaseRemainingMs: null,
+        leaseTiming: null,
         leader: native.address,
         listen: { client: native.address, grpc: grpc?.address ?? null, http: httpAddress },
         ready: serving && shards.every((s) => s.writable !== false),
@@ -257,6 +284,7 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
       epoch: c.epoch,
       leaseExpiresAtMs: remaining === null ? null : Date.now() + remaining,
       leaseRemainingMs: remaining,
+      leaseTiming: { leaseTtlMs: co!.timing.leaseTtlMs, renewDeadlineMs: co!.timing.renewDeadlineMs, renewIntervalMs: co!.timing.renewIntervalMs, maxClockDriftMs: co!.timing.maxClockDriftMs },
       leader: c.leader?.client ?? null,
       listen: { client: native.address, grpc: grpc?.address ?? null, http: httpAddress },
       // Ready = serving its role: the leader takes writes, a follower replicates.

@@ -46,6 +46,12 @@ export interface NodeStatus {
    * S3). Follower: ms until it may challenge for the lease. Null when standalone or unknown.
    */
   leaseRemainingMs: number | null;
+  /**
+   * The lease timings this node runs with (its --lease-ttl-ms, --renew-deadline-ms,
+   * --renew-interval-ms, --max-clock-drift-ms); null when standalone. The operator's lease
+   * retuning observes each step here.
+   */
+  leaseTiming?: { leaseTtlMs: number; renewDeadlineMs: number; renewIntervalMs: number; maxClockDriftMs: number } | null;
   /** Client address of the current leader when known ("host:port"), else null. */
   leader: string | null;
   /** Addresses this node listens on. */

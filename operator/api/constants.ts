@@ -47,13 +47,8 @@ export const VOLUME_DATA = 'data';
 /**
  * Objects under the cluster's S3 prefix that hold leadership state. With deletionPolicy Delete
  * the operator removes them when the CelerCluster is deleted, so a new cluster with the same
- * bucket and prefix starts at a fresh epoch. The data plane writes these keys; keep in step.
+ * bucket and prefix starts at a fresh epoch. The data plane writes these keys (dataplane/cluster/
+ * lease.ts LEASE_KEY, identity.ts IDENTITY_KEY, fallback.ts FALLBACK_PREFIX); keep in step. A key ending in '/' stands for
+ * every object under it (the S3 fallback batches); nothing else under the prefix is touched.
  */
-export const S3_LEASE_OBJECT_KEYS: readonly string[] = ['cluster/lease.json'];
-/**
- * Sub-prefixes (under the cluster's prefix) whose every object the data plane writes and the
- * finalizer deletes with the keys above: S3 fallback batches (dataplane/cluster/fallback.ts
- * FALLBACK_PREFIX), which carry epochs a new cluster must not replay. Nothing else under the
- * prefix, or beside it, is touched.
- */
-export const S3_CLEANUP_PREFIXES: readonly string[] = ['cluster/fallback/'];
+export const S3_LEASE_OBJECT_KEYS: readonly string[] = ['cluster/lease.json', 'cluster/identity.json', 'cluster/fallback/'];

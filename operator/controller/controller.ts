@@ -12,7 +12,7 @@ import type { OperatorMetrics } from '../metrics.ts';
 import type { Clock, Timer } from './clock.ts';
 import type { KubeOps, NodeOps } from './executor.ts';
 import type { ListWatchSource } from './reflector.ts';
-import { ANNOTATION_PAUSED, API_VERSION, KIND, LABEL_CLUSTER, LABEL_NAME, PLURAL, S3_CLEANUP_PREFIXES } from '../api/constants.ts';
+import { ANNOTATION_PAUSED, API_VERSION, KIND, LABEL_CLUSTER, LABEL_NAME, PLURAL } from '../api/constants.ts';
 import { withDefaults } from '../api/defaults.ts';
 import { headlessServiceName, pdbName, serviceMonitorName } from '../reconcile/names.ts';
 import { reconcile, RESYNC_MS } from '../reconcile/reconcile.ts';
@@ -28,7 +28,7 @@ import { clusterChangeMatters, ownedChangeMatters, podChangeMatters, stableStatu
 import { observedPod, ownerKey, splitKey } from './observe.ts';
 import { clustersOnNode, NODES_REF, nodeChangeMatters, unschedulableNodeNames } from './kube-nodes.ts';
 import { Reflector } from './reflector.ts';
-import { deleteS3ClusterObjects, type S3Credentials } from './s3-cleanup.ts';
+import { deleteS3Objects, type S3Credentials } from './s3-cleanup.ts';
 import { WorkQueue } from './workqueue.ts';
 
 /** Two workers: one cluster's slow /status calls do not hold up another's reconcile. */
@@ -274,6 +274,12 @@ export class Controller {
         out[podName] = { status: null, error: 'pod has no IP yet' };
         return;
       }
+      // A terminating pod's node is going away: asking it would only add its timeout to this pass
+      // (an unreachable pod IP answers nothing), and nothing reconcile decides reads its role.
+      if (pod.metadata?.deletionTimestamp !== undefined && pod.metadata.deletionTimestamp !== null) {
+        out[podName] = { status: null, error: 'pod is terminating' };
+        return;
+      }
       try {
         out[podName] = { status: await this.#nodeClient.fetchStatus(url, NODE_HTTP_TIMEOUT_MS, this.#stop.signal) };
       } catch (err) {
@@ -342,8 +348,7 @@ export class Controller {
       deleteS3LeaseObjects: async (cluster, s3, keys) => {
         if (this.#stop.signal.aborted) throw new Error('the controller stopped; not deleting S3 lease objects');
         const credentials = await this.#s3Credentials(cluster, s3);
-        // The named lease keys, then every fallback batch (S3_CLEANUP_PREFIXES), nothing else.
-        await deleteS3ClusterObjects(s3, keys, S3_CLEANUP_PREFIXES, credentials, () => this.#o.clock.nowMs());
+        await deleteS3Objects(s3, keys, credentials, () => this.#o.clock.nowMs());
       },
     };
   }

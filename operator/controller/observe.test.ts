@@ -17,9 +17,15 @@ test('a pod is observed with its ordinal, template hash, readiness, role label a
       name: 'c1-1', annotations: { 'celer.io/template-hash': 'abc' }, labels: { 'celer.io/role': 'follower' },
       deletionTimestamp: new Date(0),
     },
-    status: { phase: 'Running', conditions: [{ type: 'Ready', status: 'True' }] },
+    status: {
+      phase: 'Running', conditions: [{ type: 'Ready', status: 'True' }],
+      containerStatuses: [{ name: 'celer', image: 'celer', imageID: '', ready: true, restartCount: 1, lastState: { terminated: { exitCode: 1, message: 'error 9300: refusing to start' } } }],
+    },
   };
-  assert.deepEqual(observedPod('c1', pod), { name: 'c1-1', ordinal: 1, templateHash: 'abc', ready: true, terminating: true, roleLabel: 'follower', phase: 'Running', lease: null, nodeName: null });
+  assert.deepEqual(observedPod('c1', pod), {
+    name: 'c1-1', ordinal: 1, templateHash: 'abc', ready: true, terminating: true, roleLabel: 'follower', phase: 'Running', lease: null,
+    terminationMessages: ['error 9300: refusing to start'], nodeName: null,
+  });
   assert.equal(observedPod('c1', { metadata: { name: 'c1-0' }, spec: { containers: [], nodeName: 'k1' } })?.nodeName, 'k1');
   assert.equal(observedPod('c1', { metadata: { name: 'c1-x' } }), null);
   assert.equal(observedPod('c1', { metadata: { name: 'c1-0' }, status: { conditions: [{ type: 'Ready', status: 'False' }] } })?.ready, false);

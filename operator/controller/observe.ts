@@ -37,6 +37,8 @@ export function observedPod(cluster: string, pod: V1Pod): ObservedPod | null {
     roleLabel: pod.metadata?.labels?.[LABEL_ROLE] ?? null,
     phase: pod.status?.phase ?? 'Unknown',
     lease: leaseOfPodSpec(pod.spec),
+    terminationMessages: (pod.status?.containerStatuses ?? []).flatMap((c) => [c.state?.terminated?.message, c.lastState?.terminated?.message])
+      .filter((m): m is string => m !== undefined && m !== ''),
     nodeName: pod.spec?.nodeName ?? null,
   };
 }

@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { amzDate, deleteS3ClusterObjects, deleteS3Objects, objectUrl, S3_CLEANUP_MAX_LIST_PAGES, signV4 } from './s3-cleanup.ts';
+import { amzDate, deleteS3Objects, objectUrl, signV4 } from './s3-cleanup.ts';
 
 test('signV4 reproduces the published get-vanilla example of the Signature Version 4 test suite', () => {
   const auth = signV4({
@@ -45,34 +45,10 @@ test('deleteS3Objects sends signed DELETEs, accepts a missing object and fails o
   }
 });
 
-test('deleteS3ClusterObjects lists each sub-prefix, deletes only keys under it, and stops at S3_CLEANUP_MAX_LIST_PAGES', async () => {
-  const seen: string[] = [];
-  let stuck = false;
-  let listed = 0;
-  const server = createServer((req, res) => {
-    seen.push(`${req.method} ${req.url}`);
-    if (req.method === 'GET') {
-      listed++;
-      // A server that keeps answering one key (never deleted) and one outside the prefix.
-      const keys = stuck || listed === 1 ? ['c/cluster/fallback/shard-000/a&amp;b.bin', 'c/other.txt'] : [];
-      res.end(`<ListBucketResult>${keys.map((k) => `<Contents><Key>${k}</Key></Contents>`).join('')}<IsTruncated>false</IsTruncated></ListBucketResult>`);
-      return;
-    }
-    res.statusCode = 204;
-    res.end();
-  });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  const s3 = { bucket: 'b', prefix: 'c/', endpoint: `http://127.0.0.1:${(server.address() as AddressInfo).port}` };
-  const creds = { accessKeyId: 'AK', secretAccessKey: 'SK' };
-  try {
-    const r = await deleteS3ClusterObjects(s3, ['cluster/lease.json'], ['cluster/fallback/'], creds);
-    assert.equal(r.deleted, 2);
-    assert.deepEqual(seen.filter((s) => s.startsWith('DELETE')), ['DELETE /b/c/cluster/lease.json', 'DELETE /b/c/cluster/fallback/shard-000/a&b.bin']);
-    assert.ok(seen.some((s) => s.startsWith('GET /b?') && s.includes('prefix=c%2Fcluster%2Ffallback%2F')));
-    stuck = true;
-    await assert.rejects(deleteS3ClusterObjects(s3, [], ['cluster/fallback/'], creds), /S3CleanupUnbounded/);
-    assert.ok(listed >= S3_CLEANUP_MAX_LIST_PAGES);
-  } finally {
-    server.close();
-  }
+test('the finalizer deletes exactly the objects the data plane writes under the prefix', async () => {
+  const { S3_LEASE_OBJECT_KEYS } = await import('../api/constants.ts');
+  const { LEASE_KEY } = await import('../../dataplane/cluster/lease.ts');
+  const { IDENTITY_KEY } = await import('../../dataplane/cluster/identity.ts');
+  const { FALLBACK_PREFIX } = await import('../../dataplane/cluster/fallback.ts');
+  assert.deepEqual([...S3_LEASE_OBJECT_KEYS].sort(), [LEASE_KEY, IDENTITY_KEY, FALLBACK_PREFIX].sort());
 });

@@ -1,17 +1,13 @@
-// Deleting a cluster's S3 lease objects and fallback batches when it is deleted with
-// deletionPolicy Delete, so a new cluster at the same bucket and prefix does not inherit an old
-// epoch. Named keys (S3_LEASE_OBJECT_KEYS) are deleted one by one; sub-prefixes
-// (S3_CLEANUP_PREFIXES) are listed (ListObjectsV2, at most S3_CLEANUP_MAX_LIST_PAGES pages) and
-// each listed key deleted. Nothing outside `<prefix><key>` / `<prefix><sub-prefix>` is touched.
-// A small AWS Signature Version 4 signer keeps the operator free of the AWS SDK.
+// Deleting a cluster's S3 lease objects when it is deleted with deletionPolicy Delete, so a new
+// cluster at the same bucket and prefix does not inherit an old epoch or old fallback batches.
+// A small AWS Signature Version 4 signer keeps the operator free of the AWS SDK for a LIST and
+// a few DELETE requests.
 
 import { createHash, createHmac } from 'node:crypto';
 import type { S3Spec } from '../api/types.ts';
 
 /** 10 s per request: S3 DELETEs take tens of ms; this only bounds a hung connection. */
 export const S3_REQUEST_TIMEOUT_MS = 10_000;
-/** ListObjectsV2 pages (≤ 1 000 keys each) per sub-prefix: 1 000 000 fallback objects, far above what an outage leaves. */
-export const S3_CLEANUP_MAX_LIST_PAGES = 1_000;
 const EMPTY_SHA256 = createHash('sha256').update('').digest('hex');
 
 export interface S3Credentials {
@@ -68,25 +64,12 @@ export function objectUrl(s3: S3Spec, key: string): URL {
   return new URL(`${endpoint}/${s3.bucket}/${s3.prefix ?? ''}${key}`);
 }
 
-/** Deletes each key; a key already gone counts as deleted. Throws on the first other failure. */
-export async function deleteS3Objects(s3: S3Spec, keys: readonly string[], credentials: S3Credentials, nowMs: () => number = Date.now): Promise<void> {
-  for (const key of keys) {
-    const url = objectUrl(s3, key);
-    const headers: Record<string, string> = { 'x-amz-content-sha256': EMPTY_SHA256, 'x-amz-date': amzDate(nowMs()) };
-    if (credentials.sessionToken !== undefined) headers['x-amz-security-token'] = credentials.sessionToken;
-    const authorization = signV4({
-      method: 'DELETE', url, headers, payloadSha256: EMPTY_SHA256, region: s3.region ?? 'us-east-1', service: 's3', credentials,
-      amzDate: headers['x-amz-date']!,
-    });
-    const res = await fetch(url, { method: 'DELETE', headers: { ...headers, authorization }, signal: AbortSignal.timeout(S3_REQUEST_TIMEOUT_MS) });
-    await res.arrayBuffer();
-    if (res.status !== 204 && res.status !== 200 && res.status !== 404) {
-      throw new Error(`DELETE ${url.pathname} answered ${res.status}`);
-    }
-  }
-}
+/** Keys per ListObjectsV2 page (S3's own maximum). */
+export const S3_LIST_PAGE_KEYS = 1000;
+/** At most this many objects under one listed sub-prefix are deleted by one cleanup (then it fails, to be retried). */
+export const S3_CLEANUP_MAX_KEYS = 100_000;
 
-function signedHeaders(s3: S3Spec, method: string, url: URL, credentials: S3Credentials, nowMs: () => number): Record<string, string> {
+function signedHeaders(method: string, url: URL, s3: S3Spec, credentials: S3Credentials, nowMs: () => number): Record<string, string> {
   const headers: Record<string, string> = { 'x-amz-content-sha256': EMPTY_SHA256, 'x-amz-date': amzDate(nowMs()) };
   if (credentials.sessionToken !== undefined) headers['x-amz-security-token'] = credentials.sessionToken;
   const authorization = signV4({
@@ -95,46 +78,55 @@ function signedHeaders(s3: S3Spec, method: string, url: URL, credentials: S3Cred
   return { ...headers, authorization };
 }
 
-const XML_ENTITIES: Record<string, string> = { '&amp;': '&', '&lt;': '<', '&gt;': '>', '&quot;': '"', '&apos;': "'" };
+const xmlText = (s: string): string => s.replace(/&lt;/g, '<').replace(/&gt;/g, '>').replace(/&quot;/g, '"').replace(/&apos;/g, "'").replace(/&amp;/g, '&');
 
-/** One ListObjectsV2 page of keys (full keys, bucket-relative) under `<prefix><sub>`. */
-export async function listS3Page(s3: S3Spec, sub: string, credentials: S3Credentials, nowMs: () => number = Date.now): Promise<{ keys: string[]; truncated: boolean }> {
+/**
+ * The keys (relative to the cluster prefix) of every object under `<prefix><sub>` — ListObjectsV2,
+ * page by page. Only names that begin with the whole sub-prefix match, so `cluster/fallback/`
+ * never lists `cluster/fallbackX` or another cluster's prefix.
+ */
+export async function listS3Keys(s3: S3Spec, sub: string, credentials: S3Credentials, nowMs: () => number = Date.now): Promise<string[]> {
   const region = s3.region ?? 'us-east-1';
   const endpoint = (s3.endpoint ?? `https://s3.${region}.amazonaws.com`).replace(/\/+$/, '');
-  const url = new URL(`${endpoint}/${s3.bucket}`);
-  url.searchParams.set('list-type', '2');
-  url.searchParams.set('prefix', `${s3.prefix ?? ''}${sub}`);
-  const res = await fetch(url, { headers: signedHeaders(s3, 'GET', url, credentials, nowMs), signal: AbortSignal.timeout(S3_REQUEST_TIMEOUT_MS) });
-  const body = await res.text();
-  if (res.status !== 200) throw new Error(`LIST ${url.pathname}?prefix=${s3.prefix ?? ''}${sub} answered ${res.status} (code S3CleanupFailed): check the credentials allow s3:ListBucket`);
-  const keys = [...body.matchAll(/<Key>([^<]*)<\/Key>/g)].map((m) => m[1]!.replace(/&(amp|lt|gt|quot|apos);/g, (e) => XML_ENTITIES[e]!));
-  return { keys, truncated: /<IsTruncated>true<\/IsTruncated>/.test(body) };
+  const full = `${s3.prefix ?? ''}${sub}`;
+  const keys: string[] = [];
+  let token: string | undefined;
+  for (;;) {
+    const url = new URL(`${endpoint}/${s3.bucket}`);
+    url.searchParams.set('list-type', '2');
+    url.searchParams.set('prefix', full);
+    url.searchParams.set('max-keys', String(S3_LIST_PAGE_KEYS));
+    if (token !== undefined) url.searchParams.set('continuation-token', token);
+    const res = await fetch(url, { headers: signedHeaders('GET', url, s3, credentials, nowMs), signal: AbortSignal.timeout(S3_REQUEST_TIMEOUT_MS) });
+    const body = await res.text();
+    if (res.status !== 200) throw new Error(`LIST s3://${s3.bucket}/${full} answered ${res.status}: ${body.slice(0, 200)}`);
+    for (const m of body.matchAll(/<Key>([^<]*)<\/Key>/g)) {
+      const key = xmlText(m[1]!);
+      if (key.startsWith(full)) keys.push(key.slice((s3.prefix ?? '').length));
+    }
+    if (keys.length > S3_CLEANUP_MAX_KEYS) throw new Error(`more than ${S3_CLEANUP_MAX_KEYS} objects under s3://${s3.bucket}/${full}; delete them by hand (aws s3 rm --recursive) and the finalizer completes`);
+    const next = /<NextContinuationToken>([^<]*)<\/NextContinuationToken>/.exec(body)?.[1];
+    if (!/<IsTruncated>true<\/IsTruncated>/.test(body) || next === undefined) return keys;
+    token = xmlText(next);
+  }
 }
 
 /**
- * Deletes `keys`, then every object under each of `prefixes` (all relative to s3.prefix). Each
- * round lists the first page and deletes it, so deleting never disturbs a continuation token;
- * more than S3_CLEANUP_MAX_LIST_PAGES rounds for one sub-prefix is an error (the finalizer stays
- * and the next pass continues where this one stopped).
+ * Deletes each key; a key ending in '/' stands for every object under it (listed first). A key
+ * already gone counts as deleted. Throws on the first other failure.
  */
-export async function deleteS3ClusterObjects(
-  s3: S3Spec, keys: readonly string[], prefixes: readonly string[], credentials: S3Credentials, nowMs: () => number = Date.now,
-): Promise<{ deleted: number }> {
-  await deleteS3Objects(s3, keys, credentials, nowMs);
-  let deleted = keys.length;
-  const base = s3.prefix ?? '';
-  for (const sub of prefixes) {
-    for (let page = 0; ; page++) {
-      if (page >= S3_CLEANUP_MAX_LIST_PAGES) {
-        throw new Error(`more than ${S3_CLEANUP_MAX_LIST_PAGES} pages of objects under ${base}${sub} (code S3CleanupUnbounded); the next pass continues`);
-      }
-      const { keys: listed } = await listS3Page(s3, sub, credentials, nowMs);
-      // Only keys under the listed prefix: a misbehaving server cannot make us delete anything else.
-      const ours = listed.filter((k) => k.startsWith(`${base}${sub}`)).map((k) => k.slice(base.length));
-      if (ours.length === 0) break;
-      await deleteS3Objects(s3, ours, credentials, nowMs);
-      deleted += ours.length;
+export async function deleteS3Objects(s3: S3Spec, keys: readonly string[], credentials: S3Credentials, nowMs: () => number = Date.now): Promise<void> {
+  const expanded: string[] = [];
+  for (const key of keys) {
+    if (key.endsWith('/')) expanded.push(...await listS3Keys(s3, key, credentials, nowMs));
+    else expanded.push(key);
+  }
+  for (const key of expanded) {
+    const url = objectUrl(s3, key);
+    const res = await fetch(url, { method: 'DELETE', headers: signedHeaders('DELETE', url, s3, credentials, nowMs), signal: AbortSignal.timeout(S3_REQUEST_TIMEOUT_MS) });
+    await res.arrayBuffer();
+    if (res.status !== 204 && res.status !== 200 && res.status !== 404) {
+      throw new Error(`DELETE ${url.pathname} answered ${res.status}`);
     }
   }
-  return { deleted };
 }

@@ -32,6 +32,8 @@ export interface ObservedPod {
   phase: string;
   /** The lease timings in the pod's own container args (leaseFlags()); null when it has none. */
   lease?: LeaseSpec | null;
+  /** Why its containers last stopped (terminated.message of state and lastState), newest first. */
+  terminationMessages?: string[];
   /** spec.nodeName: the Kubernetes node the pod is bound to; null or absent while unscheduled. */
   nodeName?: string | null;
 }

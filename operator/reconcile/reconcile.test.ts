@@ -359,7 +359,7 @@ test('deleting a cluster with deletionPolicy Delete removes its S3 lease objects
   const c = cluster({ ...twoNodeSpec, deletionPolicy: 'Delete' }, { finalizers: [FINALIZER], deleting: true });
   const r = reconcile(observe(c, [], null));
   assert.deepEqual(r.apply, []);
-  assert.deepEqual(r.actions, [{ kind: 'deleteS3LeaseObjects', s3: twoNodeSpec.s3, keys: ['cluster/lease.json'] }]);
+  assert.deepEqual(r.actions, [{ kind: 'deleteS3LeaseObjects', s3: twoNodeSpec.s3, keys: ['cluster/lease.json', 'cluster/identity.json', 'cluster/fallback/'] }]);
   assert.equal(r.finalizer, 'remove');
   assert.equal(r.status.phase, 'Deleting');
 });
@@ -539,4 +539,19 @@ test('a gate holding for many passes gives one Event identity, however its lag m
     keys.add(e.key ?? `${e.reason}/${e.message}`);
   }
   assert.equal(keys.size, 1);
+});
+
+test('a node refusing another cluster\'s volume or prefix (9300) is reported as Degraded ClusterIdentityMismatch with the way out', () => {
+  const { c, h, pods } = steadyTwoNode();
+  const obs = observe(c, pods, h);
+  const refused = 'celer serve: error 9300: refusing to start: the data directory /var/lib/celer belongs to cluster uid-old, but this node was started with --cluster-id uid-1.';
+  obs.pods[1] = { ...obs.pods[1]!, ready: false, terminationMessages: [`celer: opening\n${refused}`] };
+  const r = reconcile(obs);
+  const degraded = condition(r, 'Degraded');
+  assert.equal(degraded?.status, 'True');
+  assert.equal(degraded?.reason, 'ClusterIdentityMismatch');
+  assert.match(degraded?.message ?? '', /c1-1: error 9300: refusing to start: the data directory \/var\/lib\/celer belongs to cluster uid-old/);
+  assert.match(degraded?.message ?? '', /delete the old PVC/);
+  const healthy = reconcile(observe(c, pods, h));
+  assert.notEqual(condition(healthy, 'Degraded')?.reason, 'ClusterIdentityMismatch');
 });

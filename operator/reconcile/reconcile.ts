@@ -15,6 +15,7 @@ import { ANNOTATION_APPROVE_UPGRADE, ANNOTATION_PAUSED, ANNOTATION_TEMPLATE_HASH
 import { withDefaults, type DefaultedSpec } from '../api/defaults.ts';
 import { describeIssues, validateSpec } from '../api/validate.ts';
 import { mergeConditions } from './conditions.ts';
+import { identityMismatch } from './identity.ts';
 import { handoverTtlMs, nextLeaseStep } from './lease-timing.ts';
 import { desiredRoleLabel, summarize, viewNodes } from './node-view.ts';
 import { planRollout } from './rollout.ts';
@@ -322,7 +323,9 @@ function describeProgress(
   const missing = spec.replicas - view.readyCount;
   const creating = obs.statefulSet === null || ['Creating', undefined].includes(obs.cluster.status?.phase);
   let degraded: ConditionInput = { type: 'Degraded', status: 'False', reason: 'AsExpected', message: 'no fault observed' };
-  if (failed.length > 0) degraded = { type: 'Degraded', status: 'True', reason: 'ShardFailed', message: failed.join('; ') };
+  const identity = identityMismatch(obs.pods);
+  if (identity !== null) degraded = identity;
+  else if (failed.length > 0) degraded = { type: 'Degraded', status: 'True', reason: 'ShardFailed', message: failed.join('; ') };
   else if (missing > 0 && step.kind === 'idle' && !creating && !finishing) {
     degraded = { type: 'Degraded', status: 'True', reason: 'PodNotReady', message: `${missing} of ${spec.replicas} nodes not ready` };
   }

@@ -24,6 +24,7 @@ import { Placement, volumeDir } from './placement.ts';
 import { deletePod, reportStatus } from './pod-status.ts';
 import type { VirtualNode } from './schedule.ts';
 import { startPod, terminate } from './supervisor.ts';
+import { PodNetwork } from './netns.ts';
 import type { PersistentVolumeClaim, Pod } from './types.ts';
 
 export type { AgentOptions } from './context.ts';
@@ -36,6 +37,8 @@ export class TestAgent {
   readonly nodes: (VirtualNode & { ip: string })[];
   /** The agent's own log, newest last (bounded). */
   readonly events: string[] = [];
+  /** The pod network of podNetwork 'netns' (its hostAddress is how pods reach the host). */
+  readonly network: PodNetwork | undefined;
   private readonly opts: AgentOptions;
   private readonly ctx: AgentContext;
   private readonly placement: Placement;
@@ -63,6 +66,7 @@ export class TestAgent {
       ip: `127.${this.ipBase}.0.${i + 1}`,
       labels: { 'kubernetes.io/hostname': n.name, 'kubernetes.io/os': 'linux', 'kubernetes.io/arch': 'amd64', [AGENT_LABEL]: 'true', ...n.labels },
     }));
+    this.network = opts.podNetwork === 'netns' ? new PodNetwork() : undefined;
     this.ctx = { client: this.client, opts, workDir: this.workDir, log: (l) => this.log(l), kick: () => this.kick() };
     this.placement = new Placement(this.ctx, this.nodes, () => this.allClaims());
   }
@@ -72,6 +76,7 @@ export class TestAgent {
     const agent = new TestAgent(opts);
     mkdirSync(agent.workDir, { recursive: true });
     process.on('exit', agent.onExit);
+    agent.network?.start();
     await agent.registerNodes();
     const kick = (): void => agent.kick();
     const log = (m: string): void => agent.log(m);
@@ -95,6 +100,7 @@ export class TestAgent {
     await Promise.all([...this.pods, ...this.pvcs].map((i) => i.stop()));
     await this.running;
     await Promise.all([...this.runs.values()].map((r) => this.terminate(r, 5000)));
+    this.network?.stop();
     for (const n of this.nodes) {
       await this.client.delete(resourcePath('v1', 'nodes', undefined, n.name)).catch(() => undefined);
     }
@@ -215,6 +221,7 @@ export class TestAgent {
       if (!this.isOurs(pod.spec.nodeName)) continue;
       const uid = pod.metadata.uid ?? '';
       live.add(uid);
+      this.network?.publish(pod.metadata.namespace ?? 'default', pod.metadata.name, pod.spec.hostname, pod.spec.subdomain);
       let run = this.runs.get(uid);
       if (pod.metadata.deletionTimestamp !== undefined) {
         if (run === undefined) await deletePod(this.ctx, pod);
@@ -261,7 +268,8 @@ export class TestAgent {
       namespace: ns,
       name: pod.metadata.name,
       node: pod.spec.nodeName ?? '',
-      podIP: this.allocateIP(),
+      podIP: this.network?.podIP(ns, pod.metadata.name) ?? this.allocateIP(),
+      ...(this.network !== undefined ? { netns: this.network.attach(ns, pod.metadata.name, uid) } : {}),
       hostIP: node?.ip ?? '127.0.0.1',
       dir: path.join(this.workDir, 'pods', `${ns}_${pod.metadata.name}_${uid}`),
       logDir: path.join(this.workDir, 'logs', `${ns}_${pod.metadata.name}_${uid}`),
@@ -285,6 +293,7 @@ export class TestAgent {
     await terminate(this.ctx, run, graceMs, (r) => {
       this.runs.delete(r.uid);
       this.usedIPs.delete(r.podIP);
+      this.network?.detach(r.namespace, r.name, r.uid);
     });
   }
 
@@ -296,5 +305,6 @@ export class TestAgent {
         if (proc !== undefined) killGroup(proc, 'SIGKILL');
       }
     }
+    this.network?.stop();
   }
 }

@@ -30,6 +30,12 @@ export interface AgentOptions {
    * token mount would (default true; a pod's automountServiceAccountToken: false also opts out).
    */
   serviceAccountCredentials?: boolean;
+  /**
+   * 'loopback' (default): each pod gets a 127.X.Y.Z address. 'netns': each pod runs in its own
+   * network namespace with a non-loopback address on a bridge, and /etc/hosts names the pods
+   * like cluster DNS would (test/agent/netns.ts; needs root and iproute2).
+   */
+  podNetwork?: 'loopback' | 'netns';
   /** Receives every log line of the agent (also kept in agent.events). */
   log?: (line: string) => void;
 }
@@ -71,6 +77,8 @@ export interface PodRun {
   node: string;
   podIP: string;
   hostIP: string;
+  /** The pod's network namespace (podNetwork 'netns'); containers run under `ip netns exec`. */
+  netns?: string;
   dir: string;
   logDir: string;
   pod: Pod;

@@ -3,7 +3,7 @@
 // restarts crashed containers per restartPolicy with crash-loop back-off (0.5 s doubling to 10 s),
 // and terminates a pod's processes (SIGTERM, grace, SIGKILL).
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdirSync, openSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { appendLog, killGroup, newContainerRun, now, type AgentContext, type ContainerRun, type PodRun } from './context.ts';
 import { launchSpec } from './launch.ts';
@@ -41,7 +41,9 @@ function spawnProcess(run: PodRun, cr: ContainerRun, launch: LaunchSpec): ChildP
   const fd = openSync(cr.logPath, 'a');
   writeFileSync(fd, `### ${now()} start: ${launch.argv.join(' ')}\n`);
   try {
-    return spawn(launch.argv[0] as string, launch.argv.slice(1), { cwd: launch.cwd, env: launch.env, stdio: ['ignore', fd, fd], detached: true });
+    // `ip netns exec` enters the namespace and execs the command: the pid and group stay the same.
+    const argv = run.netns === undefined ? launch.argv : ['ip', 'netns', 'exec', run.netns, ...launch.argv];
+    return spawn(argv[0] as string, argv.slice(1), { cwd: launch.cwd, env: launch.env, stdio: ['ignore', fd, fd], detached: true });
   } finally {
     closeSync(fd);
   }
@@ -86,11 +88,25 @@ async function startContainer(ctx: AgentContext, run: PodRun, cr: ContainerRun):
   ctx.kick();
 }
 
+/** Like the kubelet's FallbackToLogsOnError: at most the last 80 lines and 2048 bytes of the container's output. */
+export const FALLBACK_LOG_LINES = 80;
+export const FALLBACK_LOG_BYTES = 2048;
+
+/** The tail of a container log as a termination message (the agent's own `###` lines left out). */
+export function logTailMessage(logPath: string): string | undefined {
+  if (logPath === '' || !existsSync(logPath)) return undefined;
+  const lines = readFileSync(logPath, 'utf8').split('\n').filter((l) => l !== '' && !l.startsWith('### '));
+  let text = lines.slice(-FALLBACK_LOG_LINES).join('\n');
+  if (Buffer.byteLength(text) > FALLBACK_LOG_BYTES) text = Buffer.from(text).subarray(-FALLBACK_LOG_BYTES).toString('utf8');
+  return text === '' ? undefined : text;
+}
+
 function onContainerExit(ctx: AgentContext, run: PodRun, cr: ContainerRun, startedAt: string, code: number | null, signal: NodeJS.Signals | null, message?: string): void {
   if (cr.probeTimer !== undefined) clearTimeout(cr.probeTimer);
   cr.probeTimer = undefined;
   cr.ready = false;
   const exitCode = code ?? 128 + (signal === 'SIGKILL' ? 9 : signal === 'SIGTERM' ? 15 : 1);
+  if (message === undefined && exitCode !== 0 && cr.spec.terminationMessagePolicy === 'FallbackToLogsOnError') message = logTailMessage(cr.logPath);
   const terminated: ContainerState = {
     terminated: {
       exitCode,

@@ -57,6 +57,8 @@ export interface Container {
   readinessProbe?: Probe;
   livenessProbe?: Probe;
   startupProbe?: Probe;
+  /** 'FallbackToLogsOnError': a failed container's terminated.message is the tail of its log. */
+  terminationMessagePolicy?: 'File' | 'FallbackToLogsOnError';
   resources?: { limits?: Record<string, string>; requests?: Record<string, string> };
 }
 

@@ -39,6 +39,8 @@ export function nodeArgs(cluster: CelerCluster, spec: DefaultedSpec, lease: Leas
   args.push('--routing', spec.routing);
   if (!spec.standalone) {
     args.push('--node-id', '$(POD_NAME)', '--advertise', '$(POD_IP)', '--peers', peerList(cluster, spec.replicas), ...leaseFlags(lease));
+    // The CelerCluster's uid: a recreated cluster (new uid) refuses an old volume or S3 prefix.
+    if (cluster.metadata.uid !== undefined && cluster.metadata.uid !== '') args.push('--cluster-id', cluster.metadata.uid);
     if (spec.s3 !== undefined) {
       args.push('--s3-bucket', spec.s3.bucket, '--s3-prefix', spec.s3.prefix ?? '');
       if (spec.s3.endpoint !== undefined) args.push('--s3-endpoint', spec.s3.endpoint);
@@ -114,6 +116,9 @@ function container(cluster: CelerCluster, spec: DefaultedSpec, lease: LeaseSpec)
       failureThreshold: LIVENESS_FAILURE_THRESHOLD,
     },
     resources: spec.resources ?? {},
+    // A node that refuses to start prints why as its last line: the operator reads it from
+    // lastState.terminated.message (a cluster identity mismatch becomes a condition).
+    terminationMessagePolicy: 'FallbackToLogsOnError',
     volumeMounts: mounts,
   };
 }

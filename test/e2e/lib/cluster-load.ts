@@ -90,7 +90,7 @@ export class Load {
   private stopping = false;
   private done: Promise<void> = Promise.resolve();
   client: CelerClient | null = null;
-  private cluster: Cluster | null = null;
+  private cluster: Pick<Cluster, 'addresses' | 'waitFor'> | null = null;
   readonly options: LoadOptions;
 
   constructor(options: LoadOptions) {
@@ -100,7 +100,8 @@ export class Load {
     }
   }
 
-  async start(c: Cluster): Promise<void> {
+  /** Starts the writers against `c` (a Cluster, or anything with its addresses and waitFor). */
+  async start(c: Pick<Cluster, 'addresses' | 'waitFor'>): Promise<void> {
     this.cluster = c;
     this.client = await connect(this.options.addresses ?? c.addresses, { requestTimeoutMs: 5_000, failoverTimeoutMs: 10_000, ...this.options.clientOptions });
     this.done = Promise.all(this.writers.map((_, w) => this.writer(w))).then(() => {});

@@ -47,11 +47,13 @@ export interface S3Server {
   stop(): Promise<void>;
 }
 
-export async function startS3(): Promise<S3Server> {
+/** extraBind: an address RGW also listens on (hack/s3.sh CELER_S3_EXTRA_BIND), e.g. a pod network's bridge. */
+export async function startS3(opts: { extraBind?: string } = {}): Promise<S3Server> {
   const dir = await tempDir('celer-cl-s3-');
   let stdout: string;
   try {
-    ({ stdout } = await run('bash', [S3_SH, 'start', dir], { timeout: S3_START_TIMEOUT_MS, maxBuffer: 16 << 20 }));
+    const env = opts.extraBind === undefined ? process.env : { ...process.env, CELER_S3_EXTRA_BIND: opts.extraBind };
+    ({ stdout } = await run('bash', [S3_SH, 'start', dir], { timeout: S3_START_TIMEOUT_MS, maxBuffer: 16 << 20, env }));
   } catch (e) {
     const x = e as { stderr?: string; message: string };
     await run('bash', [S3_SH, 'stop', dir], { timeout: 60_000 }).catch(() => {});
