@@ -3,7 +3,7 @@
 // execute the result and requeue. Level-triggered: the event type never matters, only what
 // the caches hold when the key is processed.
 
-import { ApisApi, type KubeConfig, type KubernetesObject, type V1Pod, type V1StatefulSet } from '@kubernetes/client-node';
+import { ApisApi, type KubeConfig, type KubernetesObject, type V1Node, type V1Pod, type V1StatefulSet } from '@kubernetes/client-node';
 import type { CelerCluster, S3Spec } from '../api/types.ts';
 import type { NodeStatus, StepDownResult } from '../../dataplane/server/status.ts';
 import type { Capabilities, ObservedNode, OwnedRef } from '../reconcile/observed.ts';
@@ -26,6 +26,7 @@ import { fetchNodeStatus, NODE_HTTP_TIMEOUT_MS, nodeBaseUrl, requestStepDown } f
 import { RoleWatcher, ROLE_POLL_INTERVAL_MS, type RoleTarget } from './role-watcher.ts';
 import { clusterChangeMatters, ownedChangeMatters, podChangeMatters, stableStatus } from './triggers.ts';
 import { observedPod, ownerKey, splitKey } from './observe.ts';
+import { clustersOnNode, NODES_REF, nodeChangeMatters, unschedulableNodeNames } from './kube-nodes.ts';
 import { Reflector } from './reflector.ts';
 import { deleteS3Objects, type S3Credentials } from './s3-cleanup.ts';
 import { WorkQueue } from './workqueue.ts';
@@ -86,6 +87,8 @@ export class Controller {
   readonly #statefulSets: Reflector<V1StatefulSet & KubernetesObject>;
   readonly #pods: Reflector<V1Pod & KubernetesObject>;
   readonly #others: Reflector<KubernetesObject>[];
+  /** All Kubernetes Nodes: a cordon of the leader's node starts a switchover (reconcile/drain.ts). */
+  readonly #kubeNodes: Reflector<V1Node & KubernetesObject>;
   #capabilities: Capabilities = { pdbApiVersion: null, serviceMonitor: false };
   #discoveryTimer: Timer | null = null;
   #running = false;
@@ -118,6 +121,18 @@ export class Controller {
       reflector('services', { apiVersion: 'v1', kind: 'Service', plural: 'services', namespace: ns, labelSelector: OWNED_SELECTOR }, ownedChangeMatters),
       reflector('persistentvolumeclaims', { apiVersion: 'v1', kind: 'PersistentVolumeClaim', plural: 'persistentvolumeclaims', namespace: ns, labelSelector: OWNED_SELECTOR }, ownedChangeMatters),
     ];
+    this.#kubeNodes = new Reflector<V1Node & KubernetesObject>({
+      name: 'nodes', clock: options.clock, source: source<V1Node & KubernetesObject>('nodes', NODES_REF),
+      onChange: (node, kind, before) => {
+        if (kind === 'update' && before !== undefined && !nodeChangeMatters(before, node)) return;
+        for (const key of clustersOnNode(node.metadata?.name ?? '', this.#pods.list())) this.#queue.add(key);
+        this.#o.metrics.queueDepth.set(this.#queue.length);
+      },
+      onError: (err) => {
+        options.metrics.errors.labels('watch').inc();
+        options.log.warn('watch error', { resource: 'nodes', error: describe(err) });
+      },
+    });
     this.#roleWatcher = new RoleWatcher({
       clock: options.clock,
       intervalMs: options.rolePollIntervalMs ?? ROLE_POLL_INTERVAL_MS,
@@ -169,7 +184,7 @@ export class Controller {
   }
 
   #reflectors(): Reflector<KubernetesObject>[] {
-    return [this.#clusters, this.#statefulSets, this.#pods, ...this.#others] as Reflector<KubernetesObject>[];
+    return [this.#clusters, this.#statefulSets, this.#pods, ...this.#others, this.#kubeNodes] as Reflector<KubernetesObject>[];
   }
 
   #enqueue(obj: KubernetesObject): void {
@@ -231,6 +246,7 @@ export class Controller {
     const result = reconcile({
       cluster, statefulSet, pods: observedPods, nodes, owned,
       capabilities: this.#capabilities, nowMs: this.#o.clock.nowMs(), defaultImage: this.#o.defaultImage,
+      unschedulableNodes: unschedulableNodeNames(this.#kubeNodes.list()),
     });
     if (result.deferredGate !== null) this.#o.metrics.gateDeferrals.labels(result.deferredGate).inc();
     // Skip a status write that changes only volatile figures (lag, condition messages) while the

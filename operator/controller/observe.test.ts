@@ -24,8 +24,9 @@ test('a pod is observed with its ordinal, template hash, readiness, role label a
   };
   assert.deepEqual(observedPod('c1', pod), {
     name: 'c1-1', ordinal: 1, templateHash: 'abc', ready: true, terminating: true, roleLabel: 'follower', phase: 'Running', lease: null,
-    terminationMessages: ['error 9300: refusing to start'],
+    terminationMessages: ['error 9300: refusing to start'], nodeName: null,
   });
+  assert.equal(observedPod('c1', { metadata: { name: 'c1-0' }, spec: { containers: [], nodeName: 'k1' } })?.nodeName, 'k1');
   assert.equal(observedPod('c1', { metadata: { name: 'c1-x' } }), null);
   assert.equal(observedPod('c1', { metadata: { name: 'c1-0' }, status: { conditions: [{ type: 'Ready', status: 'False' }] } })?.ready, false);
 });

@@ -39,5 +39,6 @@ export function observedPod(cluster: string, pod: V1Pod): ObservedPod | null {
     lease: leaseOfPodSpec(pod.spec),
     terminationMessages: (pod.status?.containerStatuses ?? []).flatMap((c) => [c.state?.terminated?.message, c.lastState?.terminated?.message])
       .filter((m): m is string => m !== undefined && m !== ''),
+    nodeName: pod.spec?.nodeName ?? null,
   };
 }

@@ -10,6 +10,8 @@ export const configMapName = (cluster: string): string => `${cluster}-config`;
 export const serviceAccountName = (cluster: string): string => `${cluster}-node`;
 export const roleName = (cluster: string): string => `${cluster}-node`;
 export const pdbName = (cluster: string): string => cluster;
+/** The PDB that refuses evicting the leader pod (drain.ts). */
+export const leaderPdbName = (cluster: string): string => `${cluster}-leader`;
 export const serviceMonitorName = (cluster: string): string => cluster;
 export const podName = (cluster: string, ordinal: number): string => `${cluster}-${ordinal}`;
 

@@ -34,6 +34,8 @@ export interface ObservedPod {
   lease?: LeaseSpec | null;
   /** Why its containers last stopped (terminated.message of state and lastState), newest first. */
   terminationMessages?: string[];
+  /** spec.nodeName: the Kubernetes node the pod is bound to; null or absent while unscheduled. */
+  nodeName?: string | null;
 }
 
 export interface ObservedNode {
@@ -63,6 +65,8 @@ export interface ObservedState {
   nowMs: number;
   /** Image repository when spec.image is empty. */
   defaultImage: string;
+  /** Kubernetes nodes with spec.unschedulable (cordoned, e.g. by `kubectl drain`); absent: none known. */
+  unschedulableNodes?: readonly string[];
 }
 
 /** The flags leaseFlags() writes, by LeaseSpec field. */

@@ -19,8 +19,9 @@ import { identityMismatch } from './identity.ts';
 import { handoverTtlMs, nextLeaseStep } from './lease-timing.ts';
 import { desiredRoleLabel, summarize, viewNodes } from './node-view.ts';
 import { planRollout } from './rollout.ts';
+import { planDrain } from './drain.ts';
 import { configMap } from './objects/config-map.ts';
-import { podDisruptionBudget } from './objects/pdb.ts';
+import { leaderDisruptionBudget, podDisruptionBudget } from './objects/pdb.ts';
 import { nodeRole, nodeRoleBinding, nodeServiceAccount } from './objects/rbac.ts';
 import { serviceMonitor } from './objects/service-monitor.ts';
 import { clientService, headlessService } from './objects/services.ts';
@@ -204,7 +205,10 @@ function reconcileValid(
     nodeServiceAccount(cluster), nodeRole(cluster), nodeRoleBinding(cluster), configMap(cluster, spec, leaseStep.effective),
     headlessService(cluster), clientService(cluster), plan.statefulSet,
   );
-  if (obs.capabilities.pdbApiVersion !== null) result.apply.push(podDisruptionBudget(cluster, obs.capabilities.pdbApiVersion));
+  if (obs.capabilities.pdbApiVersion !== null) {
+    result.apply.push(podDisruptionBudget(cluster, obs.capabilities.pdbApiVersion));
+    if (!spec.standalone) result.apply.push(leaderDisruptionBudget(cluster, obs.capabilities.pdbApiVersion));
+  }
   if (spec.monitoring.serviceMonitor) {
     if (obs.capabilities.serviceMonitor) result.apply.push(serviceMonitor(cluster, spec));
     else result.events.push({ type: 'Warning', reason: 'ServiceMonitorUnavailable', message: 'spec.monitoring.serviceMonitor is set but the monitoring.coreos.com CRDs are not installed' });
@@ -224,7 +228,7 @@ function reconcileValid(
   const targetRevision = `${spec.version}-${plan.templateHash}`;
   const stsHash = obs.statefulSet?.spec?.template?.metadata?.annotations?.[ANNOTATION_TEMPLATE_HASH];
   const stepDownPrev = prev.upgrade?.stepDown ?? null;
-  const step = planRollout({
+  const rolloutStep = planRollout({
     standalone: spec.standalone,
     replicas: spec.replicas,
     pods: rolloutPods(view, plan.templateHash),
@@ -235,6 +239,8 @@ function reconcileValid(
     nowMs: obs.nowMs,
     stepDownWaitMs: stepDownWaitMs(leaseStep.effective),
   });
+  // No rollout step to take: a cordoned leader's node (a drain) may need a switchover.
+  const step = rolloutStep.kind !== 'idle' ? rolloutStep : drainStep(obs, spec, view, stepDownPrev, leaseStep.effective);
   applyStep(result, step, leaseStep.effective);
 
   const pendingPods = view.nodes.filter((n) => n.templateHash !== plan.templateHash).map((n) => n.pod);
@@ -261,6 +267,24 @@ function reconcileValid(
   return result;
 }
 
+function drainStep(
+  obs: ObservedState, spec: DefaultedSpec, view: ClusterView, stepDownPrev: { pod: string; at: string } | null, lease: LeaseSpec,
+): RolloutStep {
+  const cordoned = new Set(obs.unschedulableNodes ?? []);
+  const nodeOf = new Map(obs.pods.map((p) => [p.name, p.nodeName ?? null]));
+  const step = planDrain({
+    standalone: spec.standalone,
+    pods: view.nodes.map((n) => {
+      const nodeName = nodeOf.get(n.pod) ?? null;
+      return { name: n.pod, ready: n.ready, terminating: n.terminating, role: n.role, lagRecords: n.lagRecords, nodeUnschedulable: nodeName !== null && cordoned.has(nodeName) };
+    }),
+    stepDown: stepDownPrev === null ? null : { pod: stepDownPrev.pod, atMs: Date.parse(stepDownPrev.at) },
+    nowMs: obs.nowMs,
+    stepDownWaitMs: stepDownWaitMs(lease),
+  });
+  return step.kind === 'wait' ? { kind: 'wait', gate: step.gate, phase: step.phase, message: step.message, reason: step.reason } : step;
+}
+
 function applyStep(result: ReconcileResult, step: RolloutStep, lease: LeaseSpec): void {
   switch (step.kind) {
     case 'idle':
@@ -268,7 +292,7 @@ function applyStep(result: ReconcileResult, step: RolloutStep, lease: LeaseSpec)
     case 'wait':
       result.deferredGate = step.gate;
       // One Event per gate and phase of a wait, not one per pass as its message's lag moves.
-      result.events.push({ type: 'Normal', reason: step.gate, message: step.message, key: `${step.gate}/${step.phase}` });
+      result.events.push({ type: 'Normal', reason: step.reason ?? step.gate, message: step.message, key: `${step.reason ?? step.gate}/${step.phase}` });
       return;
     case 'deletePod':
       result.actions.push({ kind: 'deletePod', pod: step.pod });
@@ -327,8 +351,8 @@ function describeProgress(
         progressing: { type: 'Progressing', status: 'False', reason: 'UpToDate', message: `every node runs ${spec.version}` } };
     }
     case 'wait':
-      return { phase: step.phase, reason: step.gate, degraded,
-        progressing: { type: 'Progressing', status: 'True', reason: step.gate, message: step.message } };
+      return { phase: step.phase, reason: step.reason ?? step.gate, degraded,
+        progressing: { type: 'Progressing', status: 'True', reason: step.reason ?? step.gate, message: step.message } };
     case 'deletePod':
       return { phase: step.phase, reason: step.reason, degraded,
         progressing: { type: 'Progressing', status: 'True', reason: step.reason, message: step.message } };

@@ -55,7 +55,8 @@ export interface RolloutInput {
 
 export type RolloutStep =
   | { kind: 'idle' }
-  | { kind: 'wait'; gate: Gate; phase: string; message: string }
+  /** reason: the Progressing reason and Event reason when not the gate's name (a drain's wait). */
+  | { kind: 'wait'; gate: Gate; phase: string; message: string; reason?: string }
   | { kind: 'deletePod'; pod: string; phase: string; message: string; reason: string }
   | { kind: 'stepDown'; pod: string; phase: string; message: string };
 

@@ -42,6 +42,8 @@ export interface PodSketch {
   /** Only meaningful on the leader: the follower's lag. */
   peerLag?: number | null;
   version?: string;
+  /** The Kubernetes node the pod is bound to (spec.nodeName). */
+  kubeNode?: string;
 }
 
 export function nodeStatus(p: PodSketch): NodeStatus {
@@ -59,6 +61,7 @@ export function observe(c: CelerCluster, pods: PodSketch[], stsHash: string | nu
   const observedPods: ObservedPod[] = pods.map((p) => ({
     name: `c1-${p.ordinal}`, ordinal: p.ordinal, templateHash: p.hash, ready: p.ready ?? true,
     terminating: p.terminating ?? false, roleLabel: p.roleLabel ?? null, phase: 'Running',
+    ...(p.kubeNode !== undefined ? { nodeName: p.kubeNode } : {}),
   }));
   const nodes: Record<string, ObservedNode> = {};
   for (const p of pods) {
