@@ -11,9 +11,9 @@
 // records the bucket and prefix whose identity object was verified, so later starts need no S3
 // request (a node restarted while S3 is unreachable still starts); a changed bucket or prefix is
 // checked again.
-import { closeSync, fsyncSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ConfigError, META_FILE } from '../storage/meta.ts';
+import { ConfigError, META_FILE, writeMetaFile } from '../storage/meta.ts';
 import type { ObjectStore } from './object-store.ts';
 
 export const IDENTITY_KEY = 'cluster/identity.json';
@@ -39,18 +39,7 @@ interface MetaWithIdentity {
   [k: string]: unknown;
 }
 
-function writeMeta(dir: string, meta: MetaWithIdentity): void {
-  const path = join(dir, META_FILE);
-  const tmp = `${path}.tmp`;
-  writeFileSync(tmp, JSON.stringify(meta, null, 2) + '\n');
-  const fd = openSync(tmp, 'r');
-  fsyncSync(fd);
-  closeSync(fd);
-  renameSync(tmp, path);
-  const dfd = openSync(dir, 'r');
-  fsyncSync(dfd);
-  closeSync(dfd);
-}
+const writeMeta = (dir: string, meta: MetaWithIdentity): void => writeMetaFile(dir, meta);
 
 function readMeta(dir: string): MetaWithIdentity {
   return JSON.parse(readFileSync(join(dir, META_FILE), 'utf8')) as MetaWithIdentity;

@@ -75,6 +75,13 @@ export function openDataMeta(dir: string, requested: { numShards?: number | unde
   const numShards = requested.numShards ?? defaults.numShards;
   if (!Number.isInteger(numShards) || numShards < 1 || numShards > SHARDS_MAX) throw new ConfigError(`--shards must be an integer 1..${SHARDS_MAX}; got ${numShards}`);
   const meta: DataMeta = { format: META_FORMAT, numShards, routing: requested.routing ?? defaults.routing, nodeId: randomUUID(), createdAt: new Date().toISOString() };
+  writeMetaFile(dir, meta);
+  return meta;
+}
+
+/** Replaces `dir`/celer.json durably: a tmp file, fsync, rename, directory fsync (a crash leaves the old or the new file). */
+export function writeMetaFile(dir: string, meta: object): void {
+  const path = join(dir, META_FILE);
   const tmp = `${path}.tmp`;
   writeFileSync(tmp, JSON.stringify(meta, null, 2) + '\n');
   const fd = openSync(tmp, 'r');
@@ -84,5 +91,4 @@ export function openDataMeta(dir: string, requested: { numShards?: number | unde
   const dfd = openSync(dir, 'r');
   fsyncSync(dfd);
   closeSync(dfd);
-  return meta;
 }
