@@ -136,7 +136,9 @@ test('the ClusterRole grants no wildcard and no write on Secrets, Nodes or Persi
   for (const rule of rules) {
     assert.ok(!rule.verbs.includes('*') && !rule.resources.includes('*') && !rule.apiGroups.includes('*'), JSON.stringify(rule));
     if (rule.resources.includes('secrets')) assert.deepEqual(rule.verbs, ['get']);
-    assert.ok(!rule.resources.includes('nodes') && !rule.resources.includes('persistentvolumes'));
+    assert.ok(!rule.resources.includes('persistentvolumes'), JSON.stringify(rule));
+    // Nodes: read-only, for drains (the operator sees a cordon of the leader's node).
+    if (rule.resources.includes('nodes')) assert.deepEqual([...rule.verbs].sort(), ['get', 'list', 'watch'], JSON.stringify(rule));
   }
   const grants = (group: string, resource: string, verb: string): boolean =>
     rules.some((r) => r.apiGroups.includes(group) && r.resources.includes(resource) && r.verbs.includes(verb));
