@@ -90,6 +90,8 @@ export interface NodeStatusSummary {
   role: string;
   version: string;
   lagRecords: number | null;
+  /** What the node reports as left of its lease (leader) or until it may challenge (follower), ms. */
+  leaseRemainingMs?: number | null;
   ready: boolean;
 }
 

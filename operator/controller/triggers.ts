@@ -45,7 +45,7 @@ export function ownedChangeMatters(before: KubernetesObject, after: KubernetesOb
 }
 
 /**
- * The status without its volatile figures: per-node lag and condition messages (which quote lag
+ * The status without its volatile figures: per-node lag and lease remaining, and condition messages (which quote lag
  * and pod names while a gate holds). Two statuses with the same projection need no new write
  * within a resync period; transitions (condition status or reason, phase, leader, epoch,
  * readiness, upgrade progress, lease step) always get one.
@@ -54,7 +54,11 @@ export function stableStatus(s: CelerClusterStatus | undefined): string {
   if (s === undefined) return 'null';
   return JSON.stringify({
     ...s,
-    nodes: s.nodes?.map((n) => ({ ...n, lagRecords: n.lagRecords === null ? null : 'known' })),
+    nodes: s.nodes?.map((n) => ({
+      ...n,
+      lagRecords: n.lagRecords === null ? null : 'known',
+      leaseRemainingMs: n.leaseRemainingMs === null || n.leaseRemainingMs === undefined ? null : 'known',
+    })),
     conditions: s.conditions?.map((c) => ({ ...c, message: '' })),
   });
 }

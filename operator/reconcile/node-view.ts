@@ -102,6 +102,7 @@ export function summarize(view: ClusterView): NodeStatusSummary[] {
     role: n.role ?? 'unknown',
     version: n.version ?? 'unknown',
     lagRecords: n.lagRecords,
+    leaseRemainingMs: n.leaseRemainingMs,
     ready: n.ready,
   }));
 }

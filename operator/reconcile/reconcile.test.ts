@@ -555,3 +555,12 @@ test('a node refusing another cluster\'s volume or prefix (9300) is reported as 
   const healthy = reconcile(observe(c, pods, h));
   assert.notEqual(condition(healthy, 'Degraded')?.reason, 'ClusterIdentityMismatch');
 });
+
+test('status.nodes carries each node\'s role, version, lag and the lease remaining it reports', () => {
+  const { c, h, pods } = steadyTwoNode();
+  const r = reconcile(observe(c, pods, h));
+  const leader = r.status.nodes?.find((n) => n.role === 'leader');
+  assert.equal(leader?.lagRecords, 0);
+  assert.equal(leader?.leaseRemainingMs, 1000);
+  assert.ok(r.status.nodes?.every((n) => n.version !== 'unknown'));
+});

@@ -35,7 +35,7 @@ let operator: LocalOperator;
 let s3: S3Server;
 let ns: string;
 
-interface ClusterStatusNode { name: string; role: string; version: string; lagRecords: number | null; ready: boolean }
+interface ClusterStatusNode { name: string; role: string; version: string; lagRecords: number | null; leaseRemainingMs?: number | null; ready: boolean }
 type Cluster2 = CelerClusterObject & { status?: CelerClusterObject['status'] & { leader?: string | null; epoch?: number; nodes?: ClusterStatusNode[]; upgrade?: { targetRevision: string } | null } };
 
 function diagnostics(): string {
@@ -226,6 +226,10 @@ describe('two-node CelerClusters on a real 1.20 control plane', () => {
     assert.equal(condition(c, 'LeaseHealthy')?.status, 'True');
     const ps = await pods();
     assert.notEqual(ps[0]?.spec.nodeName, ps[1]?.spec.nodeName, 'required anti-affinity on kubernetes.io/hostname');
+    const inStatus = (c.status?.nodes as ClusterStatusNode[] | undefined)?.find((n) => n.name === roles.leader);
+    assert.equal(inStatus?.lagRecords, 0, 'status carries the lag');
+    assert.ok(typeof inStatus?.leaseRemainingMs === 'number', `status carries the leader's lease remaining (${JSON.stringify(inStatus)})`);
+    assert.ok(c.status?.nodes?.every((n) => n.version !== '' && n.version !== 'unknown'), 'status carries each node version');
     const leaderStatus = await nodeStatus(ips.get(roles.leader)!);
     assert.ok((leaderStatus?.leaseRemainingMs ?? 0) > 0, 'the leader reports lease time left');
     await withDiagnostics(waitFor('the client Service selecting the leader only', async () => {
