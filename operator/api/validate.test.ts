@@ -49,8 +49,10 @@ test('validateSpec refuses an s3 block without a bucket, and any tls block (the 
 
 test('validateSpec refuses more than one standalone replica: the second would be an orphan store', () => {
   const issues = validateSpec({ ...base, standalone: true, replicas: 2 });
-  assert.deepEqual(issues.map((i) => i.field), ['spec.replicas']);
-  assert.match(issues[0]!.message, /set replicas: 1, or standalone: false with an s3 section/);
+  assert.deepEqual(issues.map((i) => [i.field, i.cel]), [['spec.replicas', true]], 'a CRD CEL rule states it too (api/cel.test.ts)');
+  assert.match(issues[0]!.message, /orphan store.*set replicas: 1, or standalone: false with an s3 section/);
+  // The default is standalone: two replicas without the field are refused the same way.
+  assert.deepEqual(validateSpec({ ...base, replicas: 2 }).map((i) => i.message), [issues[0]!.message]);
   assert.deepEqual(validateSpec({ ...base, standalone: true, replicas: 1 }), []);
 });
 

@@ -28,6 +28,7 @@ export interface PreviousState {
 }
 
 export const MESSAGES = {
+  standaloneReplicas: 'a standalone cluster runs one node (a second standalone pod would be an orphan store); set replicas: 1, or standalone: false with an s3 section for a two-node cluster',
   s3Required: 'a two-node cluster (standalone: false) needs spec.s3 for its lease and catch-up',
   replicasTwo: 'a two-node cluster (standalone: false) needs replicas: 2',
   shardsRequired: 'a two-node cluster (standalone: false) needs spec.shards so that both nodes agree',
@@ -101,11 +102,11 @@ export function validateSpec(raw: CelerClusterSpec, previous: PreviousState = {}
     // The node has no TLS listener yet: pods given --tls-* flags would crash-loop on an unknown option.
     issues.push({ field: 'spec.tls', message: 'spec.tls is not supported yet: celer serve has no TLS listener, so the operator creates no pods for this cluster; remove spec.tls (terminate TLS in front of the client Service meanwhile)', cel: false });
   }
-  if (standalone && raw.replicas !== undefined && raw.replicas > 1 && !issues.some((i) => i.field === 'spec.replicas')) {
-    issues.push({ field: 'spec.replicas', message: `spec.replicas is ${raw.replicas} with spec.standalone true: standalone nodes do not replicate, so every pod past the first would be an orphan store; set replicas: 1, or standalone: false with an s3 section for a two-node cluster`, cel: false });
-  }
 
   // Rules the CRD states in CEL, with the CRD's messages.
+  // Standalone nodes do not replicate: a second pod would be an orphan store. (Past the schema's
+  // maximum only the bound is reported, as the apiserver's schema check runs before CEL.)
+  if (standalone && raw.replicas !== undefined && raw.replicas !== 1 && !issues.some((i) => i.field === 'spec.replicas')) issues.push({ field: 'spec.replicas', message: MESSAGES.standaloneReplicas, cel: true });
   if (!standalone && raw.s3 === undefined) push('spec', MESSAGES.s3Required);
   if (!standalone && raw.replicas !== undefined && raw.replicas !== 2) push('spec', MESSAGES.replicasTwo);
   if (!standalone && raw.shards === undefined) push('spec', MESSAGES.shardsRequired);
