@@ -14,7 +14,26 @@ import type { AggregateKey } from './key.ts';
 import { resolveOptions, type ClientOptions, type ResolvedOptions } from './options.ts';
 import { Pool, type NodeStats } from './pool.ts';
 import type { AggregateDetails, AppendOptions, AppendResult, Batch, EventInput, ReadOptions, ReadPage, WriteInput, WriteResult } from './types.ts';
-import { WireError } from './wire.ts';
+import { WireError, type Frame } from './wire.ts';
+import {
+  readShard,
+  subscribeKey,
+  subscribeOrg,
+  subscribeShard,
+  watch,
+  type ReadShardOptions,
+  type ShardBatch,
+  type ShardPage,
+  type SubscribedBatch,
+  type SubscribeKeyOptions,
+  type SubscribeOrgFilter,
+  type SubscribeOrgOptions,
+  type SubscribeShardOptions,
+  type WatchFilter,
+  type WatchHeartbeat,
+  type WatchNotification,
+  type WatchOptions,
+} from './feed.ts';
 
 /** Seed addresses per client: a cluster has two nodes; more is a configuration mistake. */
 const SEEDS_MAX = 64;
@@ -100,6 +119,36 @@ export class CelerClient {
     const frame = encodeDetails(key);
     return decodeDetails(await this.pool.send(frame, this.pool.slotOf(frame, KEY_AT)));
   }
+
+  /** One page of a shard's committed batches in position order (SPEC §4; `from` an inclusive seq). */
+  readShard(shard: number, opts: ReadShardOptions = {}): Promise<ShardPage> {
+    return readShard(this.feedSend, shard, opts);
+  }
+
+  /** A shard's committed batches from `opts.from`, then its live tail, until the caller breaks out. */
+  subscribeShard(shard: number, opts: SubscribeShardOptions = {}): AsyncGenerator<ShardBatch, void, undefined> {
+    return subscribeShard(this.feedSend, shard, opts);
+  }
+
+  /**
+   * One aggregate from a version (history, then the live tail), or every batch of an org (or one
+   * type in it) from a checkpoint: each batch carries `checkpoint`; pass it back as `from` to resume.
+   */
+  subscribe(key: AggregateKey, opts?: SubscribeKeyOptions): AsyncGenerator<Batch, void, undefined>;
+  subscribe(filter: SubscribeOrgFilter, opts?: SubscribeOrgOptions): AsyncGenerator<SubscribedBatch, void, undefined>;
+  subscribe(target: AggregateKey | SubscribeOrgFilter, opts: SubscribeKeyOptions | SubscribeOrgOptions = {}): AsyncGenerator<Batch | SubscribedBatch, void, undefined> {
+    if (target !== null && typeof target === 'object' && 'id' in target && target.id !== undefined) {
+      return subscribeKey(this.feedSend, (k, from) => this.readAll(k, { from }), target as AggregateKey, opts as SubscribeKeyOptions);
+    }
+    return subscribeOrg(this.feedSend, target as SubscribeOrgFilter, opts as SubscribeOrgOptions);
+  }
+
+  /** Change notifications after commit for `{ key }`, `{ org, type }` or `{ org }`. */
+  watch(filter: WatchFilter, opts: WatchOptions = {}): AsyncGenerator<WatchNotification | WatchHeartbeat, void, undefined> {
+    return watch(this.feedSend, filter, opts);
+  }
+
+  private readonly feedSend = (frame: Uint8Array): Promise<Frame> => this.pool.send(frame, this.pool.anySlot());
 
   /** A round trip to the leader; resolves with its duration in milliseconds. */
   async ping(): Promise<number> {

@@ -18,3 +18,18 @@ export * from './errors.ts';
 export * from './types.ts';
 export { KeyError, formatKey, normalizeKey, parseKey, toUuid, type NormalizedKey } from './key.ts';
 export { Limits, WireError } from './wire.ts';
+export {
+  FEED_POLL_WAIT_MS_DEFAULT,
+  type ReadShardOptions,
+  type ShardBatch,
+  type ShardPage,
+  type SubscribedBatch,
+  type SubscribeKeyOptions,
+  type SubscribeOrgFilter,
+  type SubscribeOrgOptions,
+  type SubscribeShardOptions,
+  type WatchFilter,
+  type WatchHeartbeat,
+  type WatchNotification,
+  type WatchOptions,
+} from './feed.ts';

@@ -17,4 +17,6 @@ export const Limits = {
   /** Default and largest read page. */
   readPageBytesDefault: 1024 * 1024,
   readPageBytesMax: 8 * 1024 * 1024,
+  /** Longest a shard feed read may wait for new commits (long poll); the client polls again after it. */
+  feedWaitMsMax: 10_000,
 } as const;

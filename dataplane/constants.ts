@@ -94,3 +94,9 @@ export const CONNECTION_REQUESTS_IN_FLIGHT_MAX = 4096;
  * it allows ~1.3 million requests, so DISPATCH_IN_FLIGHT_MAX binds first for small requests; this
  * bound is for large ones, where 100 000 requests of 16 MiB would otherwise be 1.6 TiB. */
 export const DISPATCH_BYTES_IN_FLIGHT_MAX = 256 * 1024 * 1024;
+
+/** Shard feed readers (readShard / subscribeShard / subscribe / watch long polls) that may wait at
+ * the tail of one shard at once; beyond it a long poll gets 2012. Each waiter costs a closure and
+ * a timer, and every commit walks the list, so the bound keeps a commit's extra work to a few
+ * microseconds; 1024 covers 100 subscribers per org over every shard of a 2-core node with room. */
+export const FEED_WAITERS_PER_SHARD_MAX = 1024;

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
 import { ErrorCode } from '../../client/errors.ts';
 import { U64_MAX, type NormalizedKey } from '../../client/key.ts';
-import { decodeKeyRequest, decodeReadRequest, decodeWriteRequest, encodeError, Limits, Op, WireError, Writer } from '../../client/wire.ts';
+import { decodeKeyRequest, decodeReadRequest, decodeReadShardRequest, decodeWriteRequest, encodeError, Limits, Op, SHARD_OF_KEY, WireError, Writer } from '../../client/wire.ts';
 import { DISPATCH_BATCH_MAX, DISPATCH_BYTES_IN_FLIGHT_MAX, DISPATCH_IN_FLIGHT_MAX } from '../constants.ts';
 import { REQ_ITEM_WIDTH, RES_ITEM_WIDTH, type ShardInfo, type WorkerConfig } from '../shard/worker.ts';
 import { applyWorkerStats, setCacheUsage, type CacheUsage, type WorkerStats } from './metrics.ts';
@@ -310,8 +310,16 @@ export class Router implements Dispatcher {
         case Op.Details:
           shard = this.shardOf(decodeKeyRequest(body));
           break;
+        case Op.ReadShard: {
+          const req = decodeReadShardRequest(body);
+          if (req.shard === SHARD_OF_KEY) shard = this.shardOf(req.key);
+          else if (req.shard >= this.cfg.numShards) throw new WireError(`shard ${req.shard} does not exist; this node has shards 0..${this.cfg.numShards - 1}`);
+          else shard = req.shard;
+          if (req.from > MAX_SAFE) throw new WireError(`from ${req.from} is beyond any possible position`);
+          break;
+        }
         default:
-          throw new WireError(`unknown operation ${op}; this server knows write (${Op.Write}), read (${Op.Read}), details (${Op.Details}) and ping (${Op.Ping})`);
+          throw new WireError(`unknown operation ${op}; this server knows write (${Op.Write}), read (${Op.Read}), details (${Op.Details}), ping (${Op.Ping}) and readShard (${Op.ReadShard})`);
       }
     } catch (e) {
       if (e instanceof WireError) return Promise.resolve(error(ErrorCode.BadRequest, e.message));

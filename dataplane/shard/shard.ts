@@ -22,6 +22,7 @@ import { keyString, newState, setFloor, type AggState, type BatchLoc } from './s
 import { decodeWriteTrusted, describeKey, type TrustedWrite } from './requests.ts';
 import { wireToDisk } from './events.ts';
 import { details, readPage, type ReadAheadCache, type ReadContext } from './reads.ts';
+import { readShardPage, type FeedContext } from './feed.ts';
 import { err, Refusal, type ShardResult } from './results.ts';
 
 /**
@@ -114,6 +115,9 @@ export class Shard {
   private readAhead: ReadAheadCache;
   /** The read side's view of this shard (reads.ts). */
   private readonly readSide: ReadContext;
+  private readonly feedSide: FeedContext;
+  /** Feed readers at the tail waiting for the committed seq to reach `seq` (long poll); at most FEED_WAITERS_PER_SHARD_MAX. */
+  private tailWaiters: { seq: number; done: () => void }[] = [];
   private readonly loading = new Map<string, Promise<AggState>>();
   private coldInFlight = 0;
   private readonly coldWaiters: (() => void)[] = [];
@@ -177,12 +181,26 @@ export class Shard {
     const readAheadBytes = Math.floor(opts.memoryBudgetBytes * READ_AHEAD_SHARE);
     const stateEntries = Math.max(16, Math.floor((opts.memoryBudgetBytes - recentBytes - readAheadBytes) / STATE_ENTRY_BYTES_ESTIMATE));
     this.readAhead = new Lru(Math.max(64 * 1024, readAheadBytes));
+    // eslint-disable-next-line @typescript-eslint/no-this-alias -- the feed's getters read live fields
+    const shard = this;
     this.readSide = {
       id: this.id,
       readAhead: this.readAhead,
       getState: (key) => this.getState(key),
       batchAt: (loc) => this.batchAt(loc),
       locBySeq: (seq) => this.locBySeq(seq),
+    };
+    this.feedSide = {
+      id: this.id,
+      numShards: opts.numShards,
+      get committedSeq() {
+        return shard.committedSeq;
+      },
+      get feedWaiters() {
+        return shard.tailWaiters.length;
+      },
+      readCommitted: (from, maxBytes) => this.readCommitted(from, maxBytes),
+      waitCommitted: (seq, ms) => this.waitCommitted(seq, ms),
     };
     this.states = new Lru<string, AggState>(stateEntries, (s) => s.pending > 0);
     this.recent = new Lru<string, CachedRecord>(Math.max(64 * 1024, recentBytes));
@@ -267,6 +285,8 @@ export class Shard {
           return await readPage(this.readSide, body);
         case Op.Details:
           return await details(this.readSide, body);
+        case Op.ReadShard:
+          return await readShardPage(this.feedSide, body);
         default:
           return err(ErrorCode.BadRequest, `operation ${op} is not served by a shard`);
       }
@@ -608,6 +628,7 @@ export class Shard {
   private advanceCommitted(seq: number): void {
     if (seq > this.committedSeq) this.committedSeq = seq;
     this.checkWatermarks();
+    if (this.tailWaiters.length > 0) this.releaseTailWaiters(false);
     if (this.behindTail.size > 0) {
       for (const ks of this.behindTail) {
         const st = this.states.peek(ks);
@@ -619,6 +640,35 @@ export class Shard {
         }
       }
     }
+  }
+
+  /** Waits until the committed seq reaches `seq`, for at most `ms` (a feed reader's long poll). */
+  private waitCommitted(seq: number, ms: number): Promise<void> {
+    if (seq <= this.committedSeq || this.closing || this.state !== 'serving') return Promise.resolve();
+    return new Promise<void>((resolve) => {
+      const cancel = this.opts.clock.after(ms, () => {
+        const i = this.tailWaiters.indexOf(w);
+        if (i >= 0) this.tailWaiters.splice(i, 1);
+        resolve();
+      });
+      const w = {
+        seq,
+        done: () => {
+          cancel();
+          resolve();
+        },
+      };
+      this.tailWaiters.push(w);
+    });
+  }
+
+  /** Wakes the feed readers whose seq is committed now (all of them when `all`: the shard stops). */
+  private releaseTailWaiters(all: boolean): void {
+    const keep: typeof this.tailWaiters = [];
+    const wake: typeof this.tailWaiters = [];
+    for (const w of this.tailWaiters) (all || w.seq <= this.committedSeq ? wake : keep).push(w);
+    this.tailWaiters = keep;
+    for (const w of wake) w.done();
   }
 
   /** Acknowledges every waiter whose records are committed and covered by a durable ack barrier. */
@@ -699,6 +749,7 @@ export class Shard {
     if (this.state === 'serving') this.opts.log(`shard ${this.id} stopped serving: ${reason}`);
     this.state = state;
     this.reason = reason;
+    this.releaseTailWaiters(true);
     const waiters = this.waiters.concat(this.durableWaiters);
     this.waiters = [];
     this.durableWaiters = [];
@@ -1129,6 +1180,7 @@ export class Shard {
 
   async close(): Promise<void> {
     this.closing = true;
+    this.releaseTailWaiters(true);
     this.cancelIdle?.();
     // A loop started while we waited is waited for too. (Commit steps still running are not:
     // the closing flag keeps them from starting new loops, and their writes stay unacknowledged.)

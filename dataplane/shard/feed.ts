@@ -1,0 +1,97 @@
+// The shard feed (SPEC §4 readShard / subscribeShard): one page of a shard's committed batches in
+// position order, optionally only those of one org, one org+type or one aggregate, and a long
+// poll that waits for the next commit when the reader is at the tail. Runs on the shard's worker
+// thread. Only committed batches are ever returned, so a checkpoint taken from a page holds on
+// either node of a cluster (both hold the same records at the same seqs).
+import { decodeReadShardRequest, FeedFilter, Op, Writer, writeBatchHeader, type WireReadShardRequest } from '../../client/wire.ts';
+import { ErrorCode } from '../../client/errors.ts';
+import { FEED_WAITERS_PER_SHARD_MAX } from '../constants.ts';
+import type { RecordAt } from '../storage/segment-set.ts';
+import { batchesOf } from '../storage/record.ts';
+import { diskEventAt, writeWireEvent } from './events.ts';
+import { err, type ShardResult } from './results.ts';
+
+/** What the feed needs of its shard. */
+export interface FeedContext {
+  readonly id: number;
+  readonly numShards: number;
+  readonly committedSeq: number;
+  readCommitted(fromSeq: number, maxBytes: number): Promise<RecordAt[]>;
+  /** Resolves when the committed seq reaches `seq`, after `ms`, or when the shard stops (whichever first). */
+  waitCommitted(seq: number, ms: number): Promise<void>;
+  readonly feedWaiters: number;
+}
+
+function matches(req: WireReadShardRequest, key: Uint8Array): boolean {
+  if (req.filter === FeedFilter.None) return true;
+  const want = [req.key.org, req.key.type, req.key.id];
+  // Key bytes are org | type | id, 16 bytes each, big-endian.
+  const parts = req.filter === FeedFilter.Org ? 1 : req.filter === FeedFilter.OrgType ? 2 : 3;
+  const v = new DataView(key.buffer, key.byteOffset, 48);
+  for (let p = 0; p < parts; p++) {
+    const part = (v.getBigUint64(p * 16) << 64n) | v.getBigUint64(p * 16 + 8);
+    if (part !== want[p]) return false;
+  }
+  return true;
+}
+
+export async function readShardPage(ctx: FeedContext, body: Uint8Array): Promise<ShardResult> {
+  const req = decodeReadShardRequest(body);
+  const from = Number(req.from);
+  if (req.waitMs > 0 && from > ctx.committedSeq) {
+    if (ctx.feedWaiters >= FEED_WAITERS_PER_SHARD_MAX) {
+      return err(
+        ErrorCode.ServerBusy,
+        `shard ${ctx.id} has ${ctx.feedWaiters} feed readers waiting for commits, its limit (FEED_WAITERS_PER_SHARD_MAX ${FEED_WAITERS_PER_SHARD_MAX}); retry with backoff, or share one feed between readers`,
+        { limit: 'FEED_WAITERS_PER_SHARD_MAX', max: FEED_WAITERS_PER_SHARD_MAX },
+      );
+    }
+    await ctx.waitCommitted(from, req.waitMs);
+  }
+  // The tip this page is read against: later commits are the next page's.
+  const tip = ctx.committedSeq;
+  const records = from > tip ? [] : await ctx.readCommitted(from, req.maxBytes);
+  const w = new Writer(4096);
+  w.u32(ctx.id);
+  w.u32(ctx.numShards);
+  const nextAt = w.pos;
+  w.u64(0n);
+  w.u64(BigInt(tip));
+  w.u8(req.headersOnly ? 1 : 0);
+  const countAt = w.reserveU32();
+  let count = 0;
+  let next = from;
+  outer: for (const rec of records) {
+    for (const b of batchesOf(rec.bytes, rec.header)) {
+      if (b.seq < from) continue;
+      if (b.seq > tip) break outer;
+      // The page is full: the rest is the next page's (at least one batch per page).
+      if (count > 0 && w.pos >= req.maxBytes) break outer;
+      next = b.seq + 1;
+      if (!matches(req, b.key)) continue;
+      w.bytes(b.key);
+      writeBatchHeader(w, {
+        fromVersion: BigInt(b.fromVersion),
+        toVersion: BigInt(b.toVersion),
+        shard: ctx.id,
+        seq: BigInt(b.seq),
+        clientId: rec.header.clientId,
+        serverTimestampMs: rec.header.timestampMs,
+        eventCount: req.headersOnly ? 0 : b.eventCount,
+      });
+      if (!req.headersOnly) {
+        let at = 0;
+        for (let i = 0; i < b.eventCount; i++) {
+          const ev = diskEventAt(b.events, at);
+          at = ev.next;
+          w.u64(BigInt(b.fromVersion + i));
+          writeWireEvent(w, ev.fields);
+        }
+      }
+      count++;
+    }
+  }
+  w.patchU32(countAt, count);
+  w.view.setBigUint64(nextAt, BigInt(next));
+  return { op: Op.ReadShardOk, body: w.finish() };
+}

@@ -1,0 +1,255 @@
+// The shard feed and what is built on it (SPEC §4: readShard, subscribeShard, subscribe, watch)
+// against a real `celer serve --standalone` process, with writers running concurrently.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { BadRequestError, connect, type CelerClient, type SubscribedBatch } from '@celer/client';
+import { removeDir, startCeler, tempDir, type CelerProcess } from './lib/celer-process.ts';
+
+const te = new TextEncoder();
+const td = new TextDecoder();
+const ev = (type: string, text = type) => ({ type, data: te.encode(text) });
+let node: CelerProcess;
+let dir: string;
+let client: CelerClient;
+const SHARDS = 3;
+
+before(async () => {
+  dir = await tempDir('celer-e2e-feed-');
+  node = await startCeler(dir, ['--shards', String(SHARDS), '--routing', 'id']);
+  client = await connect(node.native, { clientId: 1 });
+});
+
+after(async () => {
+  await client?.close();
+  await node?.stop();
+  await removeDir(dir);
+});
+
+/** A small seeded generator (mulberry32), so a failing interleaving can be replayed. */
+function rng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+test('readShard returns every committed batch of a shard in position order, filtered by org and type, page by page', async () => {
+  const org = 700;
+  for (let i = 0; i < 30; i++) await client.append({ org, type: 1 + (i % 2), id: i }, [ev('E', `${i}`), ev('F', `${i}`)]);
+  const seen = new Map<number, bigint[]>();
+  for (let s = 0; s < SHARDS; s++) {
+    let from = 1n;
+    const seqs: bigint[] = [];
+    for (;;) {
+      const page = await client.readShard(s, { from, maxBytes: 200, org });
+      assert.equal(page.numShards, SHARDS);
+      for (const b of page.batches) {
+        assert.equal(b.position.shard, s);
+        assert.equal(b.key.org, BigInt(org));
+        assert.equal(Number(b.key.id) % SHARDS, s, 'routing by id');
+        assert.equal(b.events.length, 2);
+        assert.equal(td.decode(b.events[0]!.data), String(b.key.id));
+        seqs.push(b.position.seq);
+      }
+      if (page.next > page.committedSeq) break;
+      assert.ok(page.next > from, 'a page moves forward');
+      from = page.next;
+    }
+    for (let i = 1; i < seqs.length; i++) assert.ok(seqs[i]! > seqs[i - 1]!, 'position order');
+    seen.set(s, seqs);
+  }
+  assert.equal([...seen.values()].reduce((n, a) => n + a.length, 0), 30);
+  // org + type: only type 2 (the odd ids).
+  let typed = 0;
+  for (let s = 0; s < SHARDS; s++) {
+    const page = await client.readShard(s, { org, type: 2, maxBytes: 1 << 20 });
+    for (const b of page.batches) {
+      assert.equal(b.key.type, 2n);
+      typed++;
+    }
+  }
+  assert.equal(typed, 15);
+});
+
+test('readShard refuses a shard that does not exist and a wait beyond the limit, with 9100', async () => {
+  await assert.rejects(client.readShard(SHARDS), (e: unknown) => e instanceof BadRequestError && e.code === 9100 && /does not exist/.test(e.message));
+  await assert.rejects(client.readShard(0, { waitMs: 60_000 }), (e: unknown) => e instanceof BadRequestError && e.code === 9100);
+});
+
+test('a long poll at the tail returns as soon as the next batch commits', async () => {
+  const tip = await client.readShard(0, { from: Number.MAX_SAFE_INTEGER });
+  const from = tip.committedSeq + 1n;
+  const waiting = client.readShard(0, { from, waitMs: 8_000 });
+  await sleep(50);
+  const w = await client.append({ org: 701, type: 1, id: 0 }, [ev('Woke')]);
+  const page = await waiting;
+  assert.equal(page.batches.length, 1);
+  assert.deepEqual(page.batches[0]!.position, w.position);
+  // Nothing new: the wait ends at its bound with an empty page.
+  const empty = await client.readShard(0, { from: page.next, waitMs: 100 });
+  assert.equal(empty.batches.length, 0);
+});
+
+test('subscribeShard follows the tail: with writers running it delivers exactly what readShard finds afterwards', async () => {
+  const start = (await client.readShard(1, { from: Number.MAX_SAFE_INTEGER })).committedSeq + 1n;
+  const got: bigint[] = [];
+  const sub = (async () => {
+    for await (const b of client.subscribeShard(1, { from: start, pollWaitMs: 200 })) {
+      got.push(b.position.seq);
+      if (got.length === 40) break;
+    }
+  })();
+  for (let i = 0; i < 40; i++) await client.append({ org: 702, type: 1, id: 1 + 3 * (i % 5) }, [ev('T', String(i))]);
+  await sub;
+  const all: bigint[] = [];
+  let from = start;
+  while (all.length < 40) {
+    const page = await client.readShard(1, { from });
+    all.push(...page.batches.map((b) => b.position.seq));
+    from = page.next;
+  }
+  assert.deepEqual(got, all.slice(0, 40));
+});
+
+test('subscribe(key): catch-up then live under concurrent writes, no gap and no duplicate (random interleavings)', async () => {
+  const seeds = Number(process.env.CELER_FEED_SEEDS ?? 12);
+  for (let seed = 1; seed <= seeds; seed++) {
+    const r = rng(seed);
+    const key = { org: 703, type: 1, id: 1000 + seed };
+    const writer = await connect(node.native, { clientId: 50 + seed });
+    let version = 0;
+    const total = 20 + Math.floor(r() * 40);
+    const before = Math.floor(r() * total);
+    const write = async (n: number): Promise<void> => {
+      while (version < n) {
+        const k = Math.min(n - version, 1 + Math.floor(r() * 3));
+        await writer.append(key, Array.from({ length: k }, (_, i) => ev('V', String(version + i + 1))));
+        version += k;
+        if (r() < 0.3) await sleep(Math.floor(r() * 4));
+      }
+    };
+    await write(before);
+    const from = 1 + Math.floor(r() * Math.max(1, before + 5));
+    const versions: number[] = [];
+    const sub = (async () => {
+      if (from > total) return;
+      for await (const b of client.subscribe(key, { from, pollWaitMs: 200 })) {
+        for (const e of b.events) {
+          assert.equal(td.decode(e.data), String(e.version), `seed ${seed}: payload of version ${e.version}`);
+          versions.push(Number(e.version));
+        }
+        if (versions.length > 0 && versions[versions.length - 1]! >= total) break;
+      }
+    })();
+    await write(total);
+    await sub;
+    await writer.close();
+    const want = Array.from({ length: Math.max(0, total - from + 1) }, (_, i) => from + i);
+    assert.deepEqual(versions, want, `seed ${seed} (from ${from}, ${before} before the subscription, ${total} in all): replay with CELER_FEED_SEEDS`);
+  }
+});
+
+test('subscribe(org): a subscriber that disconnects, and one that resumes after a node restart, get every batch exactly once, in order per shard, while writers keep writing', async () => {
+  const org = 704;
+  const writes = 120;
+  let written = 0;
+  const writer = await connect(node.native, { clientId: 90 });
+  const writing = (async () => {
+    for (; written < writes; written++) await writer.append({ org, type: 1, id: written % 7 }, [ev('W', String(written))]);
+  })();
+  const delivered: SubscribedBatch[] = [];
+  let checkpoint: string | undefined;
+  // Three sessions of the subscriber, each on a new connection, each breaking off mid-stream.
+  for (const stopAt of [25, 60]) {
+    const c = await connect(node.native, { clientId: 2 });
+    for await (const b of c.subscribe({ org }, { ...(checkpoint === undefined ? {} : { from: checkpoint }), pollWaitMs: 200 })) {
+      delivered.push(b);
+      checkpoint = b.checkpoint;
+      if (delivered.length === stopAt) break;
+    }
+    await c.close();
+  }
+  await writing;
+  await writer.close();
+  // The node restarts; the checkpoint still holds.
+  await client.close();
+  await node.stop();
+  node = await startCeler(dir, ['--shards', String(SHARDS), '--routing', 'id']);
+  client = await connect(node.native, { clientId: 1 });
+  for await (const b of client.subscribe({ org }, { from: checkpoint!, pollWaitMs: 200 })) {
+    delivered.push(b);
+    if (delivered.length === writes) break;
+  }
+  const texts = delivered.map((b) => Number(td.decode(b.events[0]!.data)));
+  assert.equal(new Set(texts).size, writes, 'no batch twice');
+  assert.deepEqual([...texts].sort((a, b) => a - b), Array.from({ length: writes }, (_, i) => i), 'no batch missing');
+  const last = new Map<number, bigint>();
+  for (const b of delivered) {
+    assert.ok(b.position.seq > (last.get(b.position.shard) ?? 0n), 'commit order per shard');
+    last.set(b.position.shard, b.position.seq);
+  }
+  // One aggregate's batches come in version order.
+  const byKey = new Map<bigint, bigint>();
+  for (const b of delivered) {
+    assert.equal(b.fromVersion, (byKey.get(b.key.id) ?? 0n) + 1n);
+    byKey.set(b.key.id, b.toVersion);
+  }
+});
+
+test('subscribe refuses a checkpoint it did not make', async () => {
+  const it = client.subscribe({ org: 1 }, { from: 'c1:1.2' });
+  await assert.rejects(it.next(), (e: unknown) => e instanceof BadRequestError && /names 2 shards and this cluster has 3/.test(e.message));
+});
+
+test('watch: one notification per change after commit, per aggregate in order, none twice; coalesced within maxLatencyMs', async () => {
+  const org = 705;
+  const notes: { id: bigint; from: bigint; to: bigint }[] = [];
+  const ready = client.watch({ org }, { pollWaitMs: 200, maxLatencyMs: 30 });
+  const first = ready.next(); // the watch starts at the tail now
+  await sleep(100);
+  const writes = 60;
+  const w = (async () => {
+    for (let i = 0; i < writes; i++) await client.append({ org, type: 1, id: i % 4 }, [ev('N')]);
+  })();
+  const collect = (async () => {
+    let r = await first;
+    let covered = 0;
+    while (!r.done) {
+      const n = r.value;
+      if (n.op === 'write') {
+        notes.push({ id: n.key.id, from: n.fromVersion, to: n.toVersion });
+        covered += Number(n.toVersion - n.fromVersion + 1n);
+        if (covered >= writes) break;
+      }
+      r = await ready.next();
+    }
+    await ready.return(undefined);
+  })();
+  await w;
+  await collect;
+  const tip = new Map<bigint, bigint>();
+  for (const n of notes) {
+    assert.equal(n.from, (tip.get(n.id) ?? 0n) + 1n, `aggregate ${n.id}: notifications follow each other`);
+    tip.set(n.id, n.to);
+  }
+  for (let id = 0n; id < 4n; id++) assert.equal(tip.get(id), 15n);
+  // A watch on one key sees only that key.
+  const one = client.watch({ key: { org, type: 1, id: 2 } }, { pollWaitMs: 200 });
+  const next = one.next();
+  await sleep(50);
+  await client.append({ org, type: 1, id: 3 }, [ev('Other')]);
+  await client.append({ org, type: 1, id: 2 }, [ev('Mine')]);
+  const got = await next;
+  assert.ok(!got.done && got.value.op === 'write');
+  if (got.value.op === 'write') {
+    assert.equal(got.value.key.id, 2n);
+    assert.equal(got.value.fromVersion, 16n);
+  }
+  await one.return(undefined);
+});
