@@ -100,3 +100,6 @@ export const DISPATCH_BYTES_IN_FLIGHT_MAX = 256 * 1024 * 1024;
  * a timer, and every commit walks the list, so the bound keeps a commit's extra work to a few
  * microseconds; 1024 covers 100 subscribers per org over every shard of a 2-core node with room. */
 export const FEED_WAITERS_PER_SHARD_MAX = 1024;
+/** Long-poll wait of each shard feed read behind a gRPC SubscribeShard stream: a cancelled stream
+ * holds its feed waiter at most this long. 5 s, the client library's own poll interval. */
+export const GRPC_FEED_WAIT_MS = 5_000;

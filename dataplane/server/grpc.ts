@@ -21,20 +21,26 @@ import {
   decodeDetailsOk,
   decodeError,
   decodeReadOk,
+  decodeReadShardOk,
   decodeWriteOk,
   encodeKeyRequest,
   encodeReadRequest,
+  encodeReadShardRequest,
+  FeedFilter,
+  SHARD_OF_KEY,
   encodeWriteRequest,
   Expect,
   Limits,
   Op,
   WireError,
   type ExpectMode,
+  type FeedFilterMode,
   type WireEvent,
+  type WireReadShardOk,
   type WireReadOk,
   type WireWriteInput,
 } from '../../client/wire.ts';
-import { CONNECTION_REQUESTS_IN_FLIGHT_MAX } from '../constants.ts';
+import { CONNECTION_REQUESTS_IN_FLIGHT_MAX, GRPC_FEED_WAIT_MS } from '../constants.ts';
 import type { Dispatcher, DispatchResult } from './dispatch.ts';
 import { buildMessageSchema, checkMessage, resolveTypeName } from './grpc-strict.ts';
 
@@ -285,6 +291,53 @@ export function readToWire(req: PbReadRequest, from: bigint = u64(req.from)): Ui
   return encodeReadRequest({ key, from, to, maxBytes: req.maxBytes ?? 0, eventTypes });
 }
 
+interface PbReadShardRequest {
+  shard?: number;
+  from?: string;
+  maxBytes?: number;
+  waitMs?: number;
+  org?: string;
+  type?: string;
+  key?: PbKey;
+  headersOnly?: boolean;
+}
+
+export function readShardToWire(req: PbReadShardRequest, from: bigint = u64(req.from), waitMs = req.waitMs ?? 0): Uint8Array {
+  let filter: FeedFilterMode = FeedFilter.None;
+  let key: NormalizedKey = { org: 0n, type: 0n, id: 0n };
+  if (req.key !== undefined && req.key !== null) {
+    if (req.org !== undefined || req.type !== undefined) throw badRequest('give either key or org/type, not both');
+    key = convertKey(req.key, 'key');
+    filter = FeedFilter.Key;
+  } else if (req.org !== undefined) {
+    key = { org: toU128(req.org, 'org'), type: req.type === undefined ? 0n : toU128(req.type, 'type'), id: 0n };
+    filter = req.type === undefined ? FeedFilter.Org : FeedFilter.OrgType;
+  } else if (req.type !== undefined) throw badRequest('a type filter needs its org');
+  if (waitMs > Limits.feedWaitMsMax) throw badRequest(`wait_ms ${waitMs} is above the longest feed wait, ${Limits.feedWaitMsMax} ms`);
+  return encodeReadShardRequest({
+    shard: filter === FeedFilter.Key ? SHARD_OF_KEY : (req.shard ?? 0),
+    from,
+    maxBytes: req.maxBytes ?? 0,
+    waitMs,
+    filter,
+    key,
+    headersOnly: req.headersOnly === true,
+  });
+}
+
+function readShardToPb(ok: WireReadShardOk): object {
+  return {
+    shard: ok.shard,
+    numShards: ok.numShards,
+    next: ok.next.toString(),
+    committedSeq: ok.committedSeq.toString(),
+    batches: ok.batches.map((b) => ({
+      key: { org: b.key.org.toString(), type: b.key.type.toString(), id: b.key.id.toString() },
+      batch: batchesToPb([b])[0],
+    })),
+  };
+}
+
 export function detailsToWire(req: PbDetailsRequest): Uint8Array {
   return encodeKeyRequest(convertKey(req.key, 'key'));
 }
@@ -454,6 +507,15 @@ export async function startGrpcServer(dispatcher: Dispatcher, address: string, o
         deleted: d.deleted,
       };
     }),
+    ReadShard: unary(async (req: PbReadShardRequest) => {
+      const body = convert(() => readShardToWire(req));
+      return readShardToPb(decodeReadShardOk(await call(Op.ReadShard, body, Op.ReadShardOk)));
+    }),
+    SubscribeShard: ((stream: grpc.ServerWritableStream<unknown, unknown>) => {
+      subscribeShard(stream).catch((err: unknown) => {
+        if (!stream.cancelled) stream.emit('error', toServiceError(err));
+      });
+    }) as grpc.handleServerStreamingCall<unknown, unknown>,
     ReadAll: ((stream: grpc.ServerWritableStream<unknown, unknown>) => {
       readAll(stream).catch((err: unknown) => {
         if (!stream.cancelled) stream.emit('error', toServiceError(err));
@@ -488,6 +550,26 @@ export async function startGrpcServer(dispatcher: Dispatcher, address: string, o
       from = ok.nextVersion;
     }
     stream.end();
+  }
+
+  /** The shard feed, then its tail (long polls of GRPC_FEED_WAIT_MS), one page in flight, until cancelled. */
+  async function subscribeShard(stream: grpc.ServerWritableStream<unknown, unknown>): Promise<void> {
+    const req = stream.request;
+    if (req instanceof Rejected) throw badRequest(req.message);
+    const r = req as PbReadShardRequest;
+    let from = u64(r.from);
+    if (from === 0n) from = 1n;
+    const closed = new Promise<void>((resolve) => {
+      stream.once('cancelled', () => resolve());
+      stream.once('close', () => resolve());
+    });
+    while (!stream.cancelled) {
+      const body = convert(() => readShardToWire(r, from, GRPC_FEED_WAIT_MS));
+      const ok = decodeReadShardOk(await call(Op.ReadShard, body, Op.ReadShardOk));
+      if (stream.cancelled) return;
+      if (ok.batches.length > 0) await Promise.race([new Promise<void>((resolve) => stream.write(readShardToPb(ok), () => resolve())), closed]);
+      if (ok.next > from) from = ok.next;
+    }
   }
 
   const server = new grpc.Server({

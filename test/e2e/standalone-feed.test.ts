@@ -3,6 +3,9 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BadRequestError, connect, type CelerClient, type SubscribedBatch } from '@celer/client';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { PROTO_LOADER_OPTIONS, PROTO_PATH } from '../../dataplane/server/grpc.ts';
 import { removeDir, startCeler, tempDir, type CelerProcess } from './lib/celer-process.ts';
 
 const te = new TextEncoder();
@@ -15,7 +18,7 @@ const SHARDS = 3;
 
 before(async () => {
   dir = await tempDir('celer-e2e-feed-');
-  node = await startCeler(dir, ['--shards', String(SHARDS), '--routing', 'id']);
+  node = await startCeler(dir, ['--shards', String(SHARDS), '--routing', 'id', '--grpc', '127.0.0.1:0']);
   client = await connect(node.native, { clientId: 1 });
 });
 
@@ -252,4 +255,40 @@ test('watch: one notification per change after commit, per aggregate in order, n
     assert.equal(got.value.fromVersion, 16n);
   }
   await one.return(undefined);
+});
+
+test('gRPC ReadShard and SubscribeShard: the same feed, the stream follows the tail', async () => {
+  const def = await protoLoader.load(PROTO_PATH, PROTO_LOADER_OPTIONS);
+  const pkg = grpc.loadPackageDefinition(def) as unknown as { celer: { v1: { EventStore: grpc.ServiceClientConstructor } } };
+  const g = new pkg.celer.v1.EventStore(node.grpc!, grpc.credentials.createInsecure()) as unknown as Record<string, (req: unknown, cb?: (e: grpc.ServiceError | null, r: Record<string, unknown>) => void) => grpc.ClientReadableStream<Record<string, unknown>>>;
+  try {
+    const org = 706;
+    for (let i = 0; i < 6; i++) await client.append({ org, type: 1, id: 3 * i }, [ev('G', String(i))]);
+    const page = await new Promise<Record<string, unknown>>((resolve, reject) => g.ReadShard!({ shard: 0, org: String(org) }, (e, r) => (e ? reject(e) : resolve(r))));
+    const batches = page.batches as { key: { id: string }; batch: { position: { seq: string }; events: { data: Buffer }[] } }[];
+    assert.equal(batches.length, 6);
+    assert.deepEqual(batches.map((b) => td.decode(b.batch.events[0]!.data)), ['0', '1', '2', '3', '4', '5']);
+    assert.equal(page.numShards, SHARDS);
+    // The stream: from the tail on, it delivers the next writes.
+    const stream = g.SubscribeShard!({ shard: 0, from: String(page.next), org: String(org) });
+    const got: string[] = [];
+    const done = new Promise<void>((resolve, reject) => {
+      stream.on('data', (m: Record<string, unknown>) => {
+        for (const b of m.batches as { batch: { events: { data: Buffer }[] } }[]) got.push(td.decode(b.batch.events[0]!.data));
+        if (got.length >= 3) {
+          stream.cancel();
+          resolve();
+        }
+      });
+      stream.on('error', (e: grpc.ServiceError) => (e.code === grpc.status.CANCELLED ? resolve() : reject(e)));
+    });
+    for (let i = 6; i < 9; i++) await client.append({ org, type: 1, id: 3 * i }, [ev('G', String(i))]);
+    await done;
+    assert.deepEqual(got, ['6', '7', '8']);
+    // A filter that cannot be served is a 9100 (INVALID_ARGUMENT).
+    const bad = await new Promise<grpc.ServiceError>((resolve) => g.ReadShard!({ shard: 0, type: '1' }, (e) => resolve(e!)));
+    assert.equal(bad.code, grpc.status.INVALID_ARGUMENT);
+  } finally {
+    (g as unknown as grpc.Client).close();
+  }
 });
