@@ -1,9 +1,9 @@
-// The `celer` command line: serve, write, read, details, verify, bench, cluster status.
+// The `celer` command line: serve, write, read, subscribe, watch, details, verify, bench, cluster status.
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Batch, ExpectedVersion } from '@celer/client';
 import { CelerError } from '../../client/errors.ts';
-import { parseKey } from '../../client/key.ts';
+import { formatKey, parseKey, toU128 } from '../../client/key.ts';
 import { ConfigError } from '../storage/meta.ts';
 import { int, parse, UsageError } from './args.ts';
 import { parseServeArgs } from './serve-args.ts';
@@ -27,6 +27,11 @@ usage:
   celer write   [--addr HOST:PORT] KEY --type TYPE (--data TEXT | --data-file FILE)
                 [--expected-version any|no_stream|stream_exists|N] [--client-id ID] [--client-seq N]
   celer read    [--addr HOST:PORT] KEY [--from N] [--to N] [--types A,B]   (one JSON line per batch)
+  celer subscribe [--addr HOST:PORT] KEY|ORG|ORG/TYPE [--from VERSION|CHECKPOINT] [--count N]
+                (history, then the live tail; one JSON line per batch; an org's batches carry
+                 "checkpoint": pass it as --from to resume right after that batch)
+  celer watch   [--addr HOST:PORT] KEY|ORG|ORG/TYPE [--max-latency-ms N] [--count N]
+                (one JSON line per change after commit, from now on)
   celer details [--addr HOST:PORT] KEY
   celer cluster status [--addr HTTP_HOST:PORT[,HTTP_HOST:PORT]] [--json] [--timeout-ms N]
                 (both nodes' GET /status; one address finds the peer; default 127.0.0.1:7401)
@@ -141,6 +146,62 @@ async function read(args: string[]): Promise<number> {
   return 0;
 }
 
+/** KEY (org/type/id) → a key; ORG or ORG/TYPE → an org filter. */
+function feedTarget(text: string): { key: ReturnType<typeof parseKey> } | { org: bigint; type?: bigint } {
+  const parts = text.split('/');
+  if (parts.length === 3) return { key: keyArg(text) };
+  if (parts.length > 3 || parts.some((p) => p === '')) throw new UsageError(`"${text}" is neither KEY (org/type/id) nor ORG or ORG/TYPE`);
+  try {
+    const org = toU128(parts[0]!, 'org');
+    return parts.length === 2 ? { org, type: toU128(parts[1]!, 'type') } : { org };
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+async function subscribe(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, { addr: { type: 'string' }, from: { type: 'string' }, count: { type: 'string' } }, 1);
+  const target = feedTarget(positionals[0]!);
+  const count = int(values.count, '--count', 1);
+  const c = await connect(values.addr ?? '127.0.0.1:7400');
+  let n = 0;
+  try {
+    if ('key' in target) {
+      const from = int(values.from, '--from', 1);
+      for await (const b of c.subscribe(target.key, from !== undefined ? { from } : {})) {
+        out(showBatch(b));
+        if (count !== undefined && ++n >= count) break;
+      }
+    } else {
+      for await (const b of c.subscribe(target, values.from !== undefined ? { from: values.from } : {})) {
+        out(showBatch(b));
+        if (count !== undefined && ++n >= count) break;
+      }
+    }
+  } finally {
+    await c.close();
+  }
+  return 0;
+}
+
+async function watch(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, { addr: { type: 'string' }, 'max-latency-ms': { type: 'string' }, count: { type: 'string' } }, 1);
+  const target = feedTarget(positionals[0]!);
+  const count = int(values.count, '--count', 1);
+  const maxLatencyMs = int(values['max-latency-ms'], '--max-latency-ms', 0);
+  const c = await connect(values.addr ?? '127.0.0.1:7400');
+  let n = 0;
+  try {
+    for await (const note of c.watch(target, maxLatencyMs !== undefined ? { maxLatencyMs } : {})) {
+      out(json(note.op === 'heartbeat' ? note : { ...note, key: formatKey(note.key) }));
+      if (count !== undefined && ++n >= count) break;
+    }
+  } finally {
+    await c.close();
+  }
+  return 0;
+}
+
 async function details(args: string[]): Promise<number> {
   const { values, positionals } = parse(args, { addr: { type: 'string' } }, 1);
   const c = await connect(values.addr ?? '127.0.0.1:7400');
@@ -228,7 +289,7 @@ async function bench(args: string[]): Promise<number> {
   return 0;
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<number>> = { serve, write, read, details, verify, bench, cluster };
+const COMMANDS: Record<string, (args: string[]) => Promise<number>> = { serve, write, read, subscribe, watch, details, verify, bench, cluster };
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;

@@ -6,7 +6,7 @@ import { BadRequestError, connect, type CelerClient, type SubscribedBatch } from
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { PROTO_LOADER_OPTIONS, PROTO_PATH } from '../../dataplane/server/grpc.ts';
-import { removeDir, startCeler, tempDir, type CelerProcess } from './lib/celer-process.ts';
+import { removeDir, runCeler, startCeler, tempDir, type CelerProcess } from './lib/celer-process.ts';
 
 const te = new TextEncoder();
 const td = new TextDecoder();
@@ -291,4 +291,33 @@ test('gRPC ReadShard and SubscribeShard: the same feed, the stream follows the t
   } finally {
     (g as unknown as grpc.Client).close();
   }
+});
+
+test('CLI: celer subscribe ORG prints batches with checkpoints and resumes from one; celer watch KEY prints a change', async () => {
+  const org = 707;
+  for (let i = 0; i < 5; i++) await client.append({ org, type: 1, id: i }, [ev('C', String(i))]);
+  const first = await runCeler(['subscribe', '--addr', node.native, String(org), '--count', '3']);
+  assert.equal(first.code, 0, first.stderr);
+  const lines = first.stdout.trim().split('\n').map((l) => JSON.parse(l) as { checkpoint: string; events: { data: string }[] });
+  assert.equal(lines.length, 3);
+  const rest = await runCeler(['subscribe', '--addr', node.native, String(org), '--from', lines[2]!.checkpoint, '--count', '2']);
+  assert.equal(rest.code, 0, rest.stderr);
+  const all = [...lines, ...rest.stdout.trim().split('\n').map((l) => JSON.parse(l) as { events: { data: string }[] })];
+  assert.deepEqual(all.map((b) => b.events[0]!.data).sort(), ['0', '1', '2', '3', '4']);
+  // watch starts at the tail: keep writing until the command has seen one change and exited.
+  const watching = runCeler(['watch', '--addr', node.native, `${org}/1/9`, '--count', '1']);
+  let exited = false;
+  void watching.then(() => (exited = true));
+  for (let i = 0; !exited && i < 100; i++) {
+    await client.append({ org, type: 1, id: 9 }, [ev('W')]);
+    await sleep(100);
+  }
+  const w = await watching;
+  assert.equal(w.code, 0, w.stderr);
+  const note = JSON.parse(w.stdout.trim()) as { key: string; op: string; fromVersion: string };
+  assert.equal(note.key, `${org}/1/9`);
+  assert.equal(note.op, 'write');
+  const bad = await runCeler(['watch', '--addr', node.native, '1/2/3/4']);
+  assert.notEqual(bad.code, 0);
+  assert.match(bad.stderr, /neither KEY/);
 });
