@@ -33,3 +33,14 @@ export {
   type WatchNotification,
   type WatchOptions,
 } from './feed.ts';
+export {
+  DecryptionError,
+  EncryptingClient,
+  InMemoryKeyProvider,
+  KEY_BYTES,
+  KeyUnavailableError,
+  encrypting,
+  type EncryptionOptions,
+  type KeyProvider,
+  type OpenedEvent,
+} from './encryption.ts';
