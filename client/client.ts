@@ -1,7 +1,7 @@
 // The Celer client: connect() and the operations of SPEC §3–§4 over the native protocol.
 import { parseAddress } from './connection.ts';
-import { decodeDetails, decodePong, decodeReadPage, decodeWriteResults } from './decode.ts';
-import { KEY_AT, WRITE_KEY_AT, badRequest, encodeDetails, encodePing, encodeRead, encodeWrite, toClientId, toU64 } from './encode.ts';
+import { decodeControl, decodeDetails, decodePong, decodeReadPage, decodeWriteResults } from './decode.ts';
+import { CONTROL_KEY_AT, KEY_AT, WRITE_KEY_AT, badRequest, encodeDelete, encodeDetails, encodePing, encodeRead, encodeTrim, encodeWrite, toClientId, toU64 } from './encode.ts';
 import {
   appendExactlyOnce,
   writeExactlyOnce,
@@ -13,8 +13,8 @@ import {
 import type { AggregateKey } from './key.ts';
 import { resolveOptions, type ClientOptions, type ResolvedOptions } from './options.ts';
 import { Pool, type NodeStats } from './pool.ts';
-import type { AggregateDetails, AppendOptions, AppendResult, Batch, EventInput, ReadOptions, ReadPage, WriteInput, WriteResult } from './types.ts';
-import { WireError, type Frame } from './wire.ts';
+import type { AggregateDetails, AppendOptions, AppendResult, Batch, DeleteOptions, DeleteResult, EventInput, ReadOptions, ReadPage, WriteInput, WriteResult } from './types.ts';
+import { Op, WireError, type Frame } from './wire.ts';
 import {
   readShard,
   subscribeKey,
@@ -102,7 +102,8 @@ export class CelerClient {
 
   /** Every batch from `opts.from` (to `opts.to`), page after page. */
   async *readAll(key: AggregateKey, opts: ReadOptions = {}): AsyncGenerator<Batch, void, undefined> {
-    let from = opts.from === undefined ? 1n : toU64(opts.from, 'from');
+    // 0: from the first readable version (after trims).
+    let from = opts.from === undefined ? 0n : toU64(opts.from, 'from');
     for (;;) {
       const page = await this.read(key, { ...opts, from });
       yield* page.batches;
@@ -113,6 +114,27 @@ export class CelerClient {
       if (opts.to !== undefined && next > BigInt(opts.to)) return;
       from = next;
     }
+  }
+
+  /**
+   * Deletes an aggregate (SPEC §5): a tombstone in its shard's log. Reads then get 1001; its
+   * version stays (versions never rewind), so do exactly-once floors. With `allowRecreate` a later
+   * write recreates it from version + 1, its old events still unreadable; without, writes get 1001.
+   * Deleting a deleted aggregate changes nothing (`unchanged`).
+   */
+  async delete(key: AggregateKey, opts: DeleteOptions = {}): Promise<DeleteResult> {
+    const frame = encodeDelete(toClientId(opts?.clientId, this.defaultClientId), key, opts);
+    return decodeControl(await this.pool.send(frame, this.pool.slotOf(frame, CONTROL_KEY_AT)), Op.DeleteOk, 'delete');
+  }
+
+  /**
+   * Makes the versions below `keepFromVersion` unreadable (reads from below get 1000, reads without
+   * `from` start at it). At most version + 1 (trims everything); a trim never lowers the point
+   * (a lower one is `unchanged`). The space is not reclaimed in this version.
+   */
+  async trimStart(key: AggregateKey, keepFromVersion: bigint | number): Promise<DeleteResult> {
+    const frame = encodeTrim(toClientId(undefined, this.defaultClientId), key, keepFromVersion);
+    return decodeControl(await this.pool.send(frame, this.pool.slotOf(frame, CONTROL_KEY_AT)), Op.TrimOk, 'trim');
   }
 
   async details(key: AggregateKey): Promise<AggregateDetails> {

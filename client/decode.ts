@@ -1,6 +1,6 @@
 // Answer frames → public result types. An answer of the wrong kind is a protocol error (WireError).
-import type { AggregateDetails, AppendResult, Batch, ReadPage, RecordedEvent } from './types.ts';
-import { Op, WireError, decodeDetailsOk, decodeReadOk, decodeWriteOk, type Frame, type WireEvent } from './wire.ts';
+import type { AggregateDetails, AppendResult, Batch, DeleteResult, ReadPage, RecordedEvent } from './types.ts';
+import { Op, WireError, decodeControlOk, decodeDetailsOk, decodeReadOk, decodeWriteOk, type Frame, type WireEvent } from './wire.ts';
 
 function expectOp(frame: Frame, op: number, what: string): void {
   if (frame.op !== op) throw new WireError(`expected a ${what} answer (op 0x${op.toString(16)}), got op 0x${frame.op.toString(16)}`);
@@ -55,6 +55,12 @@ export function decodeDetails(frame: Frame): AggregateDetails {
     lastServerTimestampMs: d.lastServerTimestampMs,
     deleted: d.deleted,
   };
+}
+
+export function decodeControl(frame: Frame, op: typeof Op.DeleteOk | typeof Op.TrimOk, what: string): DeleteResult {
+  expectOp(frame, op, what);
+  const ok = decodeControlOk(frame.body);
+  return { position: { shard: ok.shard, seq: ok.seq }, version: ok.version, minVersion: ok.minVersion, unchanged: ok.unchanged };
 }
 
 export function decodePong(frame: Frame): void {

@@ -2,7 +2,7 @@
 // BadRequestError (9100, as the server would answer) whose message names the field.
 import { BadRequestError, ErrorCode } from './errors.ts';
 import { KeyError, U64_MAX, normalizeKey, toU128, type AggregateKey, type KeyPart, type NormalizedKey } from './key.ts';
-import type { AggregateWrite, EventInput, ExpectedVersion, ReadOptions } from './types.ts';
+import type { AggregateWrite, DeleteOptions, EventInput, ExpectedVersion, ReadOptions } from './types.ts';
 import {
   Expect,
   FRAME_HEADER_BYTES,
@@ -153,7 +153,8 @@ export function encodeWrite(clientId: bigint, writes: readonly AggregateWrite[],
 export function encodeRead(key: AggregateKey, opts: ReadOptions = {}): Uint8Array {
   const k = checkedKey(key, 'key');
   if (opts === null || typeof opts !== 'object') throw badRequest('read options must be an object');
-  const from = opts.from === undefined ? 1n : toU64(opts.from, 'from');
+  // 0 = from the aggregate's first readable version (after trims).
+  const from = opts.from === undefined ? 0n : toU64(opts.from, 'from');
   const to = opts.to === undefined ? 0n : toU64(opts.to, 'to');
   if (opts.to !== undefined && (to === 0n || to < from)) throw badRequest(`read range is empty: to (${to}) is below from (${from})`);
   let maxBytes = 0;
@@ -183,6 +184,41 @@ export function encodeDetails(key: AggregateKey): Uint8Array {
   beginFrame(w);
   w.key(k);
   return endFrame(w, 0, Op.Details);
+}
+
+/** Where the key of a delete or trim frame lies (after the clientId), for the pool's slot choice. */
+export const CONTROL_KEY_AT = FRAME_HEADER_BYTES + 16;
+
+export function encodeDelete(clientId: bigint, key: AggregateKey, opts: DeleteOptions = {}): Uint8Array {
+  const k = checkedKey(key, 'key');
+  if (opts === null || typeof opts !== 'object') throw badRequest('delete options must be an object');
+  const ev = opts.expectedVersion;
+  if (ev !== undefined && ev !== 'any' && typeof ev !== 'number' && typeof ev !== 'bigint') {
+    throw badRequest(`delete takes expectedVersion as a version (or 'any'); got ${typeof ev === 'string' ? `"${ev}"` : String(ev)}`);
+  }
+  const guard = toGuard(ev, 'expectedVersion');
+  if (guard.mode === Expect.Exact && guard.version === 0n) throw badRequest('delete with expectedVersion 0: there is nothing to delete at version 0');
+  if (opts.allowRecreate !== undefined && typeof opts.allowRecreate !== 'boolean') throw badRequest('allowRecreate must be a boolean');
+  const w = new Writer(0, Buffer.allocUnsafe(FRAME_HEADER_BYTES + 16 + 48 + 1 + 8 + 1));
+  beginFrame(w);
+  w.u128(clientId);
+  w.key(k);
+  w.u8(guard.mode);
+  w.u64(guard.version);
+  w.u8(opts.allowRecreate === true ? 1 : 0);
+  return endFrame(w, 0, Op.Delete);
+}
+
+export function encodeTrim(clientId: bigint, key: AggregateKey, keepFromVersion: bigint | number): Uint8Array {
+  const k = checkedKey(key, 'key');
+  const keep = toU64(keepFromVersion, 'keepFromVersion');
+  if (keep === 0n) throw badRequest('keepFromVersion must be at least 1 (versions start at 1)');
+  const w = new Writer(0, Buffer.allocUnsafe(FRAME_HEADER_BYTES + 16 + 48 + 8));
+  beginFrame(w);
+  w.u128(clientId);
+  w.key(k);
+  w.u64(keep);
+  return endFrame(w, 0, Op.Trim);
 }
 
 export function encodePing(): Uint8Array {

@@ -34,10 +34,19 @@ const TIP_PROBE = BigInt(Number.MAX_SAFE_INTEGER);
 const CHECKPOINT_SHARDS_MAX = 4096;
 const CHECKPOINT_PREFIX = 'c1:';
 
+/** What a feed batch does: a write carries events; a delete (tombstone) or a trim carries none. */
+export type BatchOpName = 'write' | 'delete' | 'trim';
+
 /** A committed batch from a shard's feed, with its aggregate. */
 export interface ShardBatch extends Batch {
   key: NormalizedKey;
+  /** `delete` and `trim` batches have no events; their fromVersion is the aggregate's version + 1. */
+  op: BatchOpName;
+  /** The aggregate's first readable version after this batch (raised by trims and deletes). */
+  minVersion: bigint;
 }
+
+const OP_NAMES: readonly BatchOpName[] = ['write', 'delete', 'trim'];
 
 export interface ShardPage {
   shard: number;
@@ -103,9 +112,14 @@ export interface WatchOptions {
   pollWaitMs?: number;
 }
 
+/**
+ * `write`: versions fromVersion..toVersion were written. `delete` and `trim`: versions
+ * fromVersion..toVersion (from 1) are no longer readable — up to the aggregate's version for a
+ * delete, below the new first readable version for a trim.
+ */
 export interface WatchNotification {
   key: NormalizedKey;
-  op: 'write';
+  op: BatchOpName;
   fromVersion: bigint;
   toVersion: bigint;
   /** Position of the newest batch this notification covers. */
@@ -154,6 +168,8 @@ async function feedPage(send: FeedSend, q: FeedQuery): Promise<ShardPage> {
     committedSeq: ok.committedSeq,
     batches: ok.batches.map((b) => ({
       key: b.key,
+      op: OP_NAMES[b.op]!,
+      minVersion: b.minVersion,
       fromVersion: b.fromVersion,
       toVersion: b.toVersion,
       position: { shard: b.shard, seq: b.seq },
@@ -241,8 +257,8 @@ export async function* subscribeKey(
   opts: SubscribeKeyOptions = {},
 ): AsyncGenerator<Batch, void, undefined> {
   const k = normalizeKey(key);
-  let next = opts.from === undefined ? 1n : toU64(opts.from, 'from');
-  if (next === 0n) next = 1n;
+  // 0: from the first readable version (after trims), whatever it is.
+  let next = opts.from === undefined ? 0n : toU64(opts.from, 'from');
   const waitMs = waitOf(opts.pollWaitMs, FEED_POLL_WAIT_MS_DEFAULT, 'pollWaitMs');
   const maxBytes = maxBytesOf(opts.maxBytes);
   const tip = await feedPage(send, { shard: SHARD_OF_KEY, from: TIP_PROBE, maxBytes, waitMs: 0, filter: FeedFilter.Key, key: k, headersOnly: true });
@@ -260,6 +276,10 @@ export async function* subscribeKey(
   for (;;) {
     const page = await feedPage(send, q);
     for (const b of page.batches) {
+      // Deletes and trims take no version: an aggregate subscription passes over them (watch shows them).
+      if (b.op !== 'write') continue;
+      // Nothing readable came from the history: the first batch after the tip is where the tail starts.
+      if (next === 0n) next = b.fromVersion;
       if (b.toVersion < next) continue;
       if (b.fromVersion > next) {
         throw new WireError(`subscribe ${formatKey(k)}: the feed skipped from version ${next} to ${b.fromVersion} (position ${b.position.shard}:${b.position.seq})`);
@@ -383,8 +403,12 @@ export async function* watch(send: FeedSend, filter: WatchFilter, opts: WatchOpt
     committed.set(page.shard, page.committedSeq);
     const out: WatchNotification[] = [];
     for (const b of page.batches) {
+      if (b.op !== 'write') {
+        out.push({ key: b.key, op: b.op, fromVersion: 1n, toVersion: b.op === 'delete' ? b.toVersion : b.minVersion - 1n, position: b.position });
+        continue;
+      }
       const last = out.length > 0 ? out[out.length - 1]! : undefined;
-      if (last !== undefined && sameKey(last.key, b.key) && last.toVersion + 1n === b.fromVersion) {
+      if (last !== undefined && last.op === 'write' && sameKey(last.key, b.key) && last.toVersion + 1n === b.fromVersion) {
         last.toVersion = b.toVersion;
         last.position = b.position;
         continue;

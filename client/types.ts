@@ -93,6 +93,27 @@ export interface ReadPage {
   nextVersion?: bigint;
 }
 
+export interface DeleteOptions {
+  /** Delete only at this version (2003 otherwise); default any. */
+  expectedVersion?: bigint | number | 'any';
+  /** Let a later write recreate the aggregate (its versions go on after the tombstone); default false: deleted for good. */
+  allowRecreate?: boolean;
+  /** The writer's clientId, recorded on the tombstone; default the connection's. */
+  clientId?: KeyPart;
+}
+
+/** The answer to delete and trimStart. */
+export interface DeleteResult {
+  /** Where the tombstone (or the trim) lies; when nothing changed, the aggregate's newest batch. */
+  position: Position;
+  /** The aggregate's version (unchanged: deletes and trims take no version). */
+  version: bigint;
+  /** The first readable version now (after a delete: version + 1). */
+  minVersion: bigint;
+  /** True when it was already so (deleted before, or trimmed at or above keepFromVersion): nothing was written. */
+  unchanged: boolean;
+}
+
 export interface AggregateDetails {
   version: bigint;
   /** Lowest readable version (1 unless trimmed). */

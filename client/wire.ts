@@ -19,11 +19,15 @@ export const Op = {
   Details: 3,
   Ping: 4,
   ReadShard: 5,
+  Delete: 10,
+  Trim: 11,
   WriteOk: 0x81,
   ReadOk: 0x82,
   DetailsOk: 0x83,
   Pong: 0x84,
   ReadShardOk: 0x85,
+  DeleteOk: 0x8a,
+  TrimOk: 0x8b,
   Error: 0xff,
 } as const;
 export type OpCode = (typeof Op)[keyof typeof Op];
@@ -402,6 +406,10 @@ export function decodeReadShardRequest(body: Uint8Array): WireReadShardRequest {
 
 export interface WireShardBatch extends WireBatchHeader {
   key: NormalizedKey;
+  /** What the batch does: a write (events), a delete (tombstone) or a trim; no events for the last two. */
+  op: BatchOpWireCode;
+  /** The aggregate's first readable version after this batch. */
+  minVersion: bigint;
   events: (WireEvent & { version: bigint })[];
 }
 
@@ -417,7 +425,7 @@ export interface WireReadShardOk {
   batches: WireShardBatch[];
 }
 
-/** u32 shard | u32 numShards | u64 next | u64 committedSeq | u8 flags | u32 count | batches (key, header, events). */
+/** u32 shard | u32 numShards | u64 next | u64 committedSeq | u8 flags | u32 count | batches (key, u8 op, u64 minVersion, header, events). */
 export function decodeReadShardOk(body: Uint8Array): WireReadShardOk {
   const r = new Reader(body);
   const shard = r.u32('shard');
@@ -429,6 +437,9 @@ export function decodeReadShardOk(body: Uint8Array): WireReadShardOk {
   const batches: WireShardBatch[] = [];
   for (let i = 0; i < n; i++) {
     const key = r.key(`batches[${i}].key`);
+    const op = r.u8(`batches[${i}].op`);
+    if (op > BatchOpWire.Trim) throw new WireError(`batches[${i}] has unknown op ${op}`);
+    const minVersion = r.u64(`batches[${i}].minVersion`);
     const h: WireBatchHeader = {
       fromVersion: r.u64('fromVersion'),
       toVersion: r.u64('toVersion'),
@@ -443,10 +454,107 @@ export function decodeReadShardOk(body: Uint8Array): WireReadShardOk {
       const version = r.u64('version');
       events.push({ ...readEvent(r, `batches[${i}].events[${j}]`), version });
     }
-    batches.push({ ...h, key, events });
+    batches.push({ ...h, key, op: op as BatchOpWireCode, minVersion, events });
   }
   r.done('the shard feed response');
   return { shard, numShards, next, committedSeq, headersOnly: (flags & FEED_HEADERS_ONLY) !== 0, batches };
+}
+
+/** What a shard-feed batch does to its aggregate (the log's batch op). */
+export const BatchOpWire = { Write: 0, Delete: 1, Trim: 2 } as const;
+export type BatchOpWireCode = (typeof BatchOpWire)[keyof typeof BatchOpWire];
+
+const DELETE_ALLOW_RECREATE = 1;
+
+/** Delete: u128 clientId | key | u8 mode (Any or Exact) | u64 expectVersion | u8 flags (1 allowRecreate). */
+export interface WireDeleteRequest {
+  clientId: bigint;
+  key: NormalizedKey;
+  expectMode: ExpectMode;
+  expectVersion: bigint;
+  allowRecreate: boolean;
+}
+
+export function encodeDeleteRequest(req: WireDeleteRequest): Uint8Array {
+  const w = new Writer(80);
+  w.u128(req.clientId);
+  w.key(req.key);
+  w.u8(req.expectMode);
+  w.u64(req.expectVersion);
+  w.u8(req.allowRecreate ? DELETE_ALLOW_RECREATE : 0);
+  return w.finish();
+}
+
+export function decodeDeleteRequest(body: Uint8Array): WireDeleteRequest {
+  const r = new Reader(body);
+  const clientId = r.u128('clientId');
+  const key = r.key('key');
+  const expectMode = r.u8('expectMode');
+  if (expectMode !== Expect.Any && expectMode !== Expect.Exact) throw new WireError(`delete takes expectedVersion as a version or nothing (mode ${expectMode} is not allowed)`);
+  const expectVersion = r.u64('expectVersion');
+  if (expectMode === Expect.Exact && expectVersion === 0n) throw new WireError('delete with expectedVersion 0: there is nothing to delete at version 0');
+  const flags = r.u8('flags');
+  if ((flags & ~DELETE_ALLOW_RECREATE) !== 0) throw new WireError(`unknown delete flags 0x${flags.toString(16)}`);
+  r.done('the delete request');
+  return { clientId, key, expectMode: expectMode as ExpectMode, expectVersion, allowRecreate: (flags & DELETE_ALLOW_RECREATE) !== 0 };
+}
+
+/** Trim: u128 clientId | key | u64 keepFromVersion. */
+export interface WireTrimRequest {
+  clientId: bigint;
+  key: NormalizedKey;
+  keepFromVersion: bigint;
+}
+
+export function encodeTrimRequest(req: WireTrimRequest): Uint8Array {
+  const w = new Writer(72);
+  w.u128(req.clientId);
+  w.key(req.key);
+  w.u64(req.keepFromVersion);
+  return w.finish();
+}
+
+export function decodeTrimRequest(body: Uint8Array): WireTrimRequest {
+  const r = new Reader(body);
+  const clientId = r.u128('clientId');
+  const key = r.key('key');
+  const keepFromVersion = r.u64('keepFromVersion');
+  if (keepFromVersion === 0n) throw new WireError('keepFromVersion must be at least 1 (versions start at 1)');
+  r.done('the trim request');
+  return { clientId, key, keepFromVersion };
+}
+
+const CONTROL_NOTHING_TO_DO = 1;
+
+/** DeleteOk / TrimOk: u32 shard | u64 seq | u64 version | u64 minVersion | u8 flags (1: nothing to do, already so). */
+export interface WireControlOk {
+  shard: number;
+  /** Position of the tombstone (of the aggregate's newest batch when there was nothing to do). */
+  seq: bigint;
+  version: bigint;
+  minVersion: bigint;
+  unchanged: boolean;
+}
+
+export function encodeControlOk(ok: WireControlOk): Uint8Array {
+  const w = new Writer(32);
+  w.u32(ok.shard);
+  w.u64(ok.seq);
+  w.u64(ok.version);
+  w.u64(ok.minVersion);
+  w.u8(ok.unchanged ? CONTROL_NOTHING_TO_DO : 0);
+  return w.finish();
+}
+
+export function decodeControlOk(body: Uint8Array): WireControlOk {
+  const r = new Reader(body);
+  const shard = r.u32('shard');
+  const seq = r.u64('seq');
+  const version = r.u64('version');
+  const minVersion = r.u64('minVersion');
+  const unchanged = (r.u8('flags') & CONTROL_NOTHING_TO_DO) !== 0;
+  r.done('the delete/trim response');
+  return { shard, seq, version, minVersion, unchanged };
 }
 
 export function encodeKeyRequest(key: NormalizedKey): Uint8Array {

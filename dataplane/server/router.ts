@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
 import { ErrorCode } from '../../client/errors.ts';
 import { U64_MAX, type NormalizedKey } from '../../client/key.ts';
-import { decodeKeyRequest, decodeReadRequest, decodeReadShardRequest, decodeWriteRequest, encodeError, Limits, Op, SHARD_OF_KEY, WireError, Writer } from '../../client/wire.ts';
+import { decodeDeleteRequest, decodeKeyRequest, decodeReadRequest, decodeReadShardRequest, decodeTrimRequest, decodeWriteRequest, encodeError, Limits, Op, SHARD_OF_KEY, WireError, Writer } from '../../client/wire.ts';
 import { DISPATCH_BATCH_MAX, DISPATCH_BYTES_IN_FLIGHT_MAX, DISPATCH_IN_FLIGHT_MAX } from '../constants.ts';
 import { REQ_ITEM_WIDTH, RES_ITEM_WIDTH, type ShardInfo, type WorkerConfig } from '../shard/worker.ts';
 import { applyWorkerStats, setCacheUsage, type CacheUsage, type WorkerStats } from './metrics.ts';
@@ -301,6 +301,21 @@ export class Router implements Dispatcher {
           shard = [...shards][0]!;
           break;
         }
+        case Op.Delete:
+        case Op.Trim: {
+          const gate = this.cfg.cluster?.writeGate() ?? null;
+          if (gate !== null) return Promise.resolve(error(ErrorCode.NotLeader, gate.message, gate.leader === null ? {} : { leader: gate.leader }));
+          if (op === Op.Delete) {
+            const req = decodeDeleteRequest(body);
+            if (req.expectVersion > MAX_SAFE) throw new WireError(`expectedVersion ${req.expectVersion} is beyond any possible version`);
+            shard = this.shardOf(req.key);
+          } else {
+            const req = decodeTrimRequest(body);
+            if (req.keepFromVersion > MAX_SAFE) throw new WireError(`keepFromVersion ${req.keepFromVersion} is beyond any possible version`);
+            shard = this.shardOf(req.key);
+          }
+          break;
+        }
         case Op.Read: {
           const req = decodeReadRequest(body);
           if (req.from > MAX_SAFE || req.to > MAX_SAFE) throw new WireError('read range is beyond any possible version');
@@ -319,7 +334,7 @@ export class Router implements Dispatcher {
           break;
         }
         default:
-          throw new WireError(`unknown operation ${op}; this server knows write (${Op.Write}), read (${Op.Read}), details (${Op.Details}), ping (${Op.Ping}) and readShard (${Op.ReadShard})`);
+          throw new WireError(`unknown operation ${op}; this server knows write (${Op.Write}), read (${Op.Read}), details (${Op.Details}), ping (${Op.Ping}), readShard (${Op.ReadShard}), delete (${Op.Delete}) and trim (${Op.Trim})`);
       }
     } catch (e) {
       if (e instanceof WireError) return Promise.resolve(error(ErrorCode.BadRequest, e.message));

@@ -70,6 +70,8 @@ export async function readShardPage(ctx: FeedContext, body: Uint8Array): Promise
       next = b.seq + 1;
       if (!matches(req, b.key)) continue;
       w.bytes(b.key);
+      w.u8(b.op);
+      w.u64n(b.minVersion);
       writeBatchHeader(w, {
         fromVersion: BigInt(b.fromVersion),
         toVersion: BigInt(b.toVersion),

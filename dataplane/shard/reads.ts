@@ -5,7 +5,7 @@ import { Writer, Op, encodeDetailsOk, writeBatchHeader } from '../../client/wire
 import { ErrorCode } from '../../client/errors.ts';
 import { WALK_ENTRY_BYTES_ESTIMATE } from '../constants.ts';
 import type { Lru } from '../storage/lru.ts';
-import type { BatchView, RecordHeader } from '../storage/record.ts';
+import { BATCH_DELETED, type BatchView, type RecordHeader } from '../storage/record.ts';
 import { keyString, type AggState, type BatchLoc } from './state.ts';
 import { decodeKeyTrusted, decodeReadTrusted, describeKey } from './requests.ts';
 import { diskEventAt, writeWireEvent } from './events.ts';
@@ -37,11 +37,14 @@ export async function readPage(ctx: ReadContext, body: Uint8Array): Promise<Shar
   const q = decodeReadTrusted(body);
   const s = await ctx.getState(q.key);
   if (s.cVersion === 0) return err(ErrorCode.AggregateNotFound, `aggregate ${describeKey(q.key)} does not exist`);
+  if ((s.cFlags & BATCH_DELETED) !== 0) {
+    return err(ErrorCode.AggregateNotFound, `aggregate ${describeKey(q.key)} was deleted at version ${s.cVersion}`, { deleted: true, version: String(s.cVersion) });
+  }
   // The committed tip as of now: awaits below may see later commits, which this page must not
   // claim to cover (the read-ahead records exactly what it walked).
   const tipSeq = s.cSeq;
   const tipLoc = s.cLoc;
-  const from = Number(q.from);
+  const from = q.from === 0n ? s.minVersion : Number(q.from);
   const to = q.to === 0n ? s.cVersion : Math.min(Number(q.to), s.cVersion);
   if (from < s.minVersion) {
     return err(ErrorCode.ReadBelowTrimmed, `version ${from} of ${describeKey(q.key)} was trimmed; the first readable version is ${s.minVersion}`, { minVersion: String(s.minVersion) });
@@ -136,7 +139,7 @@ export async function details(ctx: ReadContext, body: Uint8Array): Promise<Shard
       lastSeq: BigInt(s.cSeq),
       lastClientId: s.cClientId,
       lastServerTimestampMs: s.cTimestampMs,
-      deleted: false,
+      deleted: (s.cFlags & BATCH_DELETED) !== 0,
     }),
   };
 }

@@ -1,7 +1,7 @@
 // Decoding of requests inside a shard worker. The main thread has already validated every byte
 // (client/wire.ts decoders), so these only slice: keys stay as their 48 raw bytes.
 import { Limits, Reader } from '../../client/wire.ts';
-import type { ExpectMode } from '../../client/wire.ts';
+import { Expect, type ExpectMode } from '../../client/wire.ts';
 import { skipEvent } from '../../client/wire.ts';
 
 export interface TrustedWrite {
@@ -13,7 +13,39 @@ export interface TrustedWrite {
     clientSeq: bigint;
     eventCount: number;
     events: Uint8Array;
+    /** A delete or a trim (no events) instead of a write. */
+    control?: ControlOp;
   }[];
+}
+
+export interface ControlOp {
+  op: 'delete' | 'trim';
+  allowRecreate: boolean;
+  /** trim: the first version to keep. */
+  keepFrom: number;
+}
+
+const NO_EVENTS = new Uint8Array(0);
+
+/** A delete (validated by decodeDeleteRequest) as a one-aggregate write without events. */
+export function decodeDeleteTrusted(body: Uint8Array): TrustedWrite {
+  const r = new Reader(body);
+  const clientId = r.u128('clientId');
+  const key = r.bytes(48, 'key');
+  const expectMode = r.u8('mode') as ExpectMode;
+  const expectVersion = r.u64('expected');
+  const allowRecreate = (r.u8('flags') & 1) !== 0;
+  return { clientId, writes: [{ key, expectMode, expectVersion, clientSeq: 0n, eventCount: 0, events: NO_EVENTS, control: { op: 'delete', allowRecreate, keepFrom: 0 } }] };
+}
+
+/** A trim (validated by decodeTrimRequest) as a one-aggregate write without events. */
+export function decodeTrimTrusted(body: Uint8Array): TrustedWrite {
+  const r = new Reader(body);
+  const clientId = r.u128('clientId');
+  const key = r.bytes(48, 'key');
+  const keepFrom = r.u64('keepFromVersion');
+  if (keepFrom > BigInt(Number.MAX_SAFE_INTEGER)) throw new RangeError('keepFromVersion is beyond any possible version');
+  return { clientId, writes: [{ key, expectMode: Expect.Any, expectVersion: 0n, clientSeq: 0n, eventCount: 0, events: NO_EVENTS, control: { op: 'trim', allowRecreate: false, keepFrom: Number(keepFrom) } }] };
 }
 
 export function decodeWriteTrusted(body: Uint8Array): TrustedWrite {
@@ -45,8 +77,8 @@ export interface TrustedRead {
 export function decodeReadTrusted(body: Uint8Array): TrustedRead {
   const r = new Reader(body);
   const key = r.bytes(48, 'key');
-  let from = r.u64('from');
-  if (from === 0n) from = 1n;
+  // 0 = from the aggregate's first readable version (after trims).
+  const from = r.u64('from');
   const to = r.u64('to');
   let maxBytes = r.u32('maxBytes');
   if (maxBytes === 0) maxBytes = Limits.readPageBytesDefault;

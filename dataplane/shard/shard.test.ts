@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, open, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { decodeDetailsOk, decodeError, decodeReadOk, decodeWriteOk, encodeKeyRequest, encodeReadRequest, encodeWriteRequest, Expect, Op, type ExpectMode } from '../../client/wire.ts';
+import { BatchOpWire, decodeControlOk, decodeDetailsOk, decodeError, decodeReadOk, decodeReadShardOk, decodeWriteOk, encodeDeleteRequest, encodeKeyRequest, encodeReadRequest, encodeReadShardRequest, encodeTrimRequest, encodeWriteRequest, Expect, FeedFilter, Op, type ExpectMode } from '../../client/wire.ts';
 import { verifyShard, nodeFs } from '../cli/verify.ts';
 import { SEGMENT_HEADER_BYTES } from '../constants.ts';
 import { initHashing } from '../storage/checksum.ts';
@@ -291,5 +291,128 @@ test('paging continues correctly when writes land between pages', async () => {
     }
     assert.ok(pages > 3);
     assert.deepEqual(seen, Array.from({ length: 35 }, (_, i) => BigInt(i + 1)));
+  });
+});
+
+// ---- delete and trimStart (SPEC §5): tombstones in the log ----
+
+const del = (s: Shard, id: number, o: { expect?: number; allowRecreate?: boolean } = {}) =>
+  s.handle(Op.Delete, encodeDeleteRequest({ clientId: 7n, key: key(id), expectMode: o.expect === undefined ? Expect.Any : Expect.Exact, expectVersion: BigInt(o.expect ?? 0), allowRecreate: o.allowRecreate ?? false }));
+const trim = (s: Shard, id: number, keepFrom: number) => s.handle(Op.Trim, encodeTrimRequest({ clientId: 7n, key: key(id), keepFromVersion: BigInt(keepFrom) }));
+
+async function detailsOf(s: Shard, id: number) {
+  const r = await s.handle(Op.Details, encodeKeyRequest(key(id)));
+  assert.equal(r.op, Op.DetailsOk, r.op === Op.Error ? decodeError(r.body).message : '');
+  return decodeDetailsOk(r.body);
+}
+
+test('trimStart: reads below the trim get 1000, reads without from start at it, versions go on, a lower trim changes nothing; all of it survives a restart', async () => {
+  await withShard(async ({ open: openShard }) => {
+    let s = await openShard();
+    for (let i = 0; i < 5; i++) await s.handle(Op.Write, writeBody([{ id: 1, events: [`e${i + 1}`] }]));
+    assert.equal(code(await trim(s, 1, 7)), 9100, 'at most version + 1');
+    assert.equal(code(await trim(s, 9, 1)), 1001, 'nothing to trim');
+    const t = decodeControlOk((await trim(s, 1, 3)).body);
+    assert.deepEqual([t.version, t.minVersion, t.unchanged], [5n, 3n, false]);
+    const check = async () => {
+      const below = await read(s, 1, 2);
+      assert.ok('error' in below && below.error.code === 1000 && below.error.detail.minVersion === '3', JSON.stringify(below));
+      const page = await read(s, 1, 0);
+      assert.ok('batches' in page);
+      assert.deepEqual(page.batches.flatMap((b) => b.events.map((e) => e.type)), ['e3', 'e4', 'e5']);
+      const d = await detailsOf(s, 1);
+      assert.deepEqual([d.version, d.minVersion, d.deleted], [5n, 3n, false]);
+    };
+    await check();
+    const again = decodeControlOk((await trim(s, 1, 2)).body);
+    assert.equal(again.unchanged, true, 'the trim point never goes back');
+    assert.equal(again.minVersion, 3n);
+    await s.close();
+    s = await openShard();
+    await check();
+    const w = decodeWriteOk((await s.handle(Op.Write, writeBody([{ id: 1, events: ['e6'] }]))).body);
+    assert.deepEqual(w.ranges, [{ fromVersion: 6n, toVersion: 6n }], 'the trim took no version');
+    const page = await read(s, 1, 0);
+    assert.ok('batches' in page);
+    assert.deepEqual(page.batches.flatMap((b) => b.events.map((e) => e.type)), ['e3', 'e4', 'e5', 'e6']);
+    // Trim everything: nothing readable, version kept.
+    decodeControlOk((await trim(s, 1, 7)).body);
+    const empty = await read(s, 1, 0);
+    assert.ok('batches' in empty && empty.batches.length === 0);
+    assert.equal((await detailsOf(s, 1)).minVersion, 7n);
+  });
+});
+
+test('delete: reads get 1001 and writes too without allowRecreate; with it a write recreates the aggregate from version + 1; floors and tombstones survive a restart', async () => {
+  await withShard(async ({ open: openShard }) => {
+    let s = await openShard();
+    // Client 7 writes with clientSeq 1 and 2 on both aggregates.
+    for (const id of [1, 2]) {
+      await s.handle(Op.Write, writeBody([{ id, seq: 1, events: ['a'] }]));
+      await s.handle(Op.Write, writeBody([{ id, seq: 2, events: ['b'] }]));
+    }
+    assert.equal(code(await del(s, 1, { expect: 1 })), 2003, 'a delete can be guarded');
+    assert.equal(code(await del(s, 3)), 1001, 'nothing to delete');
+    const d1 = decodeControlOk((await del(s, 1, { expect: 2 })).body);
+    assert.deepEqual([d1.version, d1.minVersion, d1.unchanged], [2n, 3n, false]);
+    decodeControlOk((await del(s, 2, { allowRecreate: true })).body);
+    assert.equal(decodeControlOk((await del(s, 1)).body).unchanged, true, 'deleting again changes nothing');
+
+    const afterDelete = async () => {
+      for (const id of [1, 2]) {
+        const r = await read(s, id, 0);
+        assert.ok('error' in r && r.error.code === 1001 && /deleted/.test(r.error.message), JSON.stringify(r));
+        const d = await detailsOf(s, id);
+        assert.deepEqual([d.version, d.deleted], [2n, true]);
+      }
+      const refused = await s.handle(Op.Write, writeBody([{ id: 1, events: ['c'] }]));
+      assert.equal(code(refused), 1001);
+      assert.match(decodeError(refused.body).message, /without allowRecreate/);
+      assert.equal(code(await trim(s, 1, 2)), 1001);
+      // Exactly-once floors outlive the tombstone: a retry of clientSeq 2 is still "already applied".
+      assert.equal(code(await s.handle(Op.Write, writeBody([{ id: 2, seq: 2, events: ['b'] }]))), 2002);
+    };
+    await afterDelete();
+    await s.close();
+    s = await openShard();
+    await afterDelete();
+
+    // Recreate: no_stream holds for a deleted aggregate; versions go on; the old events stay unreadable.
+    assert.equal(code(await s.handle(Op.Write, writeBody([{ id: 2, expect: Expect.StreamExists }]))), 2003);
+    const re = decodeWriteOk((await s.handle(Op.Write, writeBody([{ id: 2, expect: Expect.NoStream, seq: 3, events: ['new'] }]))).body);
+    assert.deepEqual(re.ranges, [{ fromVersion: 3n, toVersion: 3n }]);
+    const check = async () => {
+      const page = await read(s, 2, 0);
+      assert.ok('batches' in page);
+      assert.deepEqual(page.batches.flatMap((b) => b.events.map((e) => [Number(e.version), e.type])), [[3, 'new']]);
+      const old = await read(s, 2, 1);
+      assert.ok('error' in old && old.error.code === 1000);
+      const d = await detailsOf(s, 2);
+      assert.deepEqual([d.version, d.minVersion, d.deleted], [3n, 3n, false]);
+      assert.equal(code(await s.handle(Op.Write, writeBody([{ id: 2, seq: 3, events: ['new'] }]))), 2002);
+    };
+    await check();
+    await s.close();
+    s = await openShard();
+    await check();
+  });
+});
+
+test('the shard feed carries deletes and trims as batches without events, with their op and minVersion', async () => {
+  await withShard(async ({ open: openShard }) => {
+    const s = await openShard();
+    await s.handle(Op.Write, writeBody([{ id: 1, events: ['a', 'b'] }]));
+    await trim(s, 1, 2);
+    await del(s, 1);
+    const r = await s.handle(Op.ReadShard, encodeReadShardRequest({ shard: 0, from: 1n, maxBytes: 0, waitMs: 0, filter: FeedFilter.None, key: { org: 0n, type: 0n, id: 0n }, headersOnly: false }));
+    const page = decodeReadShardOk(r.body);
+    assert.deepEqual(
+      page.batches.map((b) => [b.op, Number(b.seq), Number(b.fromVersion), Number(b.toVersion), Number(b.minVersion), b.events.length]),
+      [
+        [BatchOpWire.Write, 1, 1, 2, 1, 2],
+        [BatchOpWire.Trim, 2, 3, 2, 2, 0],
+        [BatchOpWire.Delete, 3, 3, 2, 3, 0],
+      ],
+    );
   });
 });

@@ -9,17 +9,17 @@
 //   committed — passed the commit step after the fdatasync (standalone: nothing more; a cluster:
 //               the follower has them too, or S3 does). Reads, details, cold state loads, the 2002
 //               answer and acknowledgements see only committed records.
-import { Writer, Expect, Op } from '../../client/wire.ts';
+import { Writer, Expect, Op, encodeControlOk } from '../../client/wire.ts';
 import { ErrorCode } from '../../client/errors.ts';
 import { BARRIER_RIDE_WAIT_MAX_MS, COLD_LOADS_MAX, HEADER_CATCH_UP_IDLE_MS, READ_AHEAD_SHARE, RECENT_CACHE_SHARE, SHARD_QUEUE_WRITES_MAX, STATE_ENTRY_BYTES_ESTIMATE, STATE_LOAD_ATTEMPTS_MAX } from '../constants.ts';
 import { isDiskFull } from '../storage/disk.ts';
 import { Lru } from '../storage/lru.ts';
-import { batchesOf, checkRecord, encodeRecord, keysOf, recordHash, recordSize, relocateRecord, type BatchInput, type BatchView, type RecordHeader } from '../storage/record.ts';
+import { BATCH_DELETED, BATCH_RECREATABLE, BatchOp, RECORD_FORMAT, batchesOf, checkRecord, encodeRecord, keysOf, recordHash, recordSize, relocateRecord, type BatchInput, type BatchView, type RecordHeader } from '../storage/record.ts';
 import { equalBytes, ZERO_HASH } from '../storage/checksum.ts';
 import { CorruptionError, DiskFullError, FormatError, GroupWriteError, ShardLog, type RecordAt, type ShardLogOptions } from '../storage/shard-log.ts';
 import type { ShardState } from '../server/status.ts';
 import { keyString, newState, setFloor, type AggState, type BatchLoc } from './state.ts';
-import { decodeWriteTrusted, describeKey, type TrustedWrite } from './requests.ts';
+import { decodeDeleteTrusted, decodeTrimTrusted, decodeWriteTrusted, describeKey, type TrustedWrite } from './requests.ts';
 import { wireToDisk } from './events.ts';
 import { details, readPage, type ReadAheadCache, type ReadContext } from './reads.ts';
 import { readShardPage, type FeedContext } from './feed.ts';
@@ -281,6 +281,16 @@ export class Shard {
             return err(ErrorCode.StorageFailed, `shard ${this.id} takes no more writes: ${this.writesStopped}; reads of committed data go on; restart the node to recover from the log`, { shard: this.id, diskFull: false });
           }
           return await this.write(decodeWriteTrusted(body));
+        case Op.Delete:
+        case Op.Trim: {
+          if (this.replica) return err(ErrorCode.NotLeader, `shard ${this.id} is a replica: this node is not the leader`);
+          if (this.closing) return err(ErrorCode.ShardUnavailable, `shard ${this.id} is shutting down`, { shard: this.id });
+          if (this.truncating) return err(ErrorCode.ServerBusy, `shard ${this.id} is rewinding its log; retry`);
+          if (this.writesStopped !== null) {
+            return err(ErrorCode.StorageFailed, `shard ${this.id} takes no more writes: ${this.writesStopped}; reads of committed data go on; restart the node to recover from the log`, { shard: this.id, diskFull: false });
+          }
+          return await this.write(op === Op.Delete ? decodeDeleteTrusted(body) : decodeTrimTrusted(body));
+        }
         case Op.Read:
           return await readPage(this.readSide, body);
         case Op.Details:
@@ -328,8 +338,15 @@ export class Shard {
     // A truncation reopened the log while this write loaded its states: start over.
     if (this.log !== log || this.truncating) return err(ErrorCode.ServerBusy, `shard ${this.id} is rewinding its log; retry`);
     for (let i = 0; i < req.writes.length; i++) {
-      const guard = this.checkGuard(req.writes[i]!, states[i]!);
+      const guard = this.checkGuard(req.writes[i]!, states[i]!) ?? this.checkLife(req.writes[i]!, states[i]!);
       if (guard) return guard;
+    }
+    const control = req.writes[0]!.control;
+    if (control !== undefined) {
+      const s = states[0]!;
+      const unchanged = control.op === 'delete' ? (s.pFlags & BATCH_DELETED) !== 0 : control.keepFrom <= s.pMinVersion;
+      // Already so (a retried delete, a trim below an earlier one): nothing to write, once what made it so is committed.
+      if (unchanged) return this.controlUnchanged(s, control.op);
     }
     for (let i = 0; i < req.writes.length; i++) {
       const w = req.writes[i]!;
@@ -346,15 +363,21 @@ export class Shard {
       }
     }
     const batches: BatchInput[] = req.writes.map((w, i) => {
+      const s = states[i]!;
       const ev = wireToDisk(w.events, w.eventCount);
+      const c = w.control;
       return {
         key: w.key,
-        fromVersion: states[i]!.version + 1,
+        fromVersion: s.version + 1,
         clientSeq: w.clientSeq,
         eventCount: w.eventCount,
-        prevSeq: states[i]!.lastSeq,
+        prevSeq: s.lastSeq,
         eventsBytes: ev.size,
         writeEvents: ev.write,
+        // A write to a deleted aggregate that may be recreated recreates it, from after the tombstone.
+        op: c === undefined ? BatchOp.Write : c.op === 'delete' ? BatchOp.Delete : BatchOp.Trim,
+        flags: c === undefined ? 0 : c.op === 'delete' ? BATCH_DELETED | (c.allowRecreate ? BATCH_RECREATABLE : 0) : s.pFlags,
+        minVersion: c === undefined ? s.pMinVersion : c.op === 'delete' ? s.version + 1 : c.keepFrom,
       };
     });
     const len = recordSize(batches);
@@ -388,6 +411,8 @@ export class Shard {
       const wr = req.writes[i]!;
       s.version += wr.eventCount;
       s.lastSeq = place.firstSeq + i;
+      s.pMinVersion = batches[i]!.minVersion!;
+      s.pFlags = batches[i]!.flags!;
       s.pending++;
       if (wr.clientSeq > 0n) setFloor(s, req.clientId, { seq: wr.clientSeq, atSeq: place.firstSeq + i }, this.committedSeq);
     }
@@ -399,6 +424,7 @@ export class Shard {
     }
     const header: RecordHeader = {
       length: len,
+      format: RECORD_FORMAT,
       vouchedEnd: place.vouchedEnd,
       batchCount: batches.length,
       shard: this.id,
@@ -425,12 +451,49 @@ export class Shard {
         s.cSeq = seq;
         s.cClientId = req.clientId;
         s.cTimestampMs = ts;
+        s.minVersion = b.minVersion!;
+        s.cFlags = b.flags!;
       }
       ok.u64n(b.fromVersion);
       ok.u64n(b.fromVersion + b.eventCount - 1);
     }
+    if (control !== undefined) {
+      const b = batches[0]!;
+      const body = encodeControlOk({ shard: this.id, seq: BigInt(place.firstSeq), version: BigInt(b.fromVersion - 1), minVersion: BigInt(b.minVersion!), unchanged: false });
+      return { op: control.op === 'delete' ? Op.DeleteOk : Op.TrimOk, body };
+    }
     // Same bytes as encodeWriteOk (client/wire.ts), written without intermediate objects.
     return { op: Op.WriteOk, body: ok.buf.slice(0, ok.pos) };
+  }
+
+  /** Deletes and trims: refusals by the aggregate's life (write-ahead view); writes to a deleted aggregate. */
+  private checkLife(w: TrustedWrite['writes'][number], s: AggState): ShardResult | null {
+    const deleted = (s.pFlags & BATCH_DELETED) !== 0;
+    const c = w.control;
+    if (c === undefined) {
+      if (deleted && (s.pFlags & BATCH_RECREATABLE) === 0) {
+        return err(ErrorCode.AggregateNotFound, `aggregate ${describeKey(w.key)} was deleted at version ${s.version} without allowRecreate: it cannot be written again; use another key, or delete with allowRecreate`, { deleted: true, version: String(s.version) });
+      }
+      return null;
+    }
+    if (s.version === 0) return err(ErrorCode.AggregateNotFound, `aggregate ${describeKey(w.key)} does not exist: there is nothing to ${c.op}`);
+    if (c.op === 'trim') {
+      if (deleted) return err(ErrorCode.AggregateNotFound, `aggregate ${describeKey(w.key)} was deleted at version ${s.version}: there is nothing to trim`, { deleted: true, version: String(s.version) });
+      if (c.keepFrom > s.version + 1) {
+        return err(ErrorCode.BadRequest, `cannot keep ${describeKey(w.key)} from version ${c.keepFrom}: its version is ${s.version}, so at most ${s.version + 1} (which trims everything)`, { version: String(s.version) });
+      }
+    }
+    return null;
+  }
+
+  /** The answer to a delete or trim that changes nothing, once the batch that made it so is committed. */
+  private async controlUnchanged(s: AggState, op: 'delete' | 'trim'): Promise<ShardResult> {
+    const seq = s.lastSeq;
+    const version = s.version;
+    const minVersion = s.pMinVersion;
+    if (seq > this.committedSeq) await this.committed(seq);
+    const body = encodeControlOk({ shard: this.id, seq: BigInt(seq), version: BigInt(version), minVersion: BigInt(minVersion), unchanged: true });
+    return { op: op === 'delete' ? Op.DeleteOk : Op.TrimOk, body };
   }
 
   private checkGuard(w: TrustedWrite['writes'][number], s: AggState): ShardResult | null {
@@ -440,12 +503,13 @@ export class Shard {
     switch (w.expectMode) {
       case Expect.Any:
         return null;
+      // A deleted aggregate does not exist (its version goes on: versions never rewind).
       case Expect.NoStream:
-        ok = v === 0;
+        ok = v === 0 || (s.pFlags & BATCH_DELETED) !== 0;
         expected = 'no_stream (the aggregate must not exist)';
         break;
       case Expect.StreamExists:
-        ok = v > 0;
+        ok = v > 0 && (s.pFlags & BATCH_DELETED) === 0;
         expected = 'stream_exists (the aggregate must exist)';
         break;
       case Expect.Exact:
@@ -850,8 +914,12 @@ export class Shard {
       if (found) {
         s.version = found.batch.toVersion;
         s.lastSeq = found.batch.seq;
+        s.pMinVersion = found.batch.minVersion;
+        s.pFlags = found.batch.flags;
       }
       if (c !== null) {
+        s.minVersion = c.batch.minVersion;
+        s.cFlags = c.batch.flags;
         s.cVersion = c.batch.toVersion;
         s.cLoc = c.loc;
         s.cSeq = c.batch.seq;

@@ -30,7 +30,12 @@ export interface AggState {
   cSeq: number;
   cClientId: bigint;
   cTimestampMs: number;
+  /** Committed view: first readable version, and BATCH_DELETED | BATCH_RECREATABLE (reads, details). */
   minVersion: number;
+  cFlags: number;
+  /** Write-ahead view of the same (guards, deletes and trims check these). */
+  pMinVersion: number;
+  pFlags: number;
   /** Exactly-once floors per clientId; a missing entry means "not loaded", not "never wrote". */
   floors: Map<bigint, Floor>;
   /** Writes placed and not yet durable: the state must stay in memory until they are. */
@@ -48,6 +53,9 @@ export function newState(key: Uint8Array): AggState {
     cClientId: 0n,
     cTimestampMs: 0,
     minVersion: 1,
+    cFlags: 0,
+    pMinVersion: 1,
+    pFlags: 0,
     floors: new Map(),
     pending: 0,
   };

@@ -26,9 +26,9 @@ function key(i: number): Uint8Array {
   return k;
 }
 
-/** One batch of one event (type "A", 1 data byte) in the disk encoding. */
+/** One batch of one event (type "A", 2 data bytes) in the disk encoding: 221-byte records, coprime with the cut step. */
 function batch(i: number): BatchInput {
-  const events = new Uint8Array([0, 1, 65, 0, 0, 0, 1, i % 7]);
+  const events = new Uint8Array([0, 1, 65, 0, 0, 0, 2, i % 7, 0]);
   return { key: key(i), fromVersion: 1, clientSeq: 0n, eventCount: 1, prevSeq: 0, eventsBytes: events.length, writeEvents: (dst, at) => dst.set(events, at) };
 }
 

@@ -1,5 +1,5 @@
-// The log record, format 2: one committed write (one or more batches, one per aggregate) of one
-// shard.
+// The log record, format 3: one committed write (one or more batches, one per aggregate) of one
+// shard. Format 2 (the same without the batch's op, flags and minVersion) is still read.
 //
 // Layout (big-endian):
 //   0   u32  CRC32C of bytes [4, length)
@@ -9,7 +9,7 @@
 //            to tell damage to durable data from a torn tail (scan.ts).
 //   --- the logical record: bytes [16, length-4), the only bytes the chain hash covers ---
 //   16  u8   kind (1 = write)
-//   17  u8   record format (2)
+//   17  u8   record format (3; 2 is read too)
 //   18  u16  batch count
 //   20  u32  shard
 //   24  u64  seq of the first batch (batch i has seq + i): the record's position
@@ -26,7 +26,13 @@
 //         68  u64  seq of the previous batch of this aggregate (0 = none): a logical link, so a
 //                  copy of the log on another node links the same way
 //         76  u32  bytes of events
-//         80  events in the disk encoding (event-codec.ts)
+//         80  u8   op: 0 write, 1 delete (a tombstone), 2 trim          (format 3; format 2: 0)
+//         81  u8   flags, the aggregate after this batch: 1 deleted, 2 may be recreated
+//         82  6B   zeros
+//         88  u64  minVersion, the aggregate's first readable version after this batch (format 2: 1)
+//         96  events in the disk encoding (event-codec.ts); a delete or trim has none
+//       (a delete or trim has fromVersion = the aggregate's version + 1 and no events: it takes a
+//        seq but no version, so versions never rewind and the batch chain stays unbroken)
 //   length-4  u32 length again (trailer), so the log can be walked backwards.
 //
 // The chain hash of a record is BLAKE3 over its logical bytes, which include the previous record's
@@ -35,9 +41,20 @@
 import { crc32c, blake3, HASH_BYTES } from './checksum.ts';
 
 export const RECORD_KIND_WRITE = 1;
-export const RECORD_FORMAT = 2;
+export const RECORD_FORMAT = 3;
+/** The format before batch ops: read, never written. */
+export const RECORD_FORMAT_V2 = 2;
 export const RECORD_HEADER_BYTES = 112;
-export const BATCH_HEADER_BYTES = 80;
+export const BATCH_HEADER_BYTES = 96;
+const BATCH_HEADER_BYTES_V2 = 80;
+
+/** What a batch does to its aggregate. */
+export const BatchOp = { Write: 0, Delete: 1, Trim: 2 } as const;
+export type BatchOpCode = (typeof BatchOp)[keyof typeof BatchOp];
+/** Batch flags: the aggregate's state after the batch. */
+export const BATCH_DELETED = 1;
+export const BATCH_RECREATABLE = 2;
+const BATCH_FLAGS_KNOWN = BATCH_DELETED | BATCH_RECREATABLE;
 export const RECORD_TRAILER_BYTES = 4;
 /** Start of the hashed (logical) part of a record. */
 export const RECORD_LOGICAL_START = 16;
@@ -57,6 +74,12 @@ export interface BatchInput {
   eventsBytes: number;
   /** Writes exactly `eventsBytes` bytes of disk-encoded events at `dst[at..]`. */
   writeEvents(dst: Uint8Array, at: number): void;
+  /** Default write. */
+  op?: BatchOpCode;
+  /** BATCH_DELETED | BATCH_RECREATABLE: the aggregate after this batch; default 0. */
+  flags?: number;
+  /** The aggregate's first readable version after this batch; default 1. */
+  minVersion?: number;
 }
 
 export interface RecordInput {
@@ -108,6 +131,9 @@ export function encodeRecord(r: RecordInput): Uint8Array {
     v.setUint32(at + 64, b.eventCount);
     v.setBigUint64(at + 68, BigInt(b.prevSeq));
     v.setUint32(at + 76, b.eventsBytes);
+    buf[at + 80] = b.op ?? BatchOp.Write;
+    buf[at + 81] = b.flags ?? 0;
+    v.setBigUint64(at + 88, BigInt(b.minVersion ?? 1));
     b.writeEvents(buf, at + BATCH_HEADER_BYTES);
     at += BATCH_HEADER_BYTES + b.eventsBytes;
   }
@@ -130,6 +156,8 @@ export function relocateRecord(rec: Uint8Array, vouchedEnd: number): void {
 
 export interface RecordHeader {
   length: number;
+  /** RECORD_FORMAT or RECORD_FORMAT_V2: the batch header layout. */
+  format: number;
   vouchedEnd: number;
   batchCount: number;
   shard: number;
@@ -168,20 +196,33 @@ export function checkRecord(buf: Uint8Array, at: number, available: number): Rec
   const actual = crc32c(buf.subarray(at + 4, at + length));
   if (stored !== actual) return { ok: false, why: `checksum mismatch (stored ${hex32(stored)}, computed ${hex32(actual)})` };
   if (buf[at + 16] !== RECORD_KIND_WRITE) return { ok: false, why: `unknown record kind ${buf[at + 16]}` };
-  if (buf[at + 17] !== RECORD_FORMAT) return { ok: false, why: `record format ${buf[at + 17]}; this version reads format ${RECORD_FORMAT}` };
+  const format = buf[at + 17]!;
+  if (format !== RECORD_FORMAT && format !== RECORD_FORMAT_V2) {
+    return { ok: false, why: `record format ${format}; this version reads formats ${RECORD_FORMAT_V2} and ${RECORD_FORMAT}${format > RECORD_FORMAT ? ' (written by a newer Celer: upgrade this node)' : ''}` };
+  }
+  const bh = format === RECORD_FORMAT ? BATCH_HEADER_BYTES : BATCH_HEADER_BYTES_V2;
   if (v.getUint32(length - 4) !== length) return { ok: false, why: 'trailer length does not match the header' };
   try {
     const batchCount = v.getUint16(18);
     let p = RECORD_HEADER_BYTES;
     for (let i = 0; i < batchCount; i++) {
-      if (p + BATCH_HEADER_BYTES > length - RECORD_TRAILER_BYTES) return { ok: false, why: `malformed record: batch ${i} header runs past the record` };
-      p += BATCH_HEADER_BYTES + v.getUint32(p + 76);
+      if (p + bh > length - RECORD_TRAILER_BYTES) return { ok: false, why: `malformed record: batch ${i} header runs past the record` };
+      if (format === RECORD_FORMAT) {
+        const op = v.getUint8(p + 80);
+        const flags = v.getUint8(p + 81);
+        if (op > BatchOp.Trim) return { ok: false, why: `malformed record: batch ${i} has unknown op ${op}` };
+        if ((flags & ~BATCH_FLAGS_KNOWN) !== 0) return { ok: false, why: `malformed record: batch ${i} has unknown flags 0x${flags.toString(16)}` };
+        if ((op === BatchOp.Write) !== (v.getUint32(p + 64) > 0)) return { ok: false, why: `malformed record: batch ${i} is a ${op === BatchOp.Write ? 'write without events' : 'delete or trim with events'}` };
+        if (v.getBigUint64(p + 88) === 0n) return { ok: false, why: `malformed record: batch ${i} has minVersion 0` };
+      }
+      p += bh + v.getUint32(p + 76);
     }
     if (p !== length - RECORD_TRAILER_BYTES) return { ok: false, why: `malformed record: batches end at ${p}, the record at ${length - RECORD_TRAILER_BYTES}` };
     return {
       ok: true,
       header: {
         length,
+        format,
         vouchedEnd: u64(v, 8),
         batchCount,
         shard: v.getUint32(20),
@@ -215,11 +256,18 @@ export interface BatchView {
   prevSeq: number;
   /** Disk-encoded events. */
   events: Uint8Array;
+  op: BatchOpCode;
+  /** BATCH_DELETED | BATCH_RECREATABLE: the aggregate after this batch. */
+  flags: number;
+  /** The aggregate's first readable version after this batch. */
+  minVersion: number;
 }
 
 /** Walks the batches of a record that checkRecord accepted. */
 export function* batchesOf(rec: Uint8Array, header: RecordHeader): Generator<BatchView> {
   const v = new DataView(rec.buffer, rec.byteOffset, header.length);
+  const v3 = header.format === RECORD_FORMAT;
+  const bh = v3 ? BATCH_HEADER_BYTES : BATCH_HEADER_BYTES_V2;
   let p = RECORD_HEADER_BYTES;
   for (let i = 0; i < header.batchCount; i++) {
     const fromVersion = u64(v, p + 48);
@@ -234,20 +282,24 @@ export function* batchesOf(rec: Uint8Array, header: RecordHeader): Generator<Bat
       clientSeq: v.getBigUint64(p + 56),
       eventCount,
       prevSeq: u64(v, p + 68),
-      events: rec.subarray(p + BATCH_HEADER_BYTES, p + BATCH_HEADER_BYTES + n),
+      events: rec.subarray(p + bh, p + bh + n),
+      op: v3 ? (v.getUint8(p + 80) as BatchOpCode) : BatchOp.Write,
+      flags: v3 ? v.getUint8(p + 81) : 0,
+      minVersion: v3 ? u64(v, p + 88) : 1,
     };
-    p += BATCH_HEADER_BYTES + n;
+    p += bh + n;
   }
 }
 
 /** The keys of a checked record's batches (views). */
 export function keysOf(rec: Uint8Array, header: RecordHeader): Uint8Array[] {
   const v = new DataView(rec.buffer, rec.byteOffset, header.length);
+  const bh = header.format === RECORD_FORMAT ? BATCH_HEADER_BYTES : BATCH_HEADER_BYTES_V2;
   const out: Uint8Array[] = [];
   let p = RECORD_HEADER_BYTES;
   for (let i = 0; i < header.batchCount; i++) {
     out.push(rec.subarray(p, p + 48));
-    p += BATCH_HEADER_BYTES + v.getUint32(p + 76);
+    p += bh + v.getUint32(p + 76);
   }
   return out;
 }
