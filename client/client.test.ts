@@ -152,7 +152,7 @@ test('readAll stops with an error when the server hands back a page that does no
   const drain = async (): Promise<void> => {
     for await (const _ of client.readAll(key(1))) void _;
   };
-  await assert.rejects(drain(), /nextVersion 1 for a page that started at 1/);
+  await assert.rejects(drain(), /nextVersion 1 for a page that started at 0/);
 });
 
 test('every server error code is thrown as its typed class, with its detail', async (t) => {

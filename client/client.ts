@@ -110,7 +110,7 @@ export class CelerClient {
       const next = page.nextVersion;
       if (next === undefined) return;
       // A page that does not move forward would loop for ever.
-      if (next <= from) throw new WireError(`the server returned nextVersion ${next} for a page that started at ${from}`);
+      if (next <= (from === 0n ? 1n : from)) throw new WireError(`the server returned nextVersion ${next} for a page that started at ${from}`);
       if (opts.to !== undefined && next > BigInt(opts.to)) return;
       from = next;
     }

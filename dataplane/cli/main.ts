@@ -1,4 +1,4 @@
-// The `celer` command line: serve, write, read, subscribe, watch, details, verify, bench, cluster status.
+// The `celer` command line: serve, write, read, subscribe, watch, details, delete, trim, verify, bench, cluster status.
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Batch, ExpectedVersion } from '@celer/client';
@@ -33,6 +33,9 @@ usage:
   celer watch   [--addr HOST:PORT] KEY|ORG|ORG/TYPE [--max-latency-ms N] [--count N]
                 (one JSON line per change after commit, from now on)
   celer details [--addr HOST:PORT] KEY
+  celer delete  [--addr HOST:PORT] KEY [--expected-version N] [--allow-recreate] [--client-id ID]
+                (a tombstone: reads then get 1001; with --allow-recreate a later write recreates it)
+  celer trim    [--addr HOST:PORT] KEY --keep-from VERSION   (versions below VERSION become unreadable: 1000)
   celer cluster status [--addr HTTP_HOST:PORT[,HTTP_HOST:PORT]] [--json] [--timeout-ms N]
                 (both nodes' GET /status; one address finds the peer; default 127.0.0.1:7401)
   celer verify  --data-dir DIR
@@ -213,6 +216,39 @@ async function details(args: string[]): Promise<number> {
   return 0;
 }
 
+async function del(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, { addr: { type: 'string' }, 'expected-version': { type: 'string' }, 'allow-recreate': { type: 'boolean' }, 'client-id': { type: 'string' } }, 1);
+  const expected = int(values['expected-version'], '--expected-version', 1);
+  const c = await connect(values.addr ?? '127.0.0.1:7400');
+  try {
+    out(
+      json(
+        await c.delete(keyArg(positionals[0]!), {
+          ...(expected !== undefined ? { expectedVersion: expected } : {}),
+          allowRecreate: values['allow-recreate'] === true,
+          ...(values['client-id'] !== undefined ? { clientId: values['client-id'] } : {}),
+        }),
+      ),
+    );
+  } finally {
+    await c.close();
+  }
+  return 0;
+}
+
+async function trim(args: string[]): Promise<number> {
+  const { values, positionals } = parse(args, { addr: { type: 'string' }, 'keep-from': { type: 'string' } }, 1);
+  const keep = int(values['keep-from'], '--keep-from', 1);
+  if (keep === undefined) throw new UsageError('trim needs --keep-from VERSION: the first version to keep readable');
+  const c = await connect(values.addr ?? '127.0.0.1:7400');
+  try {
+    out(json(await c.trimStart(keyArg(positionals[0]!), keep)));
+  } finally {
+    await c.close();
+  }
+  return 0;
+}
+
 async function cluster(args: string[]): Promise<number> {
   if (args[0] !== 'status') throw new UsageError(`expected "cluster status"; got "cluster ${args[0] ?? ''}"`);
   const { values } = parse(args.slice(1), { addr: { type: 'string' }, json: { type: 'boolean' }, 'timeout-ms': { type: 'string' } });
@@ -289,7 +325,7 @@ async function bench(args: string[]): Promise<number> {
   return 0;
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<number>> = { serve, write, read, subscribe, watch, details, verify, bench, cluster };
+const COMMANDS: Record<string, (args: string[]) => Promise<number>> = { serve, write, read, subscribe, watch, details, delete: del, trim, verify, bench, cluster };
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;

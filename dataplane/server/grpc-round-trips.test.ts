@@ -4,7 +4,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as grpc from '@grpc/grpc-js';
-import { decodeKeyRequest, decodeReadRequest, decodeWriteRequest, encodeDetailsOk, encodeError, encodeWriteOk, Expect, Op } from '../../client/wire.ts';
+import { decodeDeleteRequest, decodeKeyRequest, decodeReadRequest, decodeTrimRequest, decodeWriteRequest, encodeControlOk, encodeDetailsOk, encodeError, encodeWriteOk, Expect, Op } from '../../client/wire.ts';
 import { U64_MAX } from '../../client/key.ts';
 import { batch, celerCode, celerDetail, encodeReadOk, eventsOf, fake, okEvent, okKey, readAllMessages, unary, useGrpcServer } from './grpc-test-fixtures.ts';
 
@@ -197,5 +197,23 @@ describe('round trips', () => {
       lastServerTimestampMs: '1234',
       deleted: true,
     });
+  });
+
+  test('Delete and TrimStart turn into the native delete/trim bodies and answer with the tombstone', async () => {
+    fake.answer = (op) => ({ op: op === Op.Delete ? Op.DeleteOk : Op.TrimOk, body: encodeControlOk({ shard: 2, seq: 77n, version: 9n, minVersion: 10n, unchanged: false }) });
+    const res = await unary('Delete', { key: okKey, expectedVersion: '9', allowRecreate: true, clientId: '5' });
+    assert.deepEqual(res, { position: { shard: 2, seq: '77' }, version: '9', minVersion: '10', unchanged: false });
+    assert.equal(fake.calls[0]!.op, Op.Delete);
+    const d = decodeDeleteRequest(fake.calls[0]!.body);
+    assert.deepEqual([d.clientId, d.expectMode, d.expectVersion, d.allowRecreate], [5n, Expect.Exact, 9n, true]);
+    await unary('Delete', { key: okKey });
+    const any = decodeDeleteRequest(fake.calls[1]!.body);
+    assert.deepEqual([any.expectMode, any.allowRecreate], [Expect.Any, false]);
+    await unary('TrimStart', { key: okKey, keepFromVersion: '4' });
+    assert.equal(fake.calls[2]!.op, Op.Trim);
+    assert.equal(decodeTrimRequest(fake.calls[2]!.body).keepFromVersion, 4n);
+    await assert.rejects(unary('TrimStart', { key: okKey, keepFromVersion: '0' }), (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT);
+    await assert.rejects(unary('Delete', { key: okKey, expectedVersion: '0' }), (e: grpc.ServiceError) => e.code === grpc.status.INVALID_ARGUMENT);
+    assert.equal(fake.calls.length, 3, 'refused requests never reach the node');
   });
 });

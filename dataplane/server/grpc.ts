@@ -18,13 +18,16 @@ import { ErrorCode } from '../../client/errors.ts';
 import { KeyError, toU128, type NormalizedKey } from '../../client/key.ts';
 import {
   checkEvent,
+  decodeControlOk,
   decodeDetailsOk,
   decodeError,
   decodeReadOk,
   decodeReadShardOk,
   decodeWriteOk,
+  encodeDeleteRequest,
   encodeKeyRequest,
   encodeReadRequest,
+  encodeTrimRequest,
   encodeReadShardRequest,
   FeedFilter,
   SHARD_OF_KEY,
@@ -37,9 +40,13 @@ import {
   type FeedFilterMode,
   type WireEvent,
   type WireReadShardOk,
+  type WireControlOk,
   type WireReadOk,
   type WireWriteInput,
 } from '../../client/wire.ts';
+
+/** ShardBatch.op by the wire's batch op. */
+const FEED_OP_NAMES = ['write', 'delete', 'trim'] as const;
 import { CONNECTION_REQUESTS_IN_FLIGHT_MAX, GRPC_FEED_WAIT_MS } from '../constants.ts';
 import type { Dispatcher, DispatchResult } from './dispatch.ts';
 import { buildMessageSchema, checkMessage, resolveTypeName } from './grpc-strict.ts';
@@ -182,6 +189,17 @@ interface PbReadRequest {
 }
 interface PbDetailsRequest {
   key?: PbKey;
+}
+interface PbDeleteRequest {
+  key?: PbKey;
+  expectedVersion?: string;
+  allowRecreate?: boolean;
+  clientId?: string;
+}
+interface PbTrimStartRequest {
+  key?: PbKey;
+  keepFromVersion?: string;
+  clientId?: string;
 }
 
 const EMPTY = new Uint8Array(0);
@@ -334,8 +352,34 @@ function readShardToPb(ok: WireReadShardOk): object {
     batches: ok.batches.map((b) => ({
       key: { org: b.key.org.toString(), type: b.key.type.toString(), id: b.key.id.toString() },
       batch: batchesToPb([b])[0],
+      op: FEED_OP_NAMES[b.op],
+      minVersion: b.minVersion.toString(),
     })),
   };
+}
+
+export function deleteToWire(req: PbDeleteRequest): Uint8Array {
+  const key = convertKey(req.key, 'key');
+  const expected = req.expectedVersion === undefined ? undefined : u64(req.expectedVersion);
+  if (expected === 0n) throw badRequest('delete with expected_version 0: there is nothing to delete at version 0');
+  return encodeDeleteRequest({
+    clientId: convertClientId(req.clientId),
+    key,
+    expectMode: expected === undefined ? Expect.Any : Expect.Exact,
+    expectVersion: expected ?? 0n,
+    allowRecreate: req.allowRecreate === true,
+  });
+}
+
+export function trimStartToWire(req: PbTrimStartRequest): Uint8Array {
+  const key = convertKey(req.key, 'key');
+  const keep = u64(req.keepFromVersion);
+  if (keep === 0n) throw badRequest('keep_from_version must be at least 1 (versions start at 1)');
+  return encodeTrimRequest({ clientId: convertClientId(req.clientId), key, keepFromVersion: keep });
+}
+
+function controlToPb(ok: WireControlOk): { position: { shard: number; seq: string }; version: string; minVersion: string; unchanged: boolean } {
+  return { position: { shard: ok.shard, seq: ok.seq.toString() }, version: ok.version.toString(), minVersion: ok.minVersion.toString(), unchanged: ok.unchanged };
 }
 
 export function detailsToWire(req: PbDetailsRequest): Uint8Array {
@@ -507,6 +551,14 @@ export async function startGrpcServer(dispatcher: Dispatcher, address: string, o
         deleted: d.deleted,
       };
     }),
+    Delete: unary(async (req: PbDeleteRequest) => {
+      const body = convert(() => deleteToWire(req));
+      return controlToPb(decodeControlOk(await call(Op.Delete, body, Op.DeleteOk)));
+    }),
+    TrimStart: unary(async (req: PbTrimStartRequest) => {
+      const body = convert(() => trimStartToWire(req));
+      return controlToPb(decodeControlOk(await call(Op.Trim, body, Op.TrimOk)));
+    }),
     ReadShard: unary(async (req: PbReadShardRequest) => {
       const body = convert(() => readShardToWire(req));
       return readShardToPb(decodeReadShardOk(await call(Op.ReadShard, body, Op.ReadShardOk)));
@@ -528,8 +580,8 @@ export async function startGrpcServer(dispatcher: Dispatcher, address: string, o
     const req = stream.request;
     if (req instanceof Rejected) throw badRequest(req.message);
     const r = req as PbReadRequest;
+    // 0: from the first readable version (after trims).
     let from = u64(r.from);
-    if (from === 0n) from = 1n;
     const closed = new Promise<void>((resolve) => {
       stream.once('cancelled', () => resolve());
       stream.once('close', () => resolve());
@@ -546,7 +598,8 @@ export async function startGrpcServer(dispatcher: Dispatcher, address: string, o
         await Promise.race([new Promise<void>((resolve) => stream.write(message, () => resolve())), closed]);
       }
       if (ok.nextVersion === 0n) break;
-      if (ok.nextVersion <= from) throw new Error(`read page did not advance (from ${from}, next ${ok.nextVersion})`);
+      // From 0 (the first readable version, at least 1) a page covers at least version 1.
+      if (ok.nextVersion <= (from === 0n ? 1n : from)) throw new Error(`read page did not advance (from ${from}, next ${ok.nextVersion})`);
       from = ok.nextVersion;
     }
     stream.end();
