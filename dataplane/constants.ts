@@ -100,6 +100,15 @@ export const DISPATCH_BYTES_IN_FLIGHT_MAX = 256 * 1024 * 1024;
  * a timer, and every commit walks the list, so the bound keeps a commit's extra work to a few
  * microseconds; 1024 covers 100 subscribers per org over every shard of a 2-core node with room. */
 export const FEED_WAITERS_PER_SHARD_MAX = 1024;
+/** Feed long polls (subscriptions, watches) in flight on one native connection; beyond it 2012. A
+ * long poll holds one of the connection's CONNECTION_REQUESTS_IN_FLIGHT_MAX slots for up to
+ * Limits.feedWaitMsMax, so without this bound enough subscribers on one connection would stop
+ * the connection reading — and the writes behind them on it — for that long. 256 leaves 15/16 of
+ * the slots to writes and reads; 100 org subscriptions over 2 shards need 200. */
+export const FEED_WAITS_PER_CONNECTION_MAX = 256;
+/** Feed long polls in flight on a node, over every connection and gRPC stream; beyond it 2012.
+ * FEED_WAITERS_PER_SHARD_MAX times a 16-shard node: past it, subscribers should share a feed. */
+export const FEED_WAITS_PER_NODE_MAX = 16_384;
 /** Long-poll wait of each shard feed read behind a gRPC SubscribeShard stream: a cancelled stream
  * holds its feed waiter at most this long. 5 s, the client library's own poll interval. */
 export const GRPC_FEED_WAIT_MS = 5_000;

@@ -5,9 +5,9 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { encodeFrame, encodeWriteRequest, Expect, FrameDecoder, Op, type Frame } from '../../client/wire.ts';
+import { decodeError, encodeFrame, encodeReadShardRequest, encodeWriteRequest, Expect, FeedFilter, FrameDecoder, Op, type Frame } from '../../client/wire.ts';
 import { waitUntil } from '../../test/e2e/lib/wait.ts';
-import { CONNECTION_REQUESTS_IN_FLIGHT_MAX } from '../constants.ts';
+import { CONNECTION_REQUESTS_IN_FLIGHT_MAX, FEED_WAITS_PER_CONNECTION_MAX } from '../constants.ts';
 import { openDataMeta } from '../storage/meta.ts';
 import type { Dispatcher, DispatchResult } from './dispatch.ts';
 import { splitHostPort, startNativeServer, type NativeServerHandle } from './native.ts';
@@ -110,6 +110,38 @@ test('another connection is not held back by one at its bound', async () => {
   } finally {
     a.socket.destroy();
     b.socket.destroy();
+    fake.releaseAll();
+    await server.close();
+  }
+});
+
+test('feed long polls beyond FEED_WAITS_PER_CONNECTION_MAX get 2012 at once; other requests on the connection still go through; an answered poll frees its place', async () => {
+  const fake = new HoldingDispatcher();
+  const server = await startNativeServer(fake, '127.0.0.1:0', () => {});
+  const { socket, frames } = await open(server.address);
+  const poll = (id: number, waitMs: number) =>
+    encodeFrame(id, Op.ReadShard, encodeReadShardRequest({ shard: 0, from: 1n, maxBytes: 0, waitMs, filter: FeedFilter.None, key: { org: 0n, type: 0n, id: 0n }, headersOnly: true }));
+  try {
+    const polls = Array.from({ length: FEED_WAITS_PER_CONNECTION_MAX + 3 }, (_, i) => poll(i + 1, 10_000));
+    socket.write(Buffer.concat(polls));
+    await waitUntil('the refused polls answered', () => frames.length === 3);
+    assert.equal(fake.holding, FEED_WAITS_PER_CONNECTION_MAX, 'the bound reached the dispatcher, no more');
+    for (const f of frames) {
+      assert.equal(f.op, Op.Error);
+      const e = decodeError(f.body);
+      assert.equal(e.code, 2012);
+      assert.equal(e.detail.limit, 'FEED_WAITS_PER_CONNECTION_MAX');
+      assert.ok(f.correlationId > FEED_WAITS_PER_CONNECTION_MAX, 'the ones past the bound');
+    }
+    // A poll that does not wait, and a ping, are not long polls: dispatched.
+    socket.write(Buffer.concat([poll(9001, 0), encodeFrame(9002, Op.Ping, indexBody(7))]));
+    await waitUntil('both dispatched', () => fake.holding === FEED_WAITS_PER_CONNECTION_MAX + 2);
+    fake.releaseAll();
+    await waitUntil('every held request answered', () => frames.length === 3 + FEED_WAITS_PER_CONNECTION_MAX + 2);
+    socket.write(poll(9003, 10_000));
+    await waitUntil('a new long poll dispatched after the others were answered', () => fake.holding === 1);
+  } finally {
+    socket.destroy();
     fake.releaseAll();
     await server.close();
   }

@@ -5,11 +5,13 @@
 // Bounds per connection: at most CONNECTION_REQUESTS_IN_FLIGHT_MAX requests dispatched and not
 // answered, and at most CONNECTION_WRITE_BUFFER_BYTES_MAX of responses the peer has not read.
 // Over either, the server stops reading the socket (TCP flow control then stops the peer) until
-// it is back under; requests are dispatched in the order they arrived, none is refused or dropped.
+// it is back under; requests are dispatched in the order they arrived, none is refused or dropped
+// — except feed long polls beyond FEED_WAITS_PER_CONNECTION_MAX, answered 2012 at once, so that
+// subscribers never hold the slots the connection's writes need.
 import { createServer, type Server, type Socket } from 'node:net';
 import { ErrorCode } from '../../client/errors.ts';
 import { encodeError, FRAME_HEADER_BYTES, FrameDecoder, Op, WireError, Writer, type Frame } from '../../client/wire.ts';
-import { CONNECTION_REQUESTS_IN_FLIGHT_MAX, CONNECTION_WRITE_BUFFER_BYTES_MAX } from '../constants.ts';
+import { CONNECTION_REQUESTS_IN_FLIGHT_MAX, CONNECTION_WRITE_BUFFER_BYTES_MAX, FEED_WAITS_PER_CONNECTION_MAX } from '../constants.ts';
 import type { Dispatcher } from './dispatch.ts';
 import { observeRequest } from './metrics.ts';
 
@@ -41,6 +43,7 @@ function serve(socket: Socket, dispatcher: Dispatcher, log: (m: string) => void)
   let paused = false;
   let waiting: (Frame | undefined)[] = [];
   let waitingHead = 0;
+  let feedWaits = 0;
 
   function updateReading(): void {
     const stop = writeBacklogged || inFlight >= CONNECTION_REQUESTS_IN_FLIGHT_MAX || waitingHead < waiting.length;
@@ -80,15 +83,27 @@ function serve(socket: Socket, dispatcher: Dispatcher, log: (m: string) => void)
   }
 
   function dispatch(f: Frame): void {
+    const waits = isFeedWait(f);
+    if (waits) {
+      if (feedWaits >= FEED_WAITS_PER_CONNECTION_MAX) {
+        observeRequest(f.op, ErrorCode.ServerBusy, 0);
+        const detail = { limit: 'FEED_WAITS_PER_CONNECTION_MAX', max: FEED_WAITS_PER_CONNECTION_MAX };
+        send(f.correlationId, Op.Error, encodeError(ErrorCode.ServerBusy, `this connection has ${feedWaits} subscription or watch long polls waiting, its limit (FEED_WAITS_PER_CONNECTION_MAX ${FEED_WAITS_PER_CONNECTION_MAX}); open another connection for more subscribers, or share one subscription between them`, detail));
+        return;
+      }
+      feedWaits++;
+    }
     inFlight++;
     const t0 = performance.now();
     dispatcher.dispatch(f.op, f.body).then(
       (r) => {
+        if (waits) feedWaits--;
         observeRequest(f.op, r.op === Op.Error ? errorCode(r.body) : 'ok', (performance.now() - t0) / 1000);
         if (!closed) send(f.correlationId, r.op, r.body);
         answered();
       },
       (e: Error) => {
+        if (waits) feedWaits--;
         log(`internal error: ${e.stack ?? e.message}`);
         if (!closed) send(f.correlationId, Op.Error, encodeError(ErrorCode.ShardUnavailable, `internal error: ${e.message}`));
         answered();
@@ -143,6 +158,12 @@ function serve(socket: Socket, dispatcher: Dispatcher, log: (m: string) => void)
   });
   socket.on('error', drop);
   socket.on('close', drop);
+}
+
+/** A shard feed read that may wait at the tail (waitMs > 0: u32 shard | u64 from | u32 maxBytes | u32 waitMs). */
+function isFeedWait(f: Frame): boolean {
+  if (f.op !== Op.ReadShard || f.body.length < 20) return false;
+  return new DataView(f.body.buffer, f.body.byteOffset, 20).getUint32(16) > 0;
 }
 
 function errorCode(body: Uint8Array): number {

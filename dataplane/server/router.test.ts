@@ -7,7 +7,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Worker } from 'node:worker_threads';
-import { decodeError, encodeKeyRequest, encodeReadRequest, encodeWriteRequest, Expect, Limits, Op } from '../../client/wire.ts';
+import { decodeError, encodeKeyRequest, encodeReadRequest, encodeReadShardRequest, encodeWriteRequest, Expect, FeedFilter, Limits, Op } from '../../client/wire.ts';
 import { openDataMeta } from '../storage/meta.ts';
 import { Router, type RouterConfig } from './router.ts';
 import { prng } from '../../test/lib/prng.ts';
@@ -191,6 +191,31 @@ test('a worker that dies fails what was waiting on it with 9200 and releases its
     const later = await r.dispatch(Op.Write, validWrite(1n));
     assert.equal(decodeError(later.body).code, 9200, 'its shard is not served any more');
     assert.equal(r.bytesInFlight, 0);
+  } finally {
+    await done();
+  }
+});
+
+test('beyond FEED_WAITS_PER_NODE_MAX a feed long poll gets 2012 naming the limit; a poll that does not wait still goes; an answered poll frees its place', async () => {
+  const { r, done } = await privateRouter('celer-router-feedwaits-', { feedWaitsMax: 3 });
+  try {
+    const poll = (waitMs: number) => r.dispatch(Op.ReadShard, encodeReadShardRequest({ shard: 0, from: 1n, maxBytes: 0, waitMs, filter: FeedFilter.None, key: { org: 0n, type: 0n, id: 0n }, headersOnly: true }));
+    const waiting = [poll(10_000), poll(10_000), poll(10_000)];
+    assert.equal(r.feedWaits, 3);
+    const refused = await poll(10_000);
+    assert.equal(refused.op, Op.Error);
+    const e = decodeError(refused.body);
+    assert.deepEqual([e.code, e.detail.limit, e.detail.max], [2012, 'FEED_WAITS_PER_NODE_MAX', 3]);
+    assert.equal((await poll(0)).op, Op.ReadShardOk, 'a read that does not wait is not a long poll');
+    // A write commits: the waiting polls are answered, and their places are free again.
+    const w = await r.dispatch(Op.Write, encodeWriteRequest({ clientId: 1n, writes: [{ key: { org: 1n, type: 1n, id: 1n }, expectMode: Expect.Any, expectVersion: 0n, clientSeq: 0n, events: [{ type: 'T', data: new Uint8Array(1) }] }] }));
+    assert.equal(w.op, Op.WriteOk);
+    for (const p of await Promise.all(waiting)) assert.equal(p.op, Op.ReadShardOk);
+    assert.equal(r.feedWaits, 0);
+    const again = poll(10_000);
+    assert.equal(r.feedWaits, 1);
+    await r.dispatch(Op.Write, encodeWriteRequest({ clientId: 1n, writes: [{ key: { org: 1n, type: 1n, id: 1n }, expectMode: Expect.Any, expectVersion: 0n, clientSeq: 0n, events: [{ type: 'T', data: new Uint8Array(1) }] }] }));
+    assert.equal((await again).op, Op.ReadShardOk);
   } finally {
     await done();
   }

@@ -9,7 +9,7 @@ import { Worker } from 'node:worker_threads';
 import { ErrorCode } from '../../client/errors.ts';
 import { U64_MAX, type NormalizedKey } from '../../client/key.ts';
 import { decodeDeleteRequest, decodeKeyRequest, decodeReadRequest, decodeReadShardRequest, decodeTrimRequest, decodeWriteRequest, encodeError, Limits, Op, SHARD_OF_KEY, WireError, Writer } from '../../client/wire.ts';
-import { DISPATCH_BATCH_MAX, DISPATCH_BYTES_IN_FLIGHT_MAX, DISPATCH_IN_FLIGHT_MAX } from '../constants.ts';
+import { DISPATCH_BATCH_MAX, DISPATCH_BYTES_IN_FLIGHT_MAX, DISPATCH_IN_FLIGHT_MAX, FEED_WAITS_PER_NODE_MAX } from '../constants.ts';
 import { REQ_ITEM_WIDTH, RES_ITEM_WIDTH, type ShardInfo, type WorkerConfig } from '../shard/worker.ts';
 import { applyWorkerStats, setCacheUsage, type CacheUsage, type WorkerStats } from './metrics.ts';
 import type { DispatchResult, Dispatcher } from './dispatch.ts';
@@ -32,6 +32,8 @@ export interface RouterConfig {
   log: (msg: string) => void;
   /** Overrides DISPATCH_BYTES_IN_FLIGHT_MAX (tests); at least Limits.frameBytesMax. */
   bytesInFlightMax?: number;
+  /** Feed long polls in flight on the node; default FEED_WAITS_PER_NODE_MAX (tests lower it). */
+  feedWaitsMax?: number;
   /** A cluster node: shards are replicas until the cluster makes them lead; writes pass the gate first. */
   cluster?: ClusterHooks;
 }
@@ -91,6 +93,7 @@ export class Router implements Dispatcher {
   private constructor(cfg: RouterConfig) {
     this.cfg = cfg;
     this.bytesInFlightMax = cfg.bytesInFlightMax ?? DISPATCH_BYTES_IN_FLIGHT_MAX;
+    this.feedWaitsMax = cfg.feedWaitsMax ?? FEED_WAITS_PER_NODE_MAX;
     if (!(this.bytesInFlightMax >= Limits.frameBytesMax)) {
       throw new Error(`bytesInFlightMax ${this.bytesInFlightMax} is below the largest frame (${Limits.frameBytesMax}); such a request could never be accepted`);
     }
@@ -275,6 +278,7 @@ export class Router implements Dispatcher {
 
   dispatch(op: number, body: Uint8Array): Promise<DispatchResult> {
     let shard: number;
+    let feedWait = false;
     try {
       switch (op) {
         case Op.Ping:
@@ -331,6 +335,7 @@ export class Router implements Dispatcher {
           else if (req.shard >= this.cfg.numShards) throw new WireError(`shard ${req.shard} does not exist; this node has shards 0..${this.cfg.numShards - 1}`);
           else shard = req.shard;
           if (req.from > MAX_SAFE) throw new WireError(`from ${req.from} is beyond any possible position`);
+          if (req.waitMs > 0) feedWait = true;
           break;
         }
         default:
@@ -362,6 +367,27 @@ export class Router implements Dispatcher {
     if (info !== undefined && info.state !== 'serving') {
       return Promise.resolve(error(ErrorCode.ShardUnavailable, `shard ${shard} is not being served (${info.state}): ${info.reason ?? ''}`, { shard }));
     }
+    if (feedWait) {
+      if (this.feedWaits >= this.feedWaitsMax) {
+        return Promise.resolve(
+          error(
+            ErrorCode.ServerBusy,
+            `the node has ${this.feedWaits} subscription or watch long polls waiting, its limit (FEED_WAITS_PER_NODE_MAX ${this.feedWaitsMax}); retry with backoff, or share subscriptions between readers`,
+            { limit: 'FEED_WAITS_PER_NODE_MAX', max: this.feedWaitsMax },
+          ),
+        );
+      }
+      this.feedWaits++;
+      return this.send(shard, op, body).finally(() => this.feedWaits--);
+    }
+    return this.send(shard, op, body);
+  }
+
+  /** Long polls of the shard feed in flight on this node, at most feedWaitsMax. */
+  feedWaits = 0;
+  private readonly feedWaitsMax: number;
+
+  private send(shard: number, op: number, body: Uint8Array): Promise<DispatchResult> {
     // Skip an id still pending (a request stuck across 2^31 others), or its entry and bytes would be lost.
     let id = this.nextId;
     while (this.pending.has(id)) id = id >= 0x7fff_ffff ? 1 : id + 1;
