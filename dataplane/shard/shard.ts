@@ -274,13 +274,6 @@ export class Shard {
     try {
       switch (op) {
         case Op.Write:
-          if (this.replica) return err(ErrorCode.NotLeader, `shard ${this.id} is a replica: this node is not the leader`);
-          if (this.closing) return err(ErrorCode.ShardUnavailable, `shard ${this.id} is shutting down`, { shard: this.id });
-          if (this.truncating) return err(ErrorCode.ServerBusy, `shard ${this.id} is rewinding its log; retry`);
-          if (this.writesStopped !== null) {
-            return err(ErrorCode.StorageFailed, `shard ${this.id} takes no more writes: ${this.writesStopped}; reads of committed data go on; restart the node to recover from the log`, { shard: this.id, diskFull: false });
-          }
-          return await this.write(decodeWriteTrusted(body));
         case Op.Delete:
         case Op.Trim: {
           if (this.replica) return err(ErrorCode.NotLeader, `shard ${this.id} is a replica: this node is not the leader`);
@@ -289,7 +282,8 @@ export class Shard {
           if (this.writesStopped !== null) {
             return err(ErrorCode.StorageFailed, `shard ${this.id} takes no more writes: ${this.writesStopped}; reads of committed data go on; restart the node to recover from the log`, { shard: this.id, diskFull: false });
           }
-          return await this.write(op === Op.Delete ? decodeDeleteTrusted(body) : decodeTrimTrusted(body));
+          // Deletes and trims are one-aggregate writes without events (requests.ts).
+          return await this.write(op === Op.Write ? decodeWriteTrusted(body) : op === Op.Delete ? decodeDeleteTrusted(body) : decodeTrimTrusted(body));
         }
         case Op.Read:
           return await readPage(this.readSide, body);
