@@ -1,0 +1,215 @@
+// The read model of the example projection and the one transaction that moves it forward.
+//
+// Tables (created if absent):
+//   checkpoint(shard PK, next_seq)   the next position of each shard to apply (inclusive seq)
+//   applied(shard, seq PK, key, …)   one row per applied feed batch: the "nothing applied twice" ledger
+//   aggregate_summary(org, type, id PK, version, event_count, batch_count, last_type,
+//                     amount_total, last_shard, last_seq, digest)   the read model itself
+//
+// Exactly once: a shard's batches [from, to) are applied in ONE PostgreSQL transaction that also
+// moves that shard's checkpoint from `from` to `to`. The transaction commits all of it or none of
+// it, so after any crash the checkpoint names exactly the first batch whose rows are not there,
+// and a restart resumes from it. The checkpoint UPDATE is conditional (`WHERE next_seq = from`):
+// a second instance working from a stale checkpoint finds 0 rows and rolls back instead of
+// applying its batches again.
+import { createHash } from 'node:crypto';
+import type { ShardBatch } from '../../client/index.ts';
+import type pg from 'pg';
+
+/** Serialises schema creation between instances that start at the same time. */
+const SCHEMA_LOCK = 0x63656c65; // "cele"
+/** Held (session lock) by the running instance, so a second instance waits instead of competing. */
+export const INSTANCE_LOCK = 0x70726f6a; // "proj"
+
+export const SCHEMA_SQL = [
+  `CREATE TABLE IF NOT EXISTS checkpoint (
+     shard integer PRIMARY KEY,
+     next_seq bigint NOT NULL CHECK (next_seq >= 1),
+     updated_at timestamptz NOT NULL DEFAULT now())`,
+  `CREATE TABLE IF NOT EXISTS applied (
+     shard integer NOT NULL,
+     seq bigint NOT NULL,
+     org numeric(39, 0) NOT NULL,
+     type numeric(39, 0) NOT NULL,
+     id numeric(39, 0) NOT NULL,
+     from_version bigint NOT NULL,
+     to_version bigint NOT NULL,
+     PRIMARY KEY (shard, seq))`,
+  `CREATE TABLE IF NOT EXISTS aggregate_summary (
+     org numeric(39, 0) NOT NULL,
+     type numeric(39, 0) NOT NULL,
+     id numeric(39, 0) NOT NULL,
+     version bigint NOT NULL,
+     event_count bigint NOT NULL,
+     batch_count bigint NOT NULL,
+     last_type text NOT NULL,
+     amount_total numeric NOT NULL,
+     last_shard integer NOT NULL,
+     last_seq bigint NOT NULL,
+     digest text NOT NULL,
+     PRIMARY KEY (org, type, id))`,
+];
+
+/** Moves a shard's checkpoint, only from where this instance believes it is. */
+const CHECKPOINT_SQL = 'UPDATE checkpoint SET next_seq = $3, updated_at = now() WHERE shard = $1 AND next_seq = $2';
+
+/**
+ * One feed batch: its ledger row and its aggregate's summary, in one statement. The summary only
+ * moves when the batch continues the aggregate (`version + 1 = from_version`); otherwise the
+ * statement changes 0 rows and the caller aborts the transaction.
+ */
+const APPLY_SQL = `
+WITH ledger AS (
+  INSERT INTO applied (shard, seq, org, type, id, from_version, to_version)
+  VALUES ($1::integer, $2::bigint, $3::numeric, $4::numeric, $5::numeric, $6::bigint, $7::bigint)
+)
+INSERT INTO aggregate_summary AS s
+  (org, type, id, version, event_count, batch_count, last_type, amount_total, last_shard, last_seq, digest)
+VALUES ($3::numeric, $4::numeric, $5::numeric, $7::bigint, $8::bigint, 1, $9::text, $10::numeric, $1::integer, $2::bigint, md5($11::text))
+ON CONFLICT (org, type, id) DO UPDATE SET
+  version = EXCLUDED.version,
+  event_count = s.event_count + EXCLUDED.event_count,
+  batch_count = s.batch_count + 1,
+  last_type = EXCLUDED.last_type,
+  amount_total = s.amount_total + EXCLUDED.amount_total,
+  last_shard = EXCLUDED.last_shard,
+  last_seq = EXCLUDED.last_seq,
+  digest = md5(s.digest || $11::text)
+WHERE s.version + 1 = $6::bigint`;
+
+/** A batch's content hash: position, versions, every event's version, type and data. */
+export function batchHash(b: ShardBatch): string {
+  const h = createHash('sha256');
+  const u64 = (v: bigint | number): void => {
+    const buf = Buffer.alloc(8);
+    buf.writeBigUInt64BE(BigInt(v));
+    h.update(buf);
+  };
+  const bytes = (d: Uint8Array): void => {
+    u64(d.length);
+    h.update(d);
+  };
+  u64(b.position.shard);
+  u64(b.position.seq);
+  u64(b.fromVersion);
+  u64(b.toVersion);
+  for (const e of b.events) {
+    u64(e.version);
+    bytes(Buffer.from(e.type, 'utf8'));
+    bytes(e.data);
+  }
+  return h.digest('hex');
+}
+
+/** The next digest of an aggregate: md5(previous digest ‖ batch hash), '' before the first batch. */
+export function nextDigest(previous: string, hash: string): string {
+  return createHash('md5').update(previous + hash).digest('hex');
+}
+
+const td = new TextDecoder('utf-8', { fatal: true });
+
+/** The sum of the integer `amount` fields of the batch's JSON events (other events count 0). */
+export function batchAmount(b: ShardBatch): bigint {
+  let sum = 0n;
+  for (const e of b.events) {
+    try {
+      const v = JSON.parse(td.decode(e.data)) as unknown;
+      const amount = v !== null && typeof v === 'object' ? (v as { amount?: unknown }).amount : undefined;
+      if (typeof amount === 'number' && Number.isSafeInteger(amount)) sum += BigInt(amount);
+    } catch {
+      // not JSON: no amount
+    }
+  }
+  return sum;
+}
+
+/** Creates the tables if absent and a checkpoint row (next_seq 1) for every shard that has none. */
+export async function ensureSchema(db: pg.Client, numShards: number): Promise<void> {
+  await db.query('BEGIN');
+  try {
+    await db.query('SELECT pg_advisory_xact_lock($1)', [SCHEMA_LOCK]);
+    for (const sql of SCHEMA_SQL) await db.query(sql);
+    const other = await db.query<{ shard: number }>('SELECT shard FROM checkpoint WHERE shard >= $1 ORDER BY shard LIMIT 1', [numShards]);
+    if (other.rows.length > 0) {
+      throw new Error(`the checkpoint table has a row for shard ${other.rows[0]!.shard} but this Celer has ${numShards} shards: this read model was built from another cluster`);
+    }
+    await db.query('INSERT INTO checkpoint (shard, next_seq) SELECT s, 1 FROM generate_series(0, $1::integer - 1) AS s ON CONFLICT (shard) DO NOTHING', [numShards]);
+    await db.query('COMMIT');
+  } catch (e) {
+    await db.query('ROLLBACK').catch(() => undefined);
+    throw e;
+  }
+}
+
+export async function readCheckpoints(db: pg.Client): Promise<Map<number, bigint>> {
+  const r = await db.query<{ shard: number; next_seq: string }>('SELECT shard, next_seq::text FROM checkpoint ORDER BY shard');
+  return new Map(r.rows.map((row) => [row.shard, BigInt(row.next_seq)]));
+}
+
+/** Another instance moved the checkpoint: this one's view is stale. Nothing was applied. */
+export class CheckpointMovedError extends Error {}
+
+export interface ApplyResult {
+  /** Batches whose rows were written (those the org filter kept). */
+  applied: number;
+  events: number;
+}
+
+/**
+ * Applies `batches` (consecutive seqs of `shard`, starting at `from`) in one transaction together
+ * with the checkpoint move to one past the last. `keep` says which batches go into the read model;
+ * the others only advance the checkpoint. Throws (after ROLLBACK) if anything does not hold.
+ */
+export async function applyBatches(
+  db: pg.Client,
+  shard: number,
+  from: bigint,
+  batches: readonly ShardBatch[],
+  keep: (b: ShardBatch) => boolean = () => true,
+): Promise<ApplyResult> {
+  const to = from + BigInt(batches.length);
+  let applied = 0;
+  let events = 0;
+  await db.query('BEGIN');
+  try {
+    // The checkpoint first: its row lock makes a concurrent instance wait here, then find 0 rows.
+    const cp = await db.query({ name: 'checkpoint', text: CHECKPOINT_SQL, values: [shard, from.toString(), to.toString()] });
+    if (cp.rowCount !== 1) throw new CheckpointMovedError(`shard ${shard}: the checkpoint is no longer at seq ${from} (another projection instance moved it)`);
+    let seq = from;
+    for (const b of batches) {
+      if (b.position.shard !== shard || b.position.seq !== seq) {
+        throw new Error(`shard ${shard}: expected the batch at seq ${seq}, got ${b.position.shard}:${b.position.seq}`);
+      }
+      seq++;
+      if (!keep(b)) continue;
+      const last = b.events[b.events.length - 1];
+      const r = await db.query({
+        name: 'apply',
+        text: APPLY_SQL,
+        values: [
+          shard,
+          b.position.seq.toString(),
+          b.key.org.toString(),
+          b.key.type.toString(),
+          b.key.id.toString(),
+          b.fromVersion.toString(),
+          b.toVersion.toString(),
+          String(b.events.length),
+          last?.type ?? '',
+          batchAmount(b).toString(),
+          batchHash(b),
+        ],
+      });
+      if (r.rowCount !== 1) {
+        throw new Error(`shard ${shard} seq ${b.position.seq}: aggregate ${b.key.org}/${b.key.type}/${b.key.id} is not at version ${b.fromVersion - 1n} in the read model`);
+      }
+      applied++;
+      events += b.events.length;
+    }
+    await db.query('COMMIT');
+  } catch (e) {
+    await db.query('ROLLBACK').catch(() => undefined);
+    throw e;
+  }
+  return { applied, events };
+}
