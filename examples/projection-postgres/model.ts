@@ -11,7 +11,12 @@
 // it, so after any crash the checkpoint names exactly the first batch whose rows are not there,
 // and a restart resumes from it. The checkpoint UPDATE is conditional (`WHERE next_seq = from`):
 // a second instance working from a stale checkpoint finds 0 rows and rolls back instead of
-// applying its batches again.
+// applying its batches again. Two more guards inside the transaction: the ledger's primary key
+// refuses a (shard, seq) seen before, and a batch must continue its aggregate's version.
+//
+// One transaction is four statements whatever its size: the checkpoint move, the summaries of
+// the aggregates involved (SELECT … FOR UPDATE), then, folded here, one multi-row INSERT into the
+// ledger and one multi-row upsert of the summaries.
 import { createHash } from 'node:crypto';
 import type { ShardBatch } from '../../client/index.ts';
 import type pg from 'pg';
@@ -53,29 +58,42 @@ export const SCHEMA_SQL = [
 /** Moves a shard's checkpoint, only from where this instance believes it is. */
 const CHECKPOINT_SQL = 'UPDATE checkpoint SET next_seq = $3, updated_at = now() WHERE shard = $1 AND next_seq = $2';
 
-/**
- * One feed batch: its ledger row and its aggregate's summary, in one statement. The summary only
- * moves when the batch continues the aggregate (`version + 1 = from_version`); otherwise the
- * statement changes 0 rows and the caller aborts the transaction.
- */
-const APPLY_SQL = `
-WITH ledger AS (
-  INSERT INTO applied (shard, seq, org, type, id, from_version, to_version)
-  VALUES ($1::integer, $2::bigint, $3::numeric, $4::numeric, $5::numeric, $6::bigint, $7::bigint)
-)
+const LOAD_SQL = `
+SELECT s.org::text, s.type::text, s.id::text, s.version::text, s.event_count::text, s.batch_count::text,
+       s.last_type, s.amount_total::text, s.last_shard, s.last_seq::text, s.digest
+  FROM aggregate_summary AS s
+  JOIN unnest($1::numeric[], $2::numeric[], $3::numeric[]) AS k(org, type, id)
+    ON (s.org, s.type, s.id) = (k.org, k.type, k.id)
+   FOR UPDATE OF s`;
+
+const LEDGER_SQL = `
+INSERT INTO applied (shard, seq, org, type, id, from_version, to_version)
+SELECT * FROM unnest($1::integer[], $2::bigint[], $3::numeric[], $4::numeric[], $5::numeric[], $6::bigint[], $7::bigint[])`;
+
+const UPSERT_SQL = `
 INSERT INTO aggregate_summary AS s
   (org, type, id, version, event_count, batch_count, last_type, amount_total, last_shard, last_seq, digest)
-VALUES ($3::numeric, $4::numeric, $5::numeric, $7::bigint, $8::bigint, 1, $9::text, $10::numeric, $1::integer, $2::bigint, md5($11::text))
+SELECT * FROM unnest($1::numeric[], $2::numeric[], $3::numeric[], $4::bigint[], $5::bigint[], $6::bigint[],
+                     $7::text[], $8::numeric[], $9::integer[], $10::bigint[], $11::text[])
 ON CONFLICT (org, type, id) DO UPDATE SET
-  version = EXCLUDED.version,
-  event_count = s.event_count + EXCLUDED.event_count,
-  batch_count = s.batch_count + 1,
-  last_type = EXCLUDED.last_type,
-  amount_total = s.amount_total + EXCLUDED.amount_total,
-  last_shard = EXCLUDED.last_shard,
-  last_seq = EXCLUDED.last_seq,
-  digest = md5(s.digest || $11::text)
-WHERE s.version + 1 = $6::bigint`;
+  version = EXCLUDED.version, event_count = EXCLUDED.event_count, batch_count = EXCLUDED.batch_count,
+  last_type = EXCLUDED.last_type, amount_total = EXCLUDED.amount_total, last_shard = EXCLUDED.last_shard,
+  last_seq = EXCLUDED.last_seq, digest = EXCLUDED.digest`;
+
+/** One row of aggregate_summary. */
+export interface Summary {
+  org: bigint;
+  type: bigint;
+  id: bigint;
+  version: bigint;
+  eventCount: bigint;
+  batchCount: bigint;
+  lastType: string;
+  amountTotal: bigint;
+  lastShard: number;
+  lastSeq: bigint;
+  digest: string;
+}
 
 /** A batch's content hash: position, versions, every event's version, type and data. */
 export function batchHash(b: ShardBatch): string {
@@ -155,6 +173,27 @@ export interface ApplyResult {
   events: number;
 }
 
+const keyOf = (k: { org: bigint; type: bigint; id: bigint }): string => `${k.org}/${k.type}/${k.id}`;
+
+/** The summary after `b`; throws if `b` does not continue the aggregate. */
+export function fold(state: Summary | undefined, b: ShardBatch): Summary {
+  const version = state?.version ?? 0n;
+  if (b.fromVersion !== version + 1n) {
+    throw new Error(`shard ${b.position.shard} seq ${b.position.seq}: ${keyOf(b.key)} versions ${b.fromVersion}-${b.toVersion} do not continue the read model's version ${version}`);
+  }
+  return {
+    ...b.key,
+    version: b.toVersion,
+    eventCount: (state?.eventCount ?? 0n) + BigInt(b.events.length),
+    batchCount: (state?.batchCount ?? 0n) + 1n,
+    lastType: b.events[b.events.length - 1]?.type ?? '',
+    amountTotal: (state?.amountTotal ?? 0n) + batchAmount(b),
+    lastShard: b.position.shard,
+    lastSeq: b.position.seq,
+    digest: nextDigest(state?.digest ?? '', batchHash(b)),
+  };
+}
+
 /**
  * Applies `batches` (consecutive seqs of `shard`, starting at `from`) in one transaction together
  * with the checkpoint move to one past the last. `keep` says which batches go into the read model;
@@ -167,49 +206,82 @@ export async function applyBatches(
   batches: readonly ShardBatch[],
   keep: (b: ShardBatch) => boolean = () => true,
 ): Promise<ApplyResult> {
+  batches.forEach((b, i) => {
+    if (b.position.shard !== shard || b.position.seq !== from + BigInt(i)) {
+      throw new Error(`shard ${shard}: expected the batch at seq ${from + BigInt(i)}, got ${b.position.shard}:${b.position.seq}`);
+    }
+  });
   const to = from + BigInt(batches.length);
-  let applied = 0;
-  let events = 0;
+  const kept = batches.filter(keep);
+  const events = kept.reduce((n, b) => n + b.events.length, 0);
   await db.query('BEGIN');
   try {
     // The checkpoint first: its row lock makes a concurrent instance wait here, then find 0 rows.
     const cp = await db.query({ name: 'checkpoint', text: CHECKPOINT_SQL, values: [shard, from.toString(), to.toString()] });
     if (cp.rowCount !== 1) throw new CheckpointMovedError(`shard ${shard}: the checkpoint is no longer at seq ${from} (another projection instance moved it)`);
-    let seq = from;
-    for (const b of batches) {
-      if (b.position.shard !== shard || b.position.seq !== seq) {
-        throw new Error(`shard ${shard}: expected the batch at seq ${seq}, got ${b.position.shard}:${b.position.seq}`);
+    if (kept.length > 0) {
+      const keys = [...new Map(kept.map((b) => [keyOf(b.key), b.key])).values()];
+      const loaded = await db.query<Record<string, string | number>>({
+        name: 'load',
+        text: LOAD_SQL,
+        values: [keys.map((k) => k.org.toString()), keys.map((k) => k.type.toString()), keys.map((k) => k.id.toString())],
+      });
+      const states = new Map<string, Summary>();
+      for (const r of loaded.rows) {
+        const s: Summary = {
+          org: BigInt(r.org!),
+          type: BigInt(r.type!),
+          id: BigInt(r.id!),
+          version: BigInt(r.version!),
+          eventCount: BigInt(r.event_count!),
+          batchCount: BigInt(r.batch_count!),
+          lastType: String(r.last_type),
+          amountTotal: BigInt(r.amount_total!),
+          lastShard: Number(r.last_shard),
+          lastSeq: BigInt(r.last_seq!),
+          digest: String(r.digest),
+        };
+        states.set(keyOf(s), s);
       }
-      seq++;
-      if (!keep(b)) continue;
-      const last = b.events[b.events.length - 1];
-      const r = await db.query({
-        name: 'apply',
-        text: APPLY_SQL,
+      for (const b of kept) states.set(keyOf(b.key), fold(states.get(keyOf(b.key)), b));
+      const col = <T>(f: (b: ShardBatch) => T): T[] => kept.map(f);
+      await db.query({
+        name: 'ledger',
+        text: LEDGER_SQL,
         values: [
-          shard,
-          b.position.seq.toString(),
-          b.key.org.toString(),
-          b.key.type.toString(),
-          b.key.id.toString(),
-          b.fromVersion.toString(),
-          b.toVersion.toString(),
-          String(b.events.length),
-          last?.type ?? '',
-          batchAmount(b).toString(),
-          batchHash(b),
+          col(() => shard),
+          col((b) => b.position.seq.toString()),
+          col((b) => b.key.org.toString()),
+          col((b) => b.key.type.toString()),
+          col((b) => b.key.id.toString()),
+          col((b) => b.fromVersion.toString()),
+          col((b) => b.toVersion.toString()),
         ],
       });
-      if (r.rowCount !== 1) {
-        throw new Error(`shard ${shard} seq ${b.position.seq}: aggregate ${b.key.org}/${b.key.type}/${b.key.id} is not at version ${b.fromVersion - 1n} in the read model`);
-      }
-      applied++;
-      events += b.events.length;
+      const rows = keys.map((k) => states.get(keyOf(k))!);
+      const sc = <T>(f: (s: Summary) => T): T[] => rows.map(f);
+      await db.query({
+        name: 'upsert',
+        text: UPSERT_SQL,
+        values: [
+          sc((s) => s.org.toString()),
+          sc((s) => s.type.toString()),
+          sc((s) => s.id.toString()),
+          sc((s) => s.version.toString()),
+          sc((s) => s.eventCount.toString()),
+          sc((s) => s.batchCount.toString()),
+          sc((s) => s.lastType),
+          sc((s) => s.amountTotal.toString()),
+          sc((s) => s.lastShard),
+          sc((s) => s.lastSeq.toString()),
+          sc((s) => s.digest),
+        ],
+      });
     }
     await db.query('COMMIT');
   } catch (e) {
     await db.query('ROLLBACK').catch(() => undefined);
     throw e;
   }
-  return { applied, events };
+  return { applied: kept.length, events };
 }

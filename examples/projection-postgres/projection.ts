@@ -19,6 +19,8 @@ export const TXN_BATCHES_MAX = 500;
 const QUEUE_BATCHES_MAX = 4_000;
 /** Most event bytes read ahead of the applier, per shard. */
 const QUEUE_BYTES_MAX = 16 * 1024 * 1024;
+/** Feed page size: small enough that a restart far behind the tail gets its first batches quickly. */
+const FEED_PAGE_BYTES = 256 * 1024;
 /** Long-poll wait of the feed at the tail. */
 const POLL_WAIT_MS = 5_000;
 /** How often a progress line may be printed (only when something was applied). */
@@ -104,7 +106,7 @@ class ShardFollower {
     let backoff = RESUBSCRIBE_MIN_MS;
     while (!this.stopping) {
       try {
-        for await (const b of this.celer.subscribeShard(this.shard, { from: this.fetch, pollWaitMs: POLL_WAIT_MS })) {
+        for await (const b of this.celer.subscribeShard(this.shard, { from: this.fetch, maxBytes: FEED_PAGE_BYTES, pollWaitMs: POLL_WAIT_MS })) {
           if (this.stopping) return;
           if (b.position.seq !== this.fetch) throw new Error(`shard ${this.shard}: the feed gave seq ${b.position.seq}, expected ${this.fetch}`);
           this.queue.push(b);
@@ -131,6 +133,8 @@ class ShardFollower {
       if (this.queue.length === 0) {
         await new Promise<void>((r) => (this.wakeApplier = r));
         this.wakeApplier = null;
+        // Woken by the first batch of a page: let the rest of the page queue up first.
+        await new Promise((r) => setImmediate(r));
         continue;
       }
       const take = this.queue.slice(0, TXN_BATCHES_MAX);
@@ -237,10 +241,10 @@ async function main(argv: string[]): Promise<number> {
     const at = followers.map((f) => `shard ${f.shard} next seq ${f.next}`).join(', ');
     if (err) {
       process.stderr.write(`projection: failed: ${err.message}\n`);
-      say(`projection: stopped on an error; checkpoints ${at}; ${stats.batches} batches applied by this run`);
+      say(`projection: stopped on an error; checkpoints ${at}; ${stats.batches} batches applied by this run in ${stats.txns} transactions`);
       return 1;
     }
-    say(`projection: ${stopSignal ?? 'stopped'}: stopped cleanly; checkpoints ${at}; ${stats.batches} batches applied by this run`);
+    say(`projection: ${stopSignal ?? 'stopped'}: stopped cleanly; checkpoints ${at}; ${stats.batches} batches applied by this run in ${stats.txns} transactions`);
     return 0;
   } finally {
     await celer.close().catch(() => undefined);
