@@ -122,7 +122,14 @@ async function committedSeqs(c: CelerClient): Promise<bigint[]> {
   return out;
 }
 
+/** Whether the projection has created its tables yet (a run may be killed before it does). */
+async function haveSchema(d: PgClient): Promise<boolean> {
+  const r = await d.query<{ ok: boolean }>("SELECT to_regclass('checkpoint') IS NOT NULL AND to_regclass('applied') IS NOT NULL AS ok");
+  return r.rows[0]!.ok;
+}
+
 async function checkpoints(d: PgClient): Promise<bigint[]> {
+  if (!(await haveSchema(d))) return [];
   const r = await d.query<{ shard: number; next_seq: string }>('SELECT shard, next_seq::text FROM checkpoint ORDER BY shard');
   return r.rows.map((row) => BigInt(row.next_seq));
 }
@@ -192,7 +199,7 @@ test('the projection, SIGKILLed at random points and restarted, ends with the re
     const end = await child.kill('SIGKILL');
     assert.equal(end.signal, 'SIGKILL', `run ${i} ended by our SIGKILL`);
     if (/another instance holds the projection lock/.test(child.stdout())) waitedForLock++;
-    const applied = (await db!.query<{ n: string }>('SELECT count(*)::text AS n FROM applied')).rows[0]!.n;
+    const applied = (await haveSchema(db!)) ? (await db!.query<{ n: string }>('SELECT count(*)::text AS n FROM applied')).rows[0]!.n : '0';
     const committed = (await committedSeqs(client!)).reduce((a, b) => a + b, 0n);
     console.log(`  run ${i}: SIGKILL after ${lifeMs} ms; ${applied} batches in the read model, ${committed} committed (${committed - BigInt(applied)} behind)`);
     if (process.env.CELER_PROJECTION_VERBOSE) console.log(child.stdout());
