@@ -18,6 +18,7 @@
 // the aggregates involved (SELECT … FOR UPDATE), then, folded here, one multi-row INSERT into the
 // ledger and one multi-row upsert of the summaries.
 import { createHash } from 'node:crypto';
+// The client of this checkout (the package @celer/client); an application imports '@celer/client'.
 import type { ShardBatch } from '../../client/index.ts';
 import type pg from 'pg';
 

@@ -10,6 +10,7 @@
 // restart resumes from the checkpoints, which is always safe.
 import { parseArgs } from 'node:util';
 import pg from 'pg';
+// The client of this checkout (the package @celer/client); an application imports '@celer/client'.
 import { connect, normalizeKey, type CelerClient, type ShardBatch } from '../../client/index.ts';
 import { applyBatches, ensureSchema, INSTANCE_LOCK, readCheckpoints } from './model.ts';
 
