@@ -303,7 +303,7 @@ export function encodeCheckpoint(seqs: readonly bigint[]): string {
 }
 
 export function decodeCheckpoint(cp: string, numShards: number): bigint[] {
-  const bad = (why: string): BadRequestError => badRequest(`checkpoint "${cp.slice(0, 80)}" is not valid: ${why}; pass a checkpoint string from a delivered batch, unchanged`);
+  const bad = (why: string): BadRequestError => badRequest(`checkpoint "${String(cp).slice(0, 80)}" is not valid: ${why}; pass a checkpoint string from a delivered batch, unchanged`);
   if (typeof cp !== 'string' || !cp.startsWith(CHECKPOINT_PREFIX)) throw bad(`it does not start with ${CHECKPOINT_PREFIX}`);
   const parts = cp.slice(CHECKPOINT_PREFIX.length).split('.');
   if (parts.length > CHECKPOINT_SHARDS_MAX) throw bad(`it names ${parts.length} shards`);
