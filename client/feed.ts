@@ -9,7 +9,7 @@
 // stops reading stops the polling, so a slow reader never holds anything on the server and never
 // slows a writer.
 import { badRequest, toU64 } from './encode.ts';
-import { BadRequestError } from './errors.ts';
+import { BadRequestError, ErrorCode, ReadBelowTrimmedError } from './errors.ts';
 import { formatKey, normalizeKey, toU128, type AggregateKey, type KeyPart, type NormalizedKey } from './key.ts';
 import type { Batch, RecordedEvent } from './types.ts';
 import {
@@ -282,6 +282,11 @@ export async function* subscribeKey(
       if (next === 0n) next = b.fromVersion;
       if (b.toVersion < next) continue;
       if (b.fromVersion > next) {
+        // `next` was deleted (allowRecreate) or trimmed before the history read could say so (it
+        // answered 1001 for the deleted aggregate): what a read from `next` answers now.
+        if (b.minVersion > next) {
+          throw new ReadBelowTrimmedError(ErrorCode.ReadBelowTrimmed, `subscribe ${formatKey(k)}: version ${next} was deleted or trimmed; the first readable version is ${b.minVersion}`, { minVersion: String(b.minVersion) });
+        }
         throw new WireError(`subscribe ${formatKey(k)}: the feed skipped from version ${next} to ${b.fromVersion} (position ${b.position.shard}:${b.position.seq})`);
       }
       const { key: _k, ...batch } = fromVersion(b, next);
@@ -298,7 +303,7 @@ export function encodeCheckpoint(seqs: readonly bigint[]): string {
 }
 
 export function decodeCheckpoint(cp: string, numShards: number): bigint[] {
-  const bad = (why: string): BadRequestError => badRequest(`checkpoint "${cp.slice(0, 80)}" is not valid: ${why}; pass a checkpoint string from a delivered batch, unchanged`);
+  const bad = (why: string): BadRequestError => badRequest(`checkpoint "${String(cp).slice(0, 80)}" is not valid: ${why}; pass a checkpoint string from a delivered batch, unchanged`);
   if (typeof cp !== 'string' || !cp.startsWith(CHECKPOINT_PREFIX)) throw bad(`it does not start with ${CHECKPOINT_PREFIX}`);
   const parts = cp.slice(CHECKPOINT_PREFIX.length).split('.');
   if (parts.length > CHECKPOINT_SHARDS_MAX) throw bad(`it names ${parts.length} shards`);

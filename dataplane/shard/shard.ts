@@ -332,7 +332,7 @@ export class Shard {
     // A truncation reopened the log while this write loaded its states: start over.
     if (this.log !== log || this.truncating) return err(ErrorCode.ServerBusy, `shard ${this.id} is rewinding its log; retry`);
     for (let i = 0; i < req.writes.length; i++) {
-      const guard = this.checkGuard(req.writes[i]!, states[i]!) ?? this.checkLife(req.writes[i]!, states[i]!);
+      const guard = this.checkGuard(req.writes[i]!, states[i]!) ?? this.checkLife(req.writes[i]!, states[i]!, req.clientId);
       if (guard) return guard;
     }
     const control = req.writes[0]!.control;
@@ -461,11 +461,14 @@ export class Shard {
   }
 
   /** Deletes and trims: refusals by the aggregate's life (write-ahead view); writes to a deleted aggregate. */
-  private checkLife(w: TrustedWrite['writes'][number], s: AggState): ShardResult | null {
+  private checkLife(w: TrustedWrite['writes'][number], s: AggState, clientId: bigint): ShardResult | null {
     const deleted = (s.pFlags & BATCH_DELETED) !== 0;
     const c = w.control;
     if (c === undefined) {
       if (deleted && (s.pFlags & BATCH_RECREATABLE) === 0) {
+        // A retry of a write that landed before the delete: its floor answers (2002/2013) below.
+        const f = w.clientSeq > 0n ? s.floors.get(clientId) : undefined;
+        if (f !== undefined && w.clientSeq <= f.seq) return null;
         return err(ErrorCode.AggregateNotFound, `aggregate ${describeKey(w.key)} was deleted at version ${s.version} without allowRecreate: it cannot be written again; use another key, or delete with allowRecreate`, { deleted: true, version: String(s.version) });
       }
       return null;

@@ -214,7 +214,11 @@ export function checkRecord(buf: Uint8Array, at: number, available: number): Rec
         if ((flags & ~BATCH_FLAGS_KNOWN) !== 0) return { ok: false, why: `malformed record: batch ${i} has unknown flags 0x${flags.toString(16)}` };
         if ((op === BatchOp.Write) !== (v.getUint32(p + 64) > 0)) return { ok: false, why: `malformed record: batch ${i} is a ${op === BatchOp.Write ? 'write without events' : 'delete or trim with events'}` };
         if (v.getBigUint64(p + 88) === 0n) return { ok: false, why: `malformed record: batch ${i} has minVersion 0` };
+        u64(v, p + 88);
       }
+      // The fields batchesOf reads as numbers (it throws above 2^53): refused here instead.
+      u64(v, p + 48);
+      u64(v, p + 68);
       p += bh + v.getUint32(p + 76);
     }
     if (p !== length - RECORD_TRAILER_BYTES) return { ok: false, why: `malformed record: batches end at ${p}, the record at ${length - RECORD_TRAILER_BYTES}` };
