@@ -14,7 +14,7 @@ import {
   type ClientOptions,
 } from './index.ts';
 import { keySlot } from './pool.ts';
-import { Op } from './wire.ts';
+import { Op, encodeControlOk } from './wire.ts';
 
 const te = new TextEncoder();
 const events = [{ type: 'Opened', data: te.encode('{}') }];
@@ -242,6 +242,21 @@ test('a plain write whose outcome is unknown is never resent: a lost connection,
   assert.equal(a!.count(Op.Write), 3, 'each write was sent once');
   assert.equal(b!.count(Op.Write), 0, 'and never to the other node');
   assert.equal(store.aggregates.size, 0);
+});
+
+test('a delete whose outcome is unknown is not resent either (the aggregate may be recreated meanwhile); a trim is, as repeating it changes nothing', async (t) => {
+  const [a, b] = await servers(
+    t,
+    (frame, conn) => (frame.op === Op.Delete || frame.op === Op.Trim ? conn.drop() : undefined),
+    (frame, conn) => (frame.op === Op.Trim ? conn.reply(frame, Op.TrimOk, encodeControlOk({ shard: 0, seq: 2n, version: 3n, minVersion: 2n, unchanged: true })) : conn.error(frame, 2011, 'follower', {})),
+  );
+  const c = await client(t, [a!.address, b!.address], { requestTimeoutMs: 300 });
+  await assert.rejects(c.delete(key), (e: unknown) => e instanceof ConnectionError && !(e instanceof ConnectFailedError));
+  assert.equal(a!.count(Op.Delete) + b!.count(Op.Delete), 1, 'the delete was sent once');
+  const t2 = await c.trimStart(key, 2);
+  assert.equal(t2.unchanged, true);
+  assert.equal(a!.count(Op.Trim), 1);
+  assert.equal(b!.count(Op.Trim), 1, 'the trim was resent to the other node');
 });
 
 test('a read whose connection is lost is retried on the other node, and a follower answering it does not become the leader', async (t) => {

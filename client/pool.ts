@@ -219,7 +219,10 @@ export class Pool {
   async send(frame: Uint8Array, slot: number): Promise<Frame> {
     if (this.closed) throw new ConnectionError('the client is closed');
     const o = this.options;
-    const idempotent = frame[FRAME_OP_AT] !== Op.Write;
+    // A write or a delete whose outcome is unknown is never resent: the write could land twice,
+    // the delete could remove an aggregate recreated meanwhile. A trim repeats harmlessly.
+    const op = frame[FRAME_OP_AT];
+    const idempotent = op !== Op.Write && op !== Op.Delete;
     const deadline = performance.now() + o.failoverTimeoutMs;
     const tried = new Set<string>();
     let target = this.leader;
