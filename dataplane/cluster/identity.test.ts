@@ -17,20 +17,22 @@ function dataDir(): string {
   return dir;
 }
 
-test('a data directory adopts the first cluster id durably and refuses another one with 9300', () => {
+test('a data directory adopts the first cluster id durably once S3 agrees, and refuses another one with 9300', () => {
   const dir = dataDir();
+  const idOf = () => (JSON.parse(readFileSync(join(dir, 'celer.json'), 'utf8')) as { clusterId?: string }).clusterId;
   try {
     assert.deepEqual(checkDiskIdentity(dir, 'uid-a', loc), { verifiedInS3: false });
-    assert.equal((JSON.parse(readFileSync(join(dir, 'celer.json'), 'utf8')) as { clusterId: string }).clusterId, 'uid-a');
+    assert.equal(idOf(), undefined, 'not claimed before the S3 check passed');
+    markS3Verified(dir, loc, 'uid-a');
+    assert.equal(idOf(), 'uid-a');
     assert.equal(openDataMeta(dir, {}, { numShards: 1, routing: 'id' }).numShards, 1, 'celer.json still opens');
-    assert.deepEqual(checkDiskIdentity(dir, 'uid-a', loc), { verifiedInS3: false });
     assert.throws(() => checkDiskIdentity(dir, 'uid-b', loc), (e: unknown) => {
       assert.ok(e instanceof IdentityMismatchError);
       assert.equal(e.code, 9300);
       assert.match(e.message, /^error 9300: refusing to start: the data directory .* belongs to cluster uid-a, but this node was started with --cluster-id uid-b\. .*Delete the volume \(PVC\).*--cluster-id uid-a/);
       return true;
     });
-    markS3Verified(dir, loc);
+    assert.throws(() => markS3Verified(dir, loc, 'uid-b'), IdentityMismatchError);
     assert.deepEqual(checkDiskIdentity(dir, 'uid-a', loc), { verifiedInS3: true });
     assert.deepEqual(checkDiskIdentity(dir, 'uid-a', { bucket: 'b', prefix: 'other/' }), { verifiedInS3: false }, 'a new prefix is checked again');
   } finally {

@@ -46,15 +46,14 @@ function readMeta(dir: string): MetaWithIdentity {
 }
 
 /**
- * Compares (or adopts) the data directory's cluster id. Returns whether the identity object at
- * `s3` was already verified for this id (then the S3 check can be skipped).
+ * Compares the data directory's cluster id with `clusterId`. Returns whether the identity object
+ * at `s3` was already verified for this id (then the S3 check can be skipped). A directory without
+ * an id is not claimed here: markS3Verified records the id once S3 agrees, so a start that S3
+ * refuses leaves the directory as it was (and the way out the refusal names still works).
  */
 export function checkDiskIdentity(dir: string, clusterId: string, s3: { bucket: string; prefix: string }): { verifiedInS3: boolean } {
   const meta = readMeta(dir);
-  if (meta.clusterId === undefined) {
-    writeMeta(dir, { ...meta, clusterId });
-    return { verifiedInS3: false };
-  }
+  if (meta.clusterId === undefined) return { verifiedInS3: false };
   if (meta.clusterId !== clusterId) {
     throw new IdentityMismatchError(
       `refusing to start: the data directory ${dir} belongs to cluster ${meta.clusterId}, but this node was started with --cluster-id ${clusterId}. ` +
@@ -66,9 +65,13 @@ export function checkDiskIdentity(dir: string, clusterId: string, s3: { bucket: 
   return { verifiedInS3: v !== undefined && v.bucket === s3.bucket && v.prefix === s3.prefix };
 }
 
-/** Records that `s3`'s identity object names this directory's cluster id. */
-export function markS3Verified(dir: string, s3: { bucket: string; prefix: string }): void {
-  writeMeta(dir, { ...readMeta(dir), identityVerifiedAt: { bucket: s3.bucket, prefix: s3.prefix } });
+/** Records that `s3`'s identity object names `clusterId`, and adopts it as this directory's id if it has none. */
+export function markS3Verified(dir: string, s3: { bucket: string; prefix: string }, clusterId: string): void {
+  const meta = readMeta(dir);
+  if (meta.clusterId !== undefined && meta.clusterId !== clusterId) {
+    throw new IdentityMismatchError(`refusing to start: the data directory ${dir} belongs to cluster ${meta.clusterId}, not ${clusterId} (it changed while this node started)`);
+  }
+  writeMeta(dir, { ...meta, clusterId, identityVerifiedAt: { bucket: s3.bucket, prefix: s3.prefix } });
 }
 
 /** Creates the S3 identity object if absent; refuses when it names another cluster. */

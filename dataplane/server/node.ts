@@ -225,7 +225,7 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
       const loc = s3Location(co);
       try {
         await checkS3Identity(store, co.clusterId, `s3://${loc.bucket}/${loc.prefix}`);
-        markS3Verified(o.dataDir, loc);
+        markS3Verified(o.dataDir, loc, co.clusterId);
       } catch (e) {
         for (const h of started.reverse()) await h.close().catch(() => {});
         await router.close();
