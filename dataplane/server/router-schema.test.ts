@@ -79,13 +79,15 @@ test('registering through the router: registered, then a no-op; listed', async (
 
 test('a write with one valid and one invalid event gets 2022 with the validator’s message, and nothing of it lands', async () => {
   const res = await router.dispatch(Op.Write, writeBody(10n, [deposited(5), deposited('five')], Expect.NoStream));
+  // Nothing landed (checked first, so a write that was let through fails here, by what it stored).
+  const read = await router.dispatch(Op.Read, readBody(10n));
+  assert.equal(read.op, Op.Error, `nothing of the refused write may land, but a read of 1/2/10 found ${read.op === Op.ReadOk ? 'its events' : `op ${read.op}`}`);
+  assert.equal(decodeError(read.body).code, 1001, 'the aggregate was never created');
   assert.equal(res.op, Op.Error);
   const e = decodeError(res.body);
   assert.equal(e.code, 2022);
   assert.match(e.message, /^writes\[0\]\.events\[1\] \(event type "Deposited", schema 1\.0, json\) does not match its registered schema: data\/amount must be number/);
   assert.equal(e.detail.validator, 'data/amount must be number');
-  const read = await router.dispatch(Op.Read, readBody(10n));
-  assert.equal(decodeError(read.body).code, 1001, 'the aggregate was never created');
   // A multi-aggregate write: the valid aggregate does not land either.
   const multi = encodeWriteRequest({
     clientId: 0n,
