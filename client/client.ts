@@ -1,7 +1,7 @@
 // The Celer client: connect() and the operations of SPEC §3–§4 over the native protocol.
 import { parseAddress } from './connection.ts';
-import { decodeControl, decodeDetails, decodePong, decodeReadPage, decodeWriteResults } from './decode.ts';
-import { CONTROL_KEY_AT, KEY_AT, WRITE_KEY_AT, badRequest, encodeDelete, encodeDetails, encodePing, encodeRead, encodeTrim, encodeWrite, toClientId, toU64 } from './encode.ts';
+import { decodeControl, decodeDetails, decodePong, decodeReadPage, decodeRegisterSchema, decodeSchemaList, decodeWriteResults } from './decode.ts';
+import { CONTROL_KEY_AT, KEY_AT, WRITE_KEY_AT, badRequest, encodeDelete, encodeDetails, encodeListSchemas, encodePing, encodeRead, encodeRegisterSchema, encodeTrim, encodeWrite, toClientId, toU64 } from './encode.ts';
 import {
   appendExactlyOnce,
   writeExactlyOnce,
@@ -13,7 +13,23 @@ import {
 import type { AggregateKey } from './key.ts';
 import { resolveOptions, type ClientOptions, type ResolvedOptions } from './options.ts';
 import { Pool, type NodeStats } from './pool.ts';
-import type { AggregateDetails, AppendOptions, AppendResult, Batch, DeleteOptions, DeleteResult, EventInput, ReadOptions, ReadPage, WriteInput, WriteResult } from './types.ts';
+import type {
+  AggregateDetails,
+  AppendOptions,
+  AppendResult,
+  Batch,
+  DeleteOptions,
+  DeleteResult,
+  EventInput,
+  ListSchemasFilter,
+  ReadOptions,
+  ReadPage,
+  RegisteredSchema,
+  RegisterSchemaResult,
+  SchemaInput,
+  WriteInput,
+  WriteResult,
+} from './types.ts';
 import { Op, WireError, type Frame } from './wire.ts';
 import {
   readShard,
@@ -171,6 +187,23 @@ export class CelerClient {
   }
 
   private readonly feedSend = (frame: Uint8Array): Promise<Frame> => this.pool.send(frame, this.pool.anySlot());
+
+  /**
+   * Registers a schema (SPEC §5). Registered schemas are immutable: the same text again resolves
+   * `{ registered: false }`, another text for a registered version is refused (2022, detail.reason
+   * 'immutable'); a new minor must be backward compatible with the minor below it (additive only),
+   * else 2022 with detail.reason 'incompatible' and the reason; a schema that does not compile is
+   * 9100 with the compiler's message. Idempotent, so the pool may send it again after a lost
+   * connection (then `registered` may be false for the call that registered it).
+   */
+  async registerSchema(input: SchemaInput): Promise<RegisterSchemaResult> {
+    return decodeRegisterSchema(await this.pool.send(encodeRegisterSchema(input), this.pool.anySlot()));
+  }
+
+  /** The schemas registered for an org (or one aggregate type of it), by type, event type and version. */
+  async listSchemas(filter: ListSchemasFilter): Promise<RegisteredSchema[]> {
+    return decodeSchemaList(await this.pool.send(encodeListSchemas(filter), this.pool.anySlot()));
+  }
 
   /** A round trip to the leader; resolves with its duration in milliseconds. */
   async ping(): Promise<number> {

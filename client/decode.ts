@@ -1,6 +1,6 @@
 // Answer frames → public result types. An answer of the wrong kind is a protocol error (WireError).
-import type { AggregateDetails, AppendResult, Batch, DeleteResult, ReadPage, RecordedEvent } from './types.ts';
-import { Op, WireError, decodeControlOk, decodeDetailsOk, decodeReadOk, decodeWriteOk, type Frame, type WireEvent } from './wire.ts';
+import type { AggregateDetails, AppendResult, Batch, DeleteResult, ReadPage, RecordedEvent, RegisteredSchema, RegisterSchemaResult } from './types.ts';
+import { Op, WireError, decodeControlOk, decodeDetailsOk, decodeListSchemasOk, decodeReadOk, decodeRegisterSchemaOk, decodeWriteOk, type Frame, type WireEvent } from './wire.ts';
 
 function expectOp(frame: Frame, op: number, what: string): void {
   if (frame.op !== op) throw new WireError(`expected a ${what} answer (op 0x${op.toString(16)}), got op 0x${frame.op.toString(16)}`);
@@ -65,4 +65,21 @@ export function decodeControl(frame: Frame, op: typeof Op.DeleteOk | typeof Op.T
 
 export function decodePong(frame: Frame): void {
   expectOp(frame, Op.Pong, 'ping');
+}
+
+export function decodeRegisterSchema(frame: Frame): RegisterSchemaResult {
+  expectOp(frame, Op.RegisterSchemaOk, 'schema registration');
+  return decodeRegisterSchemaOk(frame.body);
+}
+
+export function decodeSchemaList(frame: Frame): RegisteredSchema[] {
+  expectOp(frame, Op.ListSchemasOk, 'schema list');
+  return decodeListSchemasOk(frame.body).map((s) => ({
+    org: s.org,
+    type: s.type,
+    eventType: s.eventType,
+    version: { major: s.major, minor: s.minor },
+    format: s.format,
+    schema: s.schema,
+  }));
 }

@@ -2,7 +2,7 @@
 // BadRequestError (9100, as the server would answer) whose message names the field.
 import { BadRequestError, ErrorCode } from './errors.ts';
 import { KeyError, U64_MAX, normalizeKey, toU128, type AggregateKey, type KeyPart, type NormalizedKey } from './key.ts';
-import type { AggregateWrite, DeleteOptions, EventInput, ExpectedVersion, ReadOptions } from './types.ts';
+import type { AggregateWrite, DeleteOptions, EventInput, ExpectedVersion, ListSchemasFilter, ReadOptions, SchemaInput } from './types.ts';
 import {
   Expect,
   FRAME_HEADER_BYTES,
@@ -16,6 +16,10 @@ import {
   writeReadRequest,
   utf8Length,
   writeWriteRequest,
+  encodeFrame,
+  encodeListSchemasRequest,
+  encodeRegisterSchemaRequest,
+  SchemaFormatCode,
   type ExpectMode,
   type WireEvent,
 } from './wire.ts';
@@ -225,4 +229,35 @@ export function encodePing(): Uint8Array {
   const w = new Writer(0, Buffer.allocUnsafe(FRAME_HEADER_BYTES));
   beginFrame(w);
   return endFrame(w, 0, Op.Ping);
+}
+
+const FORMATS = Object.keys(SchemaFormatCode);
+
+export function encodeRegisterSchema(input: SchemaInput): Uint8Array {
+  if (input === null || typeof input !== 'object') throw badRequest('registerSchema needs { org, type, eventType, version: { major, minor }, format, schema }');
+  const org = checked(() => toU128(input.org, 'org'));
+  const type = checked(() => toU128(input.type, 'type'));
+  const eventType = input.eventType;
+  const n = typeof eventType === 'string' ? utf8Length(eventType) : -1;
+  if (n < 1 || n > Limits.eventTypeBytesMax) throw badRequest(`eventType must be a string of 1..${Limits.eventTypeBytesMax} UTF-8 bytes`);
+  const v = input.version;
+  if (v === null || typeof v !== 'object') throw badRequest('version must be { major, minor }');
+  for (const [name, x] of [['major', v.major], ['minor', v.minor]] as const) {
+    if (!Number.isInteger(x) || x < 0 || x > 0xffff_ffff) throw badRequest(`version.${name} must be an integer 0..2^32-1; got ${String(x)}`);
+  }
+  if (typeof input.format !== 'string' || !FORMATS.includes(input.format)) throw badRequest(`format must be one of ${FORMATS.join(', ')}; got ${String(input.format)}`);
+  let text = input.schema;
+  if (typeof text === 'object' && text !== null && input.format === 'json') text = JSON.stringify(text);
+  if (typeof text !== 'string' || text.length === 0) throw badRequest(`schema must be the schema's text${input.format === 'json' ? ' (or a JSON Schema object)' : ''}`);
+  const bytes = utf8Length(text);
+  if (bytes > Limits.schemaBytesMax) throw badRequest(`the schema is ${bytes} bytes; the limit is ${Limits.schemaBytesMax}`);
+  const body = encodeRegisterSchemaRequest({ org, type, eventType, major: v.major, minor: v.minor, format: input.format, schema: text });
+  return encodeFrame(0, Op.RegisterSchema, body);
+}
+
+export function encodeListSchemas(filter: ListSchemasFilter): Uint8Array {
+  if (filter === null || typeof filter !== 'object') throw badRequest('listSchemas needs { org, type? }');
+  const org = checked(() => toU128(filter.org, 'org'));
+  const type = filter.type === undefined ? undefined : checked(() => toU128(filter.type!, 'type'));
+  return encodeFrame(0, Op.ListSchemas, encodeListSchemasRequest({ org, type }));
 }

@@ -27,7 +27,18 @@ export interface ErrorDetail {
   minVersion?: string;
   numShards?: number;
   shards?: number[];
+  /** 2022: the validator's message (a write), or why a registration was refused. */
   validator?: string;
+  /** 2022 on a registration: 'immutable' (the version holds another text) or 'incompatible' (see `against`). */
+  reason?: string;
+  /** 2022 'incompatible': the registered version the new one was checked against ("1.0"). */
+  against?: string;
+  /** 2022 on a write: which aggregate write and event failed, its event type, schema version ("1.0") and format. */
+  write?: number;
+  event?: number;
+  eventType?: string;
+  schemaVersion?: string;
+  format?: string;
   /** 2008: true when the disk is full (writes resume once space is freed), false after a failed fsync. */
   diskFull?: boolean;
   shard?: number;
@@ -88,8 +99,16 @@ export class ServerBusyError extends CelerError {
 export class DuplicateInFlightError extends CelerError {
   override name = 'DuplicateInFlightError';
 }
+/**
+ * 2022: an event does not match its registered schema (the write was refused whole: nothing of it
+ * landed), or a registration was refused against what is registered (`reason` 'immutable' or
+ * 'incompatible'). `validator` is the validator's (or the compatibility check's) message.
+ */
 export class SchemaValidationError extends CelerError {
   override name = 'SchemaValidationError';
+  get validator(): string | undefined {
+    return this.detail.validator;
+  }
 }
 export class CrossShardWriteError extends CelerError {
   override name = 'CrossShardWriteError';

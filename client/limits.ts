@@ -19,4 +19,7 @@ export const Limits = {
   readPageBytesMax: 8 * 1024 * 1024,
   /** Longest a shard feed read may wait for new commits (long poll); the client polls again after it. */
   feedWaitMsMax: 10_000,
+  /** One registered schema's text, UTF-8 bytes (SCHEMA_BYTES_MAX in dataplane/constants.ts). 64 KiB:
+   * ten times a large hand-written event schema; the registry holds every schema in memory. */
+  schemaBytesMax: 64 * 1024,
 } as const;

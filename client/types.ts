@@ -123,3 +123,42 @@ export interface AggregateDetails {
   lastServerTimestampMs: number;
   deleted: boolean;
 }
+
+/** Formats of registered schemas (SPEC §5). */
+export type SchemaFormat = 'json' | 'avro' | 'protobuf';
+
+/**
+ * A schema to register for the events of type `eventType` in aggregates of `{ org, type }`.
+ * `schema` is the text: a JSON Schema, an Avro schema (JSON), or a .proto file whose message named
+ * after `eventType` (or its only message) describes the event. For `json` an object is accepted
+ * too and registered as `JSON.stringify(schema)`.
+ */
+export interface SchemaInput {
+  org: KeyPart;
+  type: KeyPart;
+  eventType: string;
+  version: SchemaVersion;
+  format: SchemaFormat;
+  schema: string | object;
+}
+
+export interface RegisterSchemaResult {
+  /** false: this exact schema was registered already (registering is idempotent). */
+  registered: boolean;
+}
+
+/** A registered schema, as listed. */
+export interface RegisteredSchema {
+  org: bigint;
+  type: bigint;
+  eventType: string;
+  version: SchemaVersion;
+  format: SchemaFormat;
+  schema: string;
+}
+
+export interface ListSchemasFilter {
+  org: KeyPart;
+  /** Only this aggregate type's schemas. */
+  type?: KeyPart;
+}

@@ -1,5 +1,6 @@
 // Every limit and timing of the data plane, in one place. Units last in names.
 // Each value says where it comes from.
+import { Limits } from '../client/limits.ts';
 
 /** Segment file size. 64 MiB: big enough that rotation is rare (a W1 run of 30k writes/s of
  * ~150 B records fills one in ~15 s), small enough that zero-filling a new one (needed for fast
@@ -112,3 +113,17 @@ export const FEED_WAITS_PER_NODE_MAX = 16_384;
 /** Long-poll wait of each shard feed read behind a gRPC SubscribeShard stream: a cancelled stream
  * holds its feed waiter at most this long. 5 s, the client library's own poll interval. */
 export const GRPC_FEED_WAIT_MS = 5_000;
+
+/** Schemas the registry holds, over every org (SPEC §5); a registration beyond it gets 9100. The
+ * registry is a cache of the system aggregate held whole on the main thread, with compiled
+ * validators, so it is bounded by count and by bytes. 1000 covers a few hundred event types
+ * with a few versions each. */
+export const SCHEMAS_MAX = 1000;
+/** One schema's text, UTF-8 bytes (Limits.schemaBytesMax, checked by the wire decoder). */
+export const SCHEMA_BYTES_MAX = Limits.schemaBytesMax;
+/** Bytes of schema text in the registry, over every org: 8 MiB, so that a `listSchemas` answer of
+ * the whole registry (text plus about 60 bytes per entry) stays far inside one 16 MiB frame. */
+export const SCHEMA_REGISTRY_BYTES_MAX = 8 * 1024 * 1024;
+/** Tries of one registration whose append to the system aggregate lost an expected-version race
+ * (another registration landed first, e.g. on the other node just before a failover). */
+export const SCHEMA_REGISTER_ATTEMPTS_MAX = 4;

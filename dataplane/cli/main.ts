@@ -1,4 +1,4 @@
-// The `celer` command line: serve, write, read, subscribe, watch, details, delete, trim, verify, bench, cluster status.
+// The `celer` command line: serve, write, read, subscribe, watch, details, delete, trim, schema, verify, bench, cluster status.
 import { readFileSync } from 'node:fs';
 import { resolve } from 'node:path';
 import type { Batch, ExpectedVersion } from '@celer/client';
@@ -26,6 +26,7 @@ usage:
                AWS_REGION, AWS_ENDPOINT_URL)
   celer write   [--addr HOST:PORT] KEY --type TYPE (--data TEXT | --data-file FILE)
                 [--expected-version any|no_stream|stream_exists|N] [--client-id ID] [--client-seq N]
+                [--schema-version MAJOR.MINOR]
   celer read    [--addr HOST:PORT] KEY [--from N] [--to N] [--types A,B]   (one JSON line per batch)
   celer subscribe [--addr HOST:PORT] KEY|ORG|ORG/TYPE [--from VERSION|CHECKPOINT] [--count N]
                 (history, then the live tail; one JSON line per batch; an org's batches carry
@@ -36,6 +37,11 @@ usage:
   celer delete  [--addr HOST:PORT] KEY [--expected-version N] [--allow-recreate] [--client-id ID]
                 (a tombstone: reads then get 1001; with --allow-recreate a later write recreates it)
   celer trim    [--addr HOST:PORT] KEY --keep-from VERSION   (versions below VERSION become unreadable: 1000)
+  celer schema register [--addr HOST:PORT] --org ORG --type TYPE --event-type E --version MAJOR.MINOR
+                --format json|avro|protobuf --file FILE
+                (registered schemas are immutable; a new minor must only add; events naming the
+                 version are then validated on every write, unless they carry an iv)
+  celer schema list [--addr HOST:PORT] --org ORG [--type TYPE]   (one JSON line per schema)
   celer cluster status [--addr HTTP_HOST:PORT[,HTTP_HOST:PORT]] [--json] [--timeout-ms N]
                 (both nodes' GET /status; one address finds the peer; default 127.0.0.1:7401)
   celer verify  --data-dir DIR
@@ -98,14 +104,18 @@ async function write(args: string[]): Promise<number> {
     'expected-version': { type: 'string' },
     'client-id': { type: 'string' },
     'client-seq': { type: 'string' },
+    'schema-version': { type: 'string' },
   }, 1);
   const key = keyArg(positionals[0]!);
   if (!values.type) throw new UsageError('--type TYPE is required');
   if ((values.data === undefined) === (values['data-file'] === undefined)) throw new UsageError('give exactly one of --data TEXT or --data-file FILE');
   const data = values.data !== undefined ? new TextEncoder().encode(values.data) : new Uint8Array(readFileSync(values['data-file']!));
+  const sv = values['schema-version'];
+  const svm = sv === undefined ? null : /^(\d+)\.(\d+)$/.exec(sv);
+  if (sv !== undefined && svm === null) throw new UsageError(`--schema-version must be MAJOR.MINOR (e.g. 1.0); got "${sv}"`);
   const c = await connect(values.addr ?? '127.0.0.1:7400');
   try {
-    const r = await c.append(key, [{ type: values.type, data }], {
+    const r = await c.append(key, [{ type: values.type, data, ...(svm ? { schemaVersion: { major: Number(svm[1]), minor: Number(svm[2]) } } : {}) }], {
       expectedVersion: parseExpected(values['expected-version']),
       ...(values['client-id'] !== undefined ? { clientId: values['client-id'] } : {}),
       ...(values['client-seq'] !== undefined ? { clientSeq: BigInt(values['client-seq']) } : {}),
@@ -249,6 +259,64 @@ async function trim(args: string[]): Promise<number> {
   return 0;
 }
 
+function partArg(v: string | undefined, flag: string): bigint {
+  if (v === undefined) throw new UsageError(`${flag} is required`);
+  try {
+    return toU128(v, flag);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+async function schema(args: string[]): Promise<number> {
+  const sub = args[0];
+  if (sub === 'register') {
+    const { values } = parse(args.slice(1), {
+      addr: { type: 'string' },
+      org: { type: 'string' },
+      type: { type: 'string' },
+      'event-type': { type: 'string' },
+      version: { type: 'string' },
+      format: { type: 'string' },
+      file: { type: 'string' },
+    });
+    const org = partArg(values.org, '--org');
+    const type = partArg(values.type, '--type');
+    const eventType = values['event-type'];
+    if (!eventType) throw new UsageError('--event-type E is required');
+    const m = /^(\d+)\.(\d+)$/.exec(values.version ?? '');
+    if (m === null) throw new UsageError(`--version must be MAJOR.MINOR (e.g. 1.0); got "${values.version ?? ''}"`);
+    const format = values.format;
+    if (format !== 'json' && format !== 'avro' && format !== 'protobuf') throw new UsageError(`--format must be json, avro or protobuf; got "${format ?? ''}"`);
+    if (!values.file) throw new UsageError('--file FILE (the schema text) is required');
+    const text = readFileSync(values.file, 'utf8');
+    const version = { major: Number(m[1]), minor: Number(m[2]) };
+    const c = await connect(values.addr ?? '127.0.0.1:7400');
+    try {
+      const r = await c.registerSchema({ org, type, eventType, version, format, schema: text });
+      out(json({ org, type, eventType, version: `${version.major}.${version.minor}`, format, registered: r.registered }));
+    } finally {
+      await c.close();
+    }
+    return 0;
+  }
+  if (sub === 'list') {
+    const { values } = parse(args.slice(1), { addr: { type: 'string' }, org: { type: 'string' }, type: { type: 'string' } });
+    const org = partArg(values.org, '--org');
+    const type = values.type === undefined ? undefined : partArg(values.type, '--type');
+    const c = await connect(values.addr ?? '127.0.0.1:7400');
+    try {
+      for (const s of await c.listSchemas(type === undefined ? { org } : { org, type })) {
+        out(json({ org: s.org, type: s.type, eventType: s.eventType, version: `${s.version.major}.${s.version.minor}`, format: s.format, schema: s.schema }));
+      }
+    } finally {
+      await c.close();
+    }
+    return 0;
+  }
+  throw new UsageError(`expected "schema register" or "schema list"; got "schema ${sub ?? ''}"`);
+}
+
 async function cluster(args: string[]): Promise<number> {
   if (args[0] !== 'status') throw new UsageError(`expected "cluster status"; got "cluster ${args[0] ?? ''}"`);
   const { values } = parse(args.slice(1), { addr: { type: 'string' }, json: { type: 'boolean' }, 'timeout-ms': { type: 'string' } });
@@ -325,7 +393,7 @@ async function bench(args: string[]): Promise<number> {
   return 0;
 }
 
-const COMMANDS: Record<string, (args: string[]) => Promise<number>> = { serve, write, read, subscribe, watch, details, delete: del, trim, verify, bench, cluster };
+const COMMANDS: Record<string, (args: string[]) => Promise<number>> = { serve, write, read, subscribe, watch, details, delete: del, trim, schema, verify, bench, cluster };
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;

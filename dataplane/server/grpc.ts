@@ -21,6 +21,13 @@ import {
   decodeControlOk,
   decodeDetailsOk,
   decodeError,
+  decodeListSchemasOk,
+  decodeRegisterSchemaOk,
+  encodeListSchemasRequest,
+  encodeRegisterSchemaRequest,
+  SchemaFormatCode,
+  utf8Length,
+  type SchemaFormatName,
   decodeReadOk,
   decodeReadShardOk,
   decodeWriteOk,
@@ -343,6 +350,40 @@ export function readShardToWire(req: PbReadShardRequest, from: bigint = u64(req.
   });
 }
 
+interface PbSchema {
+  org?: string;
+  type?: string;
+  eventType?: string;
+  version?: { major?: number; minor?: number };
+  format?: string;
+  schema?: string;
+}
+
+interface PbListSchemasRequest {
+  org?: string;
+  type?: string;
+}
+
+export function registerSchemaToWire(req: PbSchema): Uint8Array {
+  const org = toU128(req.org ?? '', 'org');
+  const type = toU128(req.type ?? '', 'type');
+  const eventType = req.eventType ?? '';
+  const n = utf8Length(eventType);
+  if (n < 1 || n > Limits.eventTypeBytesMax) throw badRequest(`event_type must be 1..${Limits.eventTypeBytesMax} UTF-8 bytes; got ${n}`);
+  if (req.version === undefined || req.version === null) throw badRequest('version is required ({ major, minor })');
+  const format = req.format ?? '';
+  if (!Object.hasOwn(SchemaFormatCode, format)) throw badRequest(`format must be one of ${Object.keys(SchemaFormatCode).join(', ')}; got "${format}"`);
+  const schema = req.schema ?? '';
+  if (schema === '') throw badRequest('schema (the schema text) is required');
+  const bytes = utf8Length(schema);
+  if (bytes > Limits.schemaBytesMax) throw badRequest(`schema is ${bytes} bytes; the limit is ${Limits.schemaBytesMax}`);
+  return encodeRegisterSchemaRequest({ org, type, eventType, major: req.version.major ?? 0, minor: req.version.minor ?? 0, format: format as SchemaFormatName, schema });
+}
+
+export function listSchemasToWire(req: PbListSchemasRequest): Uint8Array {
+  return encodeListSchemasRequest({ org: toU128(req.org ?? '', 'org'), type: req.type === undefined ? undefined : toU128(req.type, 'type') });
+}
+
 function readShardToPb(ok: WireReadShardOk): object {
   return {
     shard: ok.shard,
@@ -562,6 +603,24 @@ export async function startGrpcServer(dispatcher: Dispatcher, address: string, o
     ReadShard: unary(async (req: PbReadShardRequest) => {
       const body = convert(() => readShardToWire(req));
       return readShardToPb(decodeReadShardOk(await call(Op.ReadShard, body, Op.ReadShardOk)));
+    }),
+    RegisterSchema: unary(async (req: PbSchema) => {
+      const body = convert(() => registerSchemaToWire(req));
+      return decodeRegisterSchemaOk(await call(Op.RegisterSchema, body, Op.RegisterSchemaOk));
+    }),
+    ListSchemas: unary(async (req: PbListSchemasRequest) => {
+      const body = convert(() => listSchemasToWire(req));
+      const schemas = decodeListSchemasOk(await call(Op.ListSchemas, body, Op.ListSchemasOk));
+      return {
+        schemas: schemas.map((x) => ({
+          org: x.org.toString(),
+          type: x.type.toString(),
+          eventType: x.eventType,
+          version: { major: x.major, minor: x.minor },
+          format: x.format,
+          schema: x.schema,
+        })),
+      };
     }),
     SubscribeShard: ((stream: grpc.ServerWritableStream<unknown, unknown>) => {
       subscribeShard(stream).catch((err: unknown) => {

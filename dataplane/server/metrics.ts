@@ -200,7 +200,14 @@ export function metricsRegistry(): Registry {
   return metrics().registry;
 }
 
-const OP_NAMES: Record<number, string> = { [Op.Write]: 'write', [Op.Read]: 'read', [Op.Details]: 'details', [Op.Ping]: 'ping' };
+const OP_NAMES: Record<number, string> = {
+  [Op.Write]: 'write',
+  [Op.Read]: 'read',
+  [Op.Details]: 'details',
+  [Op.Ping]: 'ping',
+  [Op.RegisterSchema]: 'register_schema',
+  [Op.ListSchemas]: 'list_schemas',
+};
 
 /**
  * Records one request: `op` is the request's Op code, `result` 'ok' or the Celer error code,

@@ -186,6 +186,7 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
                 cluster === null ? Promise.reject(new Error('the cluster is not started')) : cluster.replicator.commit(shard, from, to, records),
               send: (shard: number, records: Uint8Array[]) => cluster?.replicator.send(shard, records),
               writeGate: () => (cluster === null ? { message: 'not the leader: the node is starting', leader: null } : cluster.writeGate()),
+              epoch: () => cluster?.epoch ?? 0,
             },
           }
         : {}),

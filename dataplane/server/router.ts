@@ -8,7 +8,23 @@ import assert from 'node:assert/strict';
 import { Worker } from 'node:worker_threads';
 import { ErrorCode } from '../../client/errors.ts';
 import { U64_MAX, type NormalizedKey } from '../../client/key.ts';
-import { decodeDeleteRequest, decodeKeyRequest, decodeReadRequest, decodeReadShardRequest, decodeTrimRequest, decodeWriteRequest, encodeError, Limits, Op, SHARD_OF_KEY, WireError, Writer } from '../../client/wire.ts';
+import {
+  decodeDeleteRequest,
+  decodeKeyRequest,
+  decodeListSchemasRequest,
+  decodeReadRequest,
+  decodeReadShardRequest,
+  decodeRegisterSchemaRequest,
+  decodeTrimRequest,
+  decodeWriteRequest,
+  encodeError,
+  FeedFilter,
+  Limits,
+  Op,
+  SHARD_OF_KEY,
+  WireError,
+  Writer,
+} from '../../client/wire.ts';
 import { DISPATCH_BATCH_MAX, DISPATCH_BYTES_IN_FLIGHT_MAX, DISPATCH_IN_FLIGHT_MAX, FEED_WAITS_PER_NODE_MAX } from '../constants.ts';
 import { REQ_ITEM_WIDTH, RES_ITEM_WIDTH, type ShardInfo, type WorkerConfig } from '../shard/worker.ts';
 import { applyWorkerStats, setCacheUsage, type CacheUsage, type WorkerStats } from './metrics.ts';
@@ -17,6 +33,8 @@ import type { Routing } from '../storage/segment.ts';
 import type { ClusterRpc } from '../shard/worker.ts';
 import { unpackRecords } from '../cluster/records-pack.ts';
 import { ReplicaRejectError } from '../shard/shard.ts';
+import { SchemaRegistry } from '../schema/registry.ts';
+import { isSystemOrg, reservedOrgMessage } from '../schema/system.ts';
 
 export interface RouterConfig {
   dataDir: string;
@@ -46,6 +64,8 @@ export interface ClusterHooks {
   send(shard: number, records: Uint8Array[]): void;
   /** Null when writes are taken now; else 2011 with the leader's address. */
   writeGate(): { message: string; leader: string | null } | null;
+  /** The current lease epoch (the schema registry's cache is complete per epoch: schema/registry.ts). */
+  epoch(): number;
 }
 
 interface WorkerHandle {
@@ -89,9 +109,22 @@ export class Router implements Dispatcher {
   private closing = false;
   private nextRpc = 1;
   private readonly rpcs = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void; worker: number }>();
+  /** The schema registry (SPEC §5): its cache, registration, and the check of every write naming a schema. */
+  readonly schemas: SchemaRegistry;
+  /**
+   * Set while the registry is read before a write can be checked (once per epoch, see
+   * schema/registry.ts): later writes wait behind it, so writes still reach their shard in the order
+   * they were dispatched (a pipelining client's writes to one aggregate keep their order).
+   */
+  private schemaRead: Promise<unknown> | null = null;
 
   private constructor(cfg: RouterConfig) {
     this.cfg = cfg;
+    this.schemas = new SchemaRegistry({
+      dispatch: (op, body) => this.route(op, body, true),
+      epoch: () => cfg.cluster?.epoch() ?? 0,
+      log: cfg.log,
+    });
     this.bytesInFlightMax = cfg.bytesInFlightMax ?? DISPATCH_BYTES_IN_FLIGHT_MAX;
     this.feedWaitsMax = cfg.feedWaitsMax ?? FEED_WAITS_PER_NODE_MAX;
     if (!(this.bytesInFlightMax >= Limits.frameBytesMax)) {
@@ -277,6 +310,11 @@ export class Router implements Dispatcher {
   }
 
   dispatch(op: number, body: Uint8Array): Promise<DispatchResult> {
+    return this.route(op, body, false);
+  }
+
+  /** `system`: a request of the node itself (the schema registry), allowed into the reserved org. */
+  private route(op: number, body: Uint8Array, system: boolean): Promise<DispatchResult> {
     let shard: number;
     let feedWait = false;
     try {
@@ -284,12 +322,17 @@ export class Router implements Dispatcher {
         case Op.Ping:
           return Promise.resolve({ op: Op.Pong, body: new Uint8Array(0) });
         case Op.Write: {
+          if (!system && this.schemaRead !== null) return this.schemaRead.then(() => this.route(op, body, false));
           const gate = this.cfg.cluster?.writeGate() ?? null;
           if (gate !== null) return Promise.resolve(error(ErrorCode.NotLeader, gate.message, gate.leader === null ? {} : { leader: gate.leader }));
           const req = decodeWriteRequest(body);
           const shards = new Set<number>();
-          for (const w of req.writes) {
+          let schemaEvents = false;
+          for (let i = 0; i < req.writes.length; i++) {
+            const w = req.writes[i]!;
+            if (!system && isSystemOrg(w.key.org)) throw new WireError(reservedOrgMessage(`writes[${i}].key.org`));
             if (w.expectVersion > MAX_SAFE) throw new WireError(`expectedVersion ${w.expectVersion} is beyond any possible version`);
+            if (w.schemaEvents > 0) schemaEvents = true;
             shards.add(this.shardOf(w.key));
           }
           if (shards.size > 1) {
@@ -302,35 +345,56 @@ export class Router implements Dispatcher {
               ),
             );
           }
+          // Schemas (SPEC §5): an event naming a registered schema version must validate, or the
+          // whole write is refused (2022) here, before its shard sees any of it.
+          if (schemaEvents) {
+            const verdict = this.schemas.checkWrite(req);
+            if (verdict === 'refresh') return this.readSchemasThen(op, body);
+            if (verdict !== null) return Promise.resolve(error(verdict.code, verdict.message, verdict.detail));
+          }
           shard = [...shards][0]!;
           break;
         }
         case Op.Delete:
         case Op.Trim: {
+          // In order with the writes before it, as a write is.
+          if (!system && this.schemaRead !== null) return this.schemaRead.then(() => this.route(op, body, false));
           const gate = this.cfg.cluster?.writeGate() ?? null;
           if (gate !== null) return Promise.resolve(error(ErrorCode.NotLeader, gate.message, gate.leader === null ? {} : { leader: gate.leader }));
-          if (op === Op.Delete) {
-            const req = decodeDeleteRequest(body);
-            if (req.expectVersion > MAX_SAFE) throw new WireError(`expectedVersion ${req.expectVersion} is beyond any possible version`);
-            shard = this.shardOf(req.key);
-          } else {
-            const req = decodeTrimRequest(body);
-            if (req.keepFromVersion > MAX_SAFE) throw new WireError(`keepFromVersion ${req.keepFromVersion} is beyond any possible version`);
-            shard = this.shardOf(req.key);
-          }
+          const req = op === Op.Delete ? decodeDeleteRequest(body) : decodeTrimRequest(body);
+          if (isSystemOrg(req.key.org)) throw new WireError(reservedOrgMessage('key.org'));
+          if ('expectVersion' in req && req.expectVersion > MAX_SAFE) throw new WireError(`expectedVersion ${req.expectVersion} is beyond any possible version`);
+          if ('keepFromVersion' in req && req.keepFromVersion > MAX_SAFE) throw new WireError(`keepFromVersion ${req.keepFromVersion} is beyond any possible version`);
+          shard = this.shardOf(req.key);
           break;
         }
         case Op.Read: {
           const req = decodeReadRequest(body);
+          if (!system && isSystemOrg(req.key.org)) throw new WireError(reservedOrgMessage('key.org'));
           if (req.from > MAX_SAFE || req.to > MAX_SAFE) throw new WireError('read range is beyond any possible version');
           shard = this.shardOf(req.key);
           break;
         }
-        case Op.Details:
-          shard = this.shardOf(decodeKeyRequest(body));
+        case Op.Details: {
+          const key = decodeKeyRequest(body);
+          if (isSystemOrg(key.org)) throw new WireError(reservedOrgMessage('key.org'));
+          shard = this.shardOf(key);
           break;
+        }
+        case Op.RegisterSchema: {
+          const s = decodeRegisterSchemaRequest(body);
+          const gate = this.cfg.cluster?.writeGate() ?? null;
+          if (gate !== null) return Promise.resolve(error(ErrorCode.NotLeader, gate.message, gate.leader === null ? {} : { leader: gate.leader }));
+          return this.schemas.register(s);
+        }
+        case Op.ListSchemas: {
+          const req = decodeListSchemasRequest(body);
+          if (isSystemOrg(req.org)) throw new WireError(reservedOrgMessage('org'));
+          return this.schemas.list(req);
+        }
         case Op.ReadShard: {
           const req = decodeReadShardRequest(body);
+          if (req.filter !== FeedFilter.None && isSystemOrg(req.key.org)) throw new WireError(reservedOrgMessage('org'));
           if (req.shard === SHARD_OF_KEY) shard = this.shardOf(req.key);
           else if (req.shard >= this.cfg.numShards) throw new WireError(`shard ${req.shard} does not exist; this node has shards 0..${this.cfg.numShards - 1}`);
           else shard = req.shard;
@@ -339,7 +403,9 @@ export class Router implements Dispatcher {
           break;
         }
         default:
-          throw new WireError(`unknown operation ${op}; this server knows write (${Op.Write}), read (${Op.Read}), details (${Op.Details}), ping (${Op.Ping}), readShard (${Op.ReadShard}), delete (${Op.Delete}) and trim (${Op.Trim})`);
+          throw new WireError(
+            `unknown operation ${op}; this server knows write (${Op.Write}), read (${Op.Read}), details (${Op.Details}), ping (${Op.Ping}), readShard (${Op.ReadShard}), registerSchema (${Op.RegisterSchema}), listSchemas (${Op.ListSchemas}), delete (${Op.Delete}) and trim (${Op.Trim})`,
+          );
       }
     } catch (e) {
       if (e instanceof WireError) return Promise.resolve(error(ErrorCode.BadRequest, e.message));
@@ -403,6 +469,16 @@ export class Router implements Dispatcher {
     const workerIndex = shard % this.workers.length;
     this.pendingBytes += body.length;
     return new Promise<DispatchResult>((resolve) => this.pending.set(id, [resolve, workerIndex, body.length]));
+  }
+
+  /** Reads the schema registry to its end, then routes the write again; later writes wait behind it. */
+  private readSchemasThen(op: number, body: Uint8Array): Promise<DispatchResult> {
+    const read = this.schemas.refresh();
+    this.schemaRead = read;
+    void read.finally(() => {
+      if (this.schemaRead === read) this.schemaRead = null;
+    });
+    return read.then((failed) => (failed !== null ? error(failed.code, failed.message, failed.detail) : this.route(op, body, false)));
   }
 
   private flush(h: WorkerHandle): void {

@@ -10,6 +10,7 @@ import type { RecordAt } from '../storage/segment-set.ts';
 import { batchesOf } from '../storage/record.ts';
 import { diskEventAt, writeWireEvent } from './events.ts';
 import { err, type ShardResult } from './results.ts';
+import { isSystemKeyBytes } from '../schema/system.ts';
 
 /** What the feed needs of its shard. */
 export interface FeedContext {
@@ -23,7 +24,9 @@ export interface FeedContext {
 }
 
 function matches(req: WireReadShardRequest, key: Uint8Array): boolean {
-  if (req.filter === FeedFilter.None) return true;
+  // The reserved org (the schema registry) is Celer's own; an unfiltered feed leaves it out (the
+  // router refuses a filter naming it), so a projection reading a whole shard never meets it.
+  if (req.filter === FeedFilter.None) return !isSystemKeyBytes(key);
   const want = [req.key.org, req.key.type, req.key.id];
   // Key bytes are org | type | id, 16 bytes each, big-endian.
   const parts = req.filter === FeedFilter.Org ? 1 : req.filter === FeedFilter.OrgType ? 2 : 3;
