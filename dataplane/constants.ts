@@ -57,6 +57,13 @@ export const RECENT_CACHE_SHARE = 0.6;
 /** Share for read-ahead lists (the rest of a paged read's batch locations, so readAll of a long
  * aggregate costs one chain walk rather than one per page). */
 export const READ_AHEAD_SHARE = 0.1;
+/** Share for the feed tail: the records placed most recently, by seq, so subscriptions and watches
+ * at the live tail are served from memory (the bytes are mostly the recent cache's own). 0.1 of a
+ * 64 MiB shard budget holds ~25 000 W1 records, seconds of writes at full speed; a subscriber
+ * further behind reads the log in FEED_READ_CHUNK_BYTES chunks. */
+export const FEED_TAIL_SHARE = 0.1;
+/** Bytes per log read of a subscriber behind the feed tail (one read for many small records). */
+export const FEED_READ_CHUNK_BYTES = 256 * 1024;
 /** Estimated bytes per remembered batch location (object + 4 numbers). */
 export const WALK_ENTRY_BYTES_ESTIMATE = 96;
 /** Estimated bytes per cached aggregate state (key string, numbers, map): sizes the state LRU. */

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { mkdtemp, open, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { decodeDetailsOk, decodeError, decodeReadOk, decodeWriteOk, encodeKeyRequest, encodeReadRequest, encodeWriteRequest, Expect, Op, type ExpectMode } from '../../client/wire.ts';
+import { decodeDetailsOk, decodeError, decodeReadOk, decodeReadShardOk, decodeWriteOk, encodeKeyRequest, encodeReadRequest, encodeReadShardRequest, encodeWriteRequest, Expect, FeedFilter, Op, type ExpectMode } from '../../client/wire.ts';
 import { ForwardingDisk } from '../../test/lib/forwarding-disk.ts';
 import { nodeFs, verifyShard } from '../cli/verify.ts';
 import { SEGMENT_HEADER_BYTES } from '../constants.ts';
@@ -51,6 +51,8 @@ interface HeldOp {
  * make a rename fail with EIO.
  */
 class HookDisk extends ForwardingDisk {
+  /** Segment reads so far. */
+  reads = 0;
   holdReads = false;
   holdFlushes = false;
   readonly heldReads: HeldOp[] = [];
@@ -69,6 +71,7 @@ class HookDisk extends ForwardingDisk {
       path: f.path,
       sizeBytes: f.sizeBytes,
       read: async (offset: number, length: number) => {
+        this.reads++;
         await hold(this.holdReads, this.heldReads, offset);
         return f.read(offset, length);
       },
@@ -312,5 +315,45 @@ test('a commit that lands while a page is being read is returned by a later page
     }
     assert.ok(pages.length > 2);
     assert.deepEqual(pages.flat(), Array.from({ length: 21 }, (_, i) => BigInt(i + 1)), 'every version once, in order, the late one in a later page');
+  });
+});
+
+// The shard feed at the live tail is served from the feed tail (memory): a subscriber keeping up
+// costs the disk nothing, so it cannot take fdatasync time from writers. One behind the feed tail
+// reads the log in chunks and gets the same batches.
+test('feed pages at the live tail read nothing from disk; a reader behind the feed tail gets the same batches from the log', async () => {
+  await withDir(async ({ disk, openShard }) => {
+    const s = await openShard(1 << 20); // feed tail 100 KiB
+    const feed = async (from: bigint) =>
+      decodeReadShardOk((await s.handle(Op.ReadShard, encodeReadShardRequest({ shard: 0, from, maxBytes: 64 * 1024, waitMs: 0, filter: FeedFilter.None, key: { org: 0n, type: 0n, id: 0n }, headersOnly: false }))).body);
+    const readAll = async (from: bigint) => {
+      const seqs: bigint[] = [];
+      for (;;) {
+        const p = await feed(from);
+        seqs.push(...p.batches.map((b) => b.seq));
+        if (p.next > p.committedSeq) return seqs;
+        from = p.next;
+      }
+    };
+    // A live subscriber: each page right after the writes it covers.
+    let from = 1n;
+    const live: bigint[] = [];
+    const before = disk.reads;
+    for (let i = 0; i < 200; i++) {
+      await s.handle(Op.Write, write(1 + (i % 7), 100));
+      const p = await feed(from);
+      live.push(...p.batches.map((b) => b.seq));
+      from = p.next;
+    }
+    assert.equal(disk.reads - before, 0, 'no segment read for pages at the tail');
+    assert.deepEqual(live, Array.from({ length: 200 }, (_, i) => BigInt(i + 1)));
+    // Push the start out of the feed tail (~2 MiB more), then read everything from seq 1.
+    for (let i = 0; i < 500; i++) await s.handle(Op.Write, write(100 + (i % 13), 4000));
+    const cold = disk.reads;
+    const all = await readAll(1n);
+    assert.deepEqual(all, Array.from({ length: 700 }, (_, i) => BigInt(i + 1)), 'every batch once, in order, across the log and the feed tail');
+    const coldReads = disk.reads - cold;
+    assert.ok(coldReads > 0, 'the old part came from the log');
+    assert.ok(coldReads < 200, `the log was read in chunks, not a read per record (${coldReads} reads for 700 records)`);
   });
 });

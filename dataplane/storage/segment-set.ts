@@ -2,7 +2,7 @@
 // record holding a seq (O(log n): segments by first seq in memory, then the segment's seq index),
 // records forward from a seq, and the newest batch of a key (bloom, key index, backward scan on a
 // hash collision). Owned by the shard's ShardLog on its worker thread; reads only durable data.
-import { SCAN_CHUNK_BYTES, SEGMENT_HEADER_BYTES } from '../constants.ts';
+import { FEED_READ_CHUNK_BYTES, SCAN_CHUNK_BYTES, SEGMENT_HEADER_BYTES } from '../constants.ts';
 import { hash52 } from './bloom.ts';
 import type { SegmentFile } from './disk.ts';
 import { CorruptionError } from './errors.ts';
@@ -134,6 +134,9 @@ export class SegmentSet {
     let segIdx = start.segment;
     let offset = start.offset;
     let bytes = 0;
+    let chunk: Uint8Array | null = null;
+    let chunkSeg = -1;
+    let chunkAt = 0;
     for (;;) {
       const seg = this.map.get(segIdx);
       if (seg === undefined) break;
@@ -142,7 +145,23 @@ export class SegmentSet {
         offset = SEGMENT_HEADER_BYTES;
         continue;
       }
-      const r = await this.readRecord(segIdx, offset);
+      // One read for many small records: a chunk from here, records cut out of it (copies, checked).
+      if (chunk === null || chunkSeg !== segIdx || offset < chunkAt || offset + 8 > chunkAt + chunk.length) {
+        chunk = await seg.file.read(offset, Math.min(FEED_READ_CHUNK_BYTES, seg.end - offset));
+        chunkSeg = segIdx;
+        chunkAt = offset;
+      }
+      const rel = offset - chunkAt;
+      const len = new DataView(chunk.buffer, chunk.byteOffset + rel, 8).getUint32(4);
+      let r: RecordRead;
+      if (len >= RECORD_HEADER_BYTES && rel + len <= chunk.length) {
+        const bytes = chunk.slice(rel, rel + len);
+        const c = checkRecord(bytes, 0, len);
+        if (!c.ok) throw new CorruptionError(`shard ${this.shard} segment ${segIdx} offset ${offset}: ${'why' in c ? c.why : 'record is cut off'}`);
+        r = { bytes, header: c.header };
+      } else {
+        r = await this.readRecord(segIdx, offset);
+      }
       if (r.header.firstSeq > toSeq) break;
       out.push({ ...r, segment: segIdx, offset });
       bytes += r.header.length;
