@@ -10,6 +10,8 @@ import { AckLog, monotonicMs, Reservoir, type DeliveryReport, type WorkerInput, 
 const BEYOND_TIP = Number.MAX_SAFE_INTEGER;
 /** How often the drain checks whether every fast subscriber has every acked write. */
 const DRAIN_CHECK_MS = 20;
+/** How long the subscriptions get to end after their clients closed (the slow one may be asleep). */
+const END_WAIT_MS = 5_000;
 
 const input = workerData as WorkerInput;
 const post = (m: WorkerMessage): void => parentPort!.postMessage(m);
@@ -41,6 +43,8 @@ async function main(): Promise<void> {
     const client = clients[j % clients.length]!;
     try {
       for await (const b of client.subscribe({ org: input.org }, { from })) {
+        // The rest of a page already received comes without a request, so closing alone does not end the loop.
+        if (stopping) break;
         delivered[j]!++;
         if (slow && j === 0) {
           await sleep(input.slowMs);
@@ -76,7 +80,11 @@ async function main(): Promise<void> {
   const drainMs = now() - stoppedAt;
   stopping = true;
   for (const c of clients) await c.close();
-  await Promise.all(all);
+  // Closing fails every request out, which ends each subscription; one that still does not end is reported.
+  const ended = new Array<boolean>(all.length).fill(false);
+  all.forEach((p, j) => void p.then(() => (ended[j] = true)));
+  await Promise.race([Promise.all(all), sleep(END_WAIT_MS)]);
+  ended.forEach((e, j) => e || errors.push(`subscriber ${j} did not end within ${END_WAIT_MS} ms of its client's close`));
   const report: DeliveryReport = {
     subscribers: input.subscribers,
     slowMs: slow ? input.slowMs : undefined,

@@ -30,6 +30,8 @@ export const SUBSCRIBERS_MAX = 1000;
 export const SLOW_SUBSCRIBER_MS_DEFAULT = 50;
 /** After the writers stop, how long the fast subscribers get to receive every acknowledged write. */
 export const DRAIN_MS = 10_000;
+/** The longest the worker may take to report after the writers stopped (the drain, closing, slack). */
+const STOP_TIMEOUT_MS = DRAIN_MS + 30_000;
 /** Ack times kept per writer (a ring indexed by version): enough for a subscriber this many writes behind its writer. */
 export const ACK_RING = 4096;
 /** Delivery latency samples kept (uniform reservoir), per measure. */
@@ -278,9 +280,18 @@ export async function startSubscribers(o: SubscribersOptions): Promise<Subscribe
     stop: async () => {
       const answer = next();
       worker.postMessage({ type: 'stop', acked: total });
-      const m = await answer;
-      await worker.terminate();
-      if (m.type !== 'report') return fail(m);
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`subscribers: no report ${STOP_TIMEOUT_MS} ms after the writers stopped`)), STOP_TIMEOUT_MS);
+      });
+      let m: WorkerMessage;
+      try {
+        m = await Promise.race([answer, late]);
+      } finally {
+        clearTimeout(timer);
+        await worker.terminate();
+      }
+      if (m.type !== 'report') throw new Error(m.type === 'error' ? `subscribers: ${m.message}` : `subscribers: unexpected message ${m.type}`);
       return m.report;
     },
     terminate: async () => void (await worker.terminate()),
