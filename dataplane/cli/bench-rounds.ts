@@ -116,6 +116,11 @@ export function formatDeliveryMedians(runs: readonly RoundRun[], systems: readon
     }
     const lags = mine.flatMap((d) => (d.slowBehindAtStop === undefined ? [] : [d.slowBehindAtStop]));
     if (lags.length > 0) parts.push(`slow subscriber (${mine[0]!.slowMs} ms/batch) ${median(lags).toFixed(0)} batches behind when the writers stopped`);
+    const notQuiet = mine.filter((d) => !d.quiet).length;
+    parts.push(
+      `the node answered their last page reads ${(median(mine.map((d) => d.quietMs)) / 1000).toFixed(1)} s after the writers stopped` +
+        (notQuiet > 0 ? ` (${notQuiet} round(s) still reading when the wait ended)` : ''),
+    );
     const missing = mine.reduce((n, d) => n + d.missing, 0);
     const errors = mine.reduce((n, d) => n + d.errors.length, 0);
     parts.push(`${missing} fast subscriber run(s) short after the drain, ${errors} subscriber error(s)`);

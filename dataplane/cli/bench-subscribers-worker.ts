@@ -39,6 +39,7 @@ async function main(): Promise<void> {
   const errors: string[] = [];
   let stopping = false;
 
+  const looping = new Array<boolean>(input.subscribers).fill(true);
   const run = async (j: number): Promise<void> => {
     const client = clients[j % clients.length]!;
     try {
@@ -66,6 +67,8 @@ async function main(): Promise<void> {
       }
     } catch (e) {
       if (!stopping) errors.push(`subscriber ${j}${slow && j === 0 ? ' (slow)' : ''} failed: ${(e as Error).message}`);
+    } finally {
+      looping[j] = false;
     }
   };
   const all = delivered.map((_, j) => run(j));
@@ -79,6 +82,17 @@ async function main(): Promise<void> {
   while (!caughtUp() && now() - stoppedAt < input.drainMs) await sleep(DRAIN_CHECK_MS);
   const drainMs = now() - stoppedAt;
   stopping = true;
+  // Closing a connection does not stop the node reading the pages it was asked for (at most one per
+  // shard and subscriber, each up to maxBytes), so the next run would compete with that work. Every
+  // subscriber leaves its loop at its next batch and asks no more; one that has every acknowledged
+  // write and is still looping is at the tail with nothing to read, one cheap waiting request per
+  // shard. So the node is done with the subscribers' page reads once no more requests than that are out.
+  const quietFrom = now();
+  const outstanding = (): number => clients.reduce((n, c) => n + c.stats().reduce((m, st) => m + st.inFlight, 0), 0);
+  const tailWaits = (): number => looping.filter((l, j) => l && delivered[j]! >= acked).length * tips.length;
+  while (outstanding() > tailWaits() && now() - quietFrom < input.quietMaxMs) await sleep(DRAIN_CHECK_MS);
+  const quiet = outstanding() <= tailWaits();
+  const quietMs = now() - stoppedAt;
   for (const c of clients) await c.close();
   // Closing fails every request out, which ends each subscription; one that still does not end is reported.
   const ended = new Array<boolean>(all.length).fill(false);
@@ -98,6 +112,8 @@ async function main(): Promise<void> {
     afterPlacement: afterPlacement.summary(),
     slowBehindAtStop,
     drainMs,
+    quietMs,
+    quiet,
     missing: delivered.filter((d, j) => j >= fastFrom && d < acked).length,
     errors,
   };

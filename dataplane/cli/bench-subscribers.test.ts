@@ -73,6 +73,8 @@ const report = (over: Partial<DeliveryReport> = {}): DeliveryReport => ({
   afterPlacement: { count: 1800, p50: 4, p99: 15, max: 41 },
   slowBehindAtStop: 962,
   drainMs: 120,
+  quietMs: 9000,
+  quiet: true,
   missing: 0,
   errors: [],
   ...over,
@@ -84,19 +86,25 @@ test('the printed lines name the latency, the counts and the slow subscriber', (
   assert.match(lines[1]!, /^subscribers 3: delivered p50 1\.50 ms p99 12\.3 ms max 40\.0 ms after the writer's ack \(1800 deliveries to 2 fast subscribers in the window; 1\.0% before the ack, counted as 0\); p50 4\.00 ms p99 15\.0 ms max 41\.0 ms after the server placed the write$/);
   assert.equal(lines[2], 'subscribers 3: fast subscribers received 1000..1000 batches of 1000 acknowledged writes, all of them 0.1 s after the writers stopped');
   assert.equal(lines[3], 'subscribers 3: slow subscriber 962 batches behind when the writers stopped (received 40 of 1000 by the end)');
-  assert.equal(lines.length, 4);
+  assert.equal(lines[4], 'subscribers 3: the node had answered every page read still out for them 9.0 s after the writers stopped (the next run starts after that)');
+  assert.equal(lines.length, 5);
+});
+
+test('a node still reading pages for the subscribers when the wait ends prints a warning', () => {
+  const lines = formatDelivery(report({ quiet: false, quietMs: 310_000 }));
+  assert.equal(lines[4], 'WARNING: the node was still reading pages for the subscribers 310 s after the writers stopped; a next run competes with that work');
 });
 
 test('a fast subscriber short after the drain, or failed, prints a warning', () => {
   const lines = formatDelivery(report({ delivered: [40, 1000, 990], missing: 1, errors: ['subscriber 2 failed: boom'] }));
   assert.match(lines[2]!, /received 990\.\.1000 batches of 1000 acknowledged writes, 1 short after the 0\.1 s drain/);
-  assert.match(lines[4]!, /^WARNING: 1 of 2 fast subscribers did not receive every acknowledged write/);
-  assert.equal(lines[5], 'WARNING: subscriber 2 failed: boom');
+  assert.match(lines[5]!, /^WARNING: 1 of 2 fast subscribers did not receive every acknowledged write/);
+  assert.equal(lines[6], 'WARNING: subscriber 2 failed: boom');
 });
 
 test('one subscriber is the slow one: no fast latency line', () => {
   const lines = formatDelivery(report({ subscribers: 1, delivered: [40], afterAck: { count: 0, p50: 0, p99: 0, max: 0 } }));
-  assert.equal(lines.length, 2);
+  assert.equal(lines.length, 3);
   assert.match(lines[1]!, /^subscribers 1: slow subscriber 962 batches behind/);
 });
 
@@ -124,6 +132,7 @@ test('medians over rounds of the delivery figures, per subscriber count that had
   assert.deepEqual(formatDeliveryMedians(runs, ['subs=0', 'subs=3']), [
     "subs=3 (medians of 3 rounds): delivered p50 2.00 ms p99 20.0 ms after the writer's ack (per round p99 10.0–30.0); " +
       'p50 4.00 ms p99 22.0 ms after the server placed the write; slow subscriber (50 ms/batch) 600 batches behind when the writers stopped; ' +
+      'the node answered their last page reads 9.0 s after the writers stopped; ' +
       '0 fast subscriber run(s) short after the drain, 0 subscriber error(s)',
   ]);
 });

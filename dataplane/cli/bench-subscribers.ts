@@ -30,8 +30,10 @@ export const SUBSCRIBERS_MAX = 1000;
 export const SLOW_SUBSCRIBER_MS_DEFAULT = 50;
 /** After the writers stop, how long the fast subscribers get to receive every acknowledged write. */
 export const DRAIN_MS = 10_000;
-/** The longest the worker may take to report after the writers stopped (the drain, closing, slack). */
-const STOP_TIMEOUT_MS = DRAIN_MS + 30_000;
+/** After the drain, how long to wait for the node to answer the page reads still out for the subscribers. */
+export const QUIET_MAX_MS = 300_000;
+/** The longest the worker may take to report after the writers stopped (the drain, the quiet wait, closing, slack). */
+const STOP_TIMEOUT_MS = DRAIN_MS + QUIET_MAX_MS + 30_000;
 /** Ack times kept per writer (a ring indexed by version): enough for a subscriber this many writes behind its writer. */
 export const ACK_RING = 4096;
 /** Delivery latency samples kept (uniform reservoir), per measure. */
@@ -154,6 +156,13 @@ export interface DeliveryReport {
   slowBehindAtStop: number | undefined;
   /** How long the fast subscribers took after the writers stopped to have every acked write (the drain limit when some did not). */
   drainMs: number;
+  /**
+   * When, after the writers stopped, the node had answered every page read the subscribers had
+   * asked for (only tail waits left out); the next run starts after it. `quiet` false: it had not
+   * within QUIET_MAX_MS, and the next run competes with that work.
+   */
+  quietMs: number;
+  quiet: boolean;
   /** Fast subscribers with fewer batches than acked at the end of the drain. */
   missing: number;
   /** Subscribers that failed, with why. */
@@ -187,6 +196,11 @@ export function formatDelivery(r: DeliveryReport): string[] {
   if (r.slowBehindAtStop !== undefined) {
     lines.push(`subscribers ${r.subscribers}: slow subscriber ${r.slowBehindAtStop} batches behind when the writers stopped (received ${r.delivered[0]} of ${r.acked} by the end)`);
   }
+  lines.push(
+    r.quiet
+      ? `subscribers ${r.subscribers}: the node had answered every page read still out for them ${(r.quietMs / 1000).toFixed(1)} s after the writers stopped (the next run starts after that)`
+      : `WARNING: the node was still reading pages for the subscribers ${(r.quietMs / 1000).toFixed(0)} s after the writers stopped; a next run competes with that work`,
+  );
   if (r.missing > 0) lines.push(`WARNING: ${r.missing} of ${fast} fast subscribers did not receive every acknowledged write within the ${(DRAIN_MS / 1000).toFixed(0)} s drain`);
   for (const e of r.errors) lines.push(`WARNING: ${e}`);
   return lines;
@@ -210,6 +224,7 @@ export interface WorkerInput extends SubscribersOptions {
   /** [start, end) of the measured window on the shared clock; start is +∞ until the window opens. */
   window: SharedArrayBuffer;
   drainMs: number;
+  quietMaxMs: number;
 }
 
 export type WorkerMessage = { type: 'ready'; from: string } | { type: 'report'; report: DeliveryReport } | { type: 'error'; message: string };
@@ -236,7 +251,7 @@ export async function startSubscribers(o: SubscribersOptions): Promise<Subscribe
   const window = new Float64Array(windowBuf);
   window[0] = Infinity;
   window[1] = Infinity;
-  const input: WorkerInput = { ...o, connections: SUBSCRIBER_CONNECTIONS, ack: ack.shared, ring: ACK_RING, clockBase, window: windowBuf, drainMs: DRAIN_MS };
+  const input: WorkerInput = { ...o, connections: SUBSCRIBER_CONNECTIONS, ack: ack.shared, ring: ACK_RING, clockBase, window: windowBuf, drainMs: DRAIN_MS, quietMaxMs: QUIET_MAX_MS };
   const worker = new Worker(new URL('./bench-subscribers-worker.ts', import.meta.url), { workerData: input });
   let total = 0;
   const next = (): Promise<WorkerMessage> =>
