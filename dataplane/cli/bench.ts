@@ -7,6 +7,7 @@
 // worktree whose node_modules links to another checkout would otherwise bench that one's client.
 import { connect, WrongExpectedVersionError } from '../../client/index.ts';
 import { randomInt } from 'node:crypto';
+import { loadavg } from 'node:os';
 import type { DeliveryReport, Subscribers } from './bench-subscribers.ts';
 
 /** none = W1 (no guard, as Celeriant's load generator); exact = W2 (exact expectedVersion on every write). */
@@ -155,6 +156,8 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
       const { startSubscribers } = await import('./bench-subscribers.ts');
       subs = await startSubscribers({ addresses: o.addresses, org: run, subscribers, slowMs: o.slowSubscriberMs ?? 0, writers: o.writers });
     }
+    // Other work on the machine moves the figures; this says how much there was.
+    o.out(`celer: load average ${loadavg().map((l) => l.toFixed(2)).join(' ')} (1, 5, 15 min) at the start`);
     const s = subs;
     const append = s === undefined ? appendOne : async (i: number): Promise<void> => s.acked(i, await appendOne(i));
     const result = await runClosedLoop(o, 'celer', header, append, (e) => e instanceof ConflictError, s && { open: () => s.windowOpen(), close: () => s.windowClose() });
