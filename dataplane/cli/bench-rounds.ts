@@ -110,7 +110,9 @@ export function formatDeliveryMedians(runs: readonly RoundRun[], systems: readon
       const p99s = withFast.map((d) => d.afterAck.p99);
       parts.push(
         `delivered p50 ${fixed(median(withFast.map((d) => d.afterAck.p50)))} ms p99 ${fixed(median(p99s))} ms after the writer's ack ` +
-          `(per round p99 ${fixed(Math.min(...p99s))}–${fixed(Math.max(...p99s))})`,
+          `(per round p99 ${fixed(Math.min(...p99s))}–${fixed(Math.max(...p99s))}` +
+          `${withFast.length < mine.length ? `; ${withFast.length} of ${mine.length} rounds, in the others no write of the window arrived by the end` : ''}` +
+          `${withFast.some((d) => d.missing > 0) ? '; of the batches that arrived by the end' : ''})`,
         `p50 ${fixed(median(withFast.map((d) => d.afterPlacement.p50)))} ms p99 ${fixed(median(withFast.map((d) => d.afterPlacement.p99)))} ms after the server placed the write`,
       );
     }

@@ -102,6 +102,14 @@ test('a fast subscriber short after the drain, or failed, prints a warning', () 
   assert.equal(lines[6], 'WARNING: subscriber 2 failed: boom');
 });
 
+test('no write of the window delivered by the end: said so, no latency figures', () => {
+  const lines = formatDelivery(report({ delivered: [40, 300, 310], missing: 2, afterAck: { count: 0, p50: 0, p99: 0, max: 0 }, afterPlacement: { count: 0, p50: 0, p99: 0, max: 0 } }));
+  assert.equal(lines[1], 'subscribers 3: delivered: no write acknowledged in the measured window reached a fast subscriber by the end of the drain (no latency to report)');
+  assert.match(lines[2]!, /received 300\.\.310 batches of 1000 acknowledged writes, 2 short/);
+  const some = formatDelivery(report({ delivered: [40, 300, 1000], missing: 1 }));
+  assert.match(some[1]!, /after the server placed the write \(of the batches that arrived by the end: the rest took longer\)$/);
+});
+
 test('one subscriber is the slow one: no fast latency line', () => {
   const lines = formatDelivery(report({ subscribers: 1, delivered: [40], afterAck: { count: 0, p50: 0, p99: 0, max: 0 } }));
   assert.equal(lines.length, 3);
@@ -129,6 +137,9 @@ test('medians over rounds of the delivery figures, per subscriber count that had
     { round: 3, system: 'subs=0', result: result(101) },
     { round: 3, system: 'subs=3', result: result(99, d(2, 20, 600)) },
   ];
+  const none = report({ afterAck: { count: 0, p50: 0, p99: 0, max: 0 }, missing: 2, slowBehindAtStop: 900 });
+  const short = [...runs.slice(0, 5), { round: 3, system: 'subs=3', result: result(99, none) }];
+  assert.match(formatDeliveryMedians(short, ['subs=3'])[0]!, /\(per round p99 10\.0–30\.0; 2 of 3 rounds, in the others no write of the window arrived by the end\)/);
   assert.deepEqual(formatDeliveryMedians(runs, ['subs=0', 'subs=3']), [
     "subs=3 (medians of 3 rounds): delivered p50 2.00 ms p99 20.0 ms after the writer's ack (per round p99 10.0–30.0); " +
       'p50 4.00 ms p99 22.0 ms after the server placed the write; slow subscriber (50 ms/batch) 600 batches behind when the writers stopped; ' +

@@ -178,15 +178,20 @@ export function formatDelivery(r: DeliveryReport): string[] {
     `subscribers ${r.subscribers} (${r.slowMs === undefined ? 'none slow' : `1 slow, ${r.slowMs} ms/batch`}) over ${r.connections} connection(s) in a worker thread, ` +
     `from the tail (${r.from.length > 40 ? r.from.slice(0, 40) + '…' : r.from})`;
   const lines = [head];
-  if (fast > 0) {
+  if (fast > 0 && r.afterAck.count === 0) {
+    lines.push(`subscribers ${r.subscribers}: delivered: no write acknowledged in the measured window reached a fast subscriber by the end of the drain (no latency to report)`);
+  } else if (fast > 0) {
     const a = r.afterAck;
     const p = r.afterPlacement;
-    const early = a.count === 0 ? 0 : (100 * r.beforeAck) / a.count;
+    const early = (100 * r.beforeAck) / a.count;
     lines.push(
       `subscribers ${r.subscribers}: delivered p50 ${ms(a.p50)} ms p99 ${ms(a.p99)} ms max ${ms(a.max)} ms after the writer's ack ` +
         `(${a.count} deliveries to ${fast} fast subscribers in the window; ${early.toFixed(1)}% before the ack, counted as 0${r.unmatched > 0 ? `; ${r.unmatched} not matched` : ''}); ` +
-        `p50 ${ms(p.p50)} ms p99 ${ms(p.p99)} ms max ${ms(p.max)} ms after the server placed the write`,
+        `p50 ${ms(p.p50)} ms p99 ${ms(p.p99)} ms max ${ms(p.max)} ms after the server placed the write` +
+        (r.missing > 0 ? ` (of the batches that arrived by the end: the rest took longer)` : ''),
     );
+  }
+  if (fast > 0) {
     const fastCounts = r.slowMs === undefined ? r.delivered : r.delivered.slice(1);
     lines.push(
       `subscribers ${r.subscribers}: fast subscribers received ${Math.min(...fastCounts)}..${Math.max(...fastCounts)} batches of ${r.acked} acknowledged writes, ` +
