@@ -3,6 +3,7 @@
 // favour whichever system always goes first. Prints every round, the median per system and the
 // ratio of the first system's median writes/s to each other system's.
 import { runBench, workloadName, type BenchOptions, type BenchResult } from './bench.ts';
+import { subscribersName } from './bench-subscribers.ts';
 
 export interface RoundSystem {
   name: string;
@@ -91,6 +92,45 @@ export function formatTable(runs: readonly RoundRun[], systems: readonly string[
   return lines;
 }
 
+const fixed = (x: number): string => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2));
+
+/**
+ * Per system whose runs had subscribers: medians over the rounds of the delivery latency (after the
+ * writer's ack, and after the server's placement), of the slow subscriber's lag when the writers
+ * stopped, and the fast subscribers that missed writes, summed.
+ */
+export function formatDeliveryMedians(runs: readonly RoundRun[], systems: readonly string[]): string[] {
+  const lines: string[] = [];
+  for (const system of systems) {
+    const mine = runs.filter((r) => r.system === system && r.result.delivery !== undefined).map((r) => r.result.delivery!);
+    if (mine.length === 0) continue;
+    const withFast = mine.filter((d) => d.afterAck.count > 0);
+    const parts: string[] = [];
+    if (withFast.length > 0) {
+      const p99s = withFast.map((d) => d.afterAck.p99);
+      parts.push(
+        `delivered p50 ${fixed(median(withFast.map((d) => d.afterAck.p50)))} ms p99 ${fixed(median(p99s))} ms after the writer's ack ` +
+          `(per round p99 ${fixed(Math.min(...p99s))}–${fixed(Math.max(...p99s))}` +
+          `${withFast.length < mine.length ? `; ${withFast.length} of ${mine.length} rounds, in the others no write of the window arrived by the end` : ''}` +
+          `${withFast.some((d) => d.missing > 0) ? '; of the batches that arrived by the end' : ''})`,
+        `p50 ${fixed(median(withFast.map((d) => d.afterPlacement.p50)))} ms p99 ${fixed(median(withFast.map((d) => d.afterPlacement.p99)))} ms after the server placed the write`,
+      );
+    }
+    const lags = mine.flatMap((d) => (d.slowBehindAtStop === undefined ? [] : [d.slowBehindAtStop]));
+    if (lags.length > 0) parts.push(`slow subscriber (${mine[0]!.slowMs} ms/batch) ${median(lags).toFixed(0)} batches behind when the writers stopped`);
+    const notQuiet = mine.filter((d) => !d.quiet).length;
+    parts.push(
+      `the node answered their last page reads ${(median(mine.map((d) => d.quietMs)) / 1000).toFixed(1)} s after the writers stopped` +
+        (notQuiet > 0 ? ` (${notQuiet} round(s) still reading when the wait ended)` : ''),
+    );
+    const missing = mine.reduce((n, d) => n + d.missing, 0);
+    const errors = mine.reduce((n, d) => n + d.errors.length, 0);
+    parts.push(`${missing} fast subscriber run(s) short after the drain, ${errors} subscriber error(s)`);
+    lines.push(`${system} (medians of ${mine.length} rounds): ${parts.join('; ')}`);
+  }
+  return lines;
+}
+
 /** Runs the systems round after round in roundOrder; a failing run ends the rounds. */
 export async function runRounds(systems: readonly RoundSystem[], rounds: number, out: (line: string) => void): Promise<RoundRun[]> {
   const runs: RoundRun[] = [];
@@ -110,6 +150,8 @@ export interface BenchCommandOptions extends BenchOptions {
   pgStandby: boolean;
   /** Another Celer to alternate with (e.g. a standalone node against a cluster): its addresses. */
   vsAddresses?: string[];
+  /** `--subscribers 0,100`: the same workload with each of these subscriber counts, alternating; the first is the reference. */
+  subscriberCounts?: number[];
 }
 
 /**
@@ -119,11 +161,21 @@ export interface BenchCommandOptions extends BenchOptions {
 export async function runBenchCommand(o: BenchCommandOptions): Promise<RoundRun[]> {
   const celer: RoundSystem = { name: 'celer', run: () => runBench(o) };
   const caption = `${workloadName(o.guard)}, ${o.writers} writers, ${o.durationS}s measured after ${o.warmupS}s warm-up, ${o.rounds} round(s), order flipped every round`;
+  if (o.subscriberCounts !== undefined && o.subscriberCounts.length > 1) {
+    const names = o.subscriberCounts.map(subscribersName);
+    const systems = o.subscriberCounts.map((n, i): RoundSystem => ({ name: names[i]!, run: () => runBench({ ...o, subscribers: n }) }));
+    const runs = await runRounds(systems, o.rounds, o.out);
+    o.out(`subscribers: ${caption}; against ${o.addresses.join(',')}, ${o.subscriberCounts.join(' vs ')} live subscribers (1 slow, ${o.slowSubscriberMs ?? 0} ms/batch, when ≥ 1), same run`);
+    for (const l of formatTable(runs, names)) o.out(`subscribers: ${l}`);
+    for (const l of formatDeliveryMedians(runs, names)) o.out(`subscribers: ${l}`);
+    return runs;
+  }
   if (o.vsAddresses !== undefined) {
     const other: RoundSystem = { name: 'baseline', run: () => runBench({ ...o, addresses: o.vsAddresses! }) };
     const runs = await runRounds([celer, other], o.rounds, o.out);
     o.out(`vs: ${caption}; celer = ${o.addresses.join(',')}, baseline = ${o.vsAddresses.join(',')}, same machine, same run`);
     for (const l of formatTable(runs, ['celer', 'baseline'])) o.out(`vs: ${l}`);
+    for (const l of formatDeliveryMedians(runs, ['celer', 'baseline'])) o.out(`vs: ${l}`);
     return runs;
   }
   if (o.vs === undefined) {
@@ -131,6 +183,7 @@ export async function runBenchCommand(o: BenchCommandOptions): Promise<RoundRun[
     const runs = await runRounds([celer], o.rounds, o.out);
     o.out(`bench: ${caption}`);
     for (const l of formatTable(runs, ['celer'])) o.out(`bench: ${l}`);
+    for (const l of formatDeliveryMedians(runs, ['celer'])) o.out(`bench: ${l}`);
     return runs;
   }
   const pg = await import('./bench-postgres.ts');
@@ -147,5 +200,6 @@ export async function runBenchCommand(o: BenchCommandOptions): Promise<RoundRun[
   }
   o.out(`vs: ${caption}; PostgreSQL ${o.pgStandby ? 'primary + synchronous standby' : 'single server, no standby'}, same machine, same run`);
   for (const l of formatTable(runs, ['celer', 'postgres'])) o.out(`vs: ${l}`);
+  for (const l of formatDeliveryMedians(runs, ['celer'])) o.out(`vs: ${l}`);
   return runs;
 }

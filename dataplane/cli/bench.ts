@@ -3,8 +3,12 @@
 // W1 sends no guard; W2 (`--guard exact`) sends each writer's exact expectedVersion, so every
 // write is checked, and counts 2003 wrong-expected-version answers as errors.
 // Prints writes/s and latency percentiles of the measured window (warm-up excluded).
-import { connect, WrongExpectedVersionError } from '@celer/client';
+// The client of this checkout by path, not '@celer/client' (the same file in a plain checkout): a
+// worktree whose node_modules links to another checkout would otherwise bench that one's client.
+import { connect, WrongExpectedVersionError } from '../../client/index.ts';
 import { randomInt } from 'node:crypto';
+import { loadavg } from 'node:os';
+import type { DeliveryReport, Subscribers } from './bench-subscribers.ts';
 
 /** none = W1 (no guard, as Celeriant's load generator); exact = W2 (exact expectedVersion on every write). */
 export type Guard = 'none' | 'exact';
@@ -19,6 +23,10 @@ export interface BenchOptions {
   durationS: number;
   warmupS: number;
   connections: number;
+  /** Live org subscribers during the run (bench-subscribers.ts); default 0. Native transport only. */
+  subscribers?: number;
+  /** Sleep after each batch of the one slow subscriber (when subscribers ≥ 1). */
+  slowSubscriberMs?: number;
   out: (line: string) => void;
 }
 
@@ -31,6 +39,8 @@ export interface BenchResult {
   /** Optimistic-concurrency conflicts (Celer 2003, PostgreSQL unique violation), counted in errors too. */
   conflicts: number;
   latencyMs: { p50: number; p90: number; p99: number; p999: number; max: number };
+  /** With --subscribers N ≥ 1: what the subscribers received. */
+  delivery?: DeliveryReport;
 }
 
 /** Latency samples kept (uniform reservoir), enough for a stable p99.9. */
@@ -117,19 +127,22 @@ async function grpcAppender(o: BenchOptions, run: bigint): Promise<Appender> {
 
 export async function runBench(o: BenchOptions): Promise<BenchResult> {
   const run = BigInt(Date.now()) * 1000n + BigInt(randomInt(1000));
+  const subscribers = o.subscribers ?? 0;
+  if (subscribers > 0 && o.transport !== 'native') throw new RangeError('--subscribers needs --transport native');
   const client = o.transport === 'grpc' ? await grpcAppender(o, run) : await nativeAppender(o, run);
   const w = workloadName(o.guard);
   const guard = o.guard === 'exact' ? 'exact expectedVersion on every write' : 'no guard';
   const header =
     `${w} against ${o.addresses.join(',')} over ${o.transport}: ${o.writers} writers, one ${PAYLOAD.length}-byte event per write, ${guard}, ` +
-    `${o.warmupS}s warm-up + ${o.durationS}s measured, ${o.connections} connections${o.transport === 'native' ? ' per node' : ''}`;
+    `${o.warmupS}s warm-up + ${o.durationS}s measured, ${o.connections} connections${o.transport === 'native' ? ' per node' : ''}` +
+    (subscribers > 0 ? `, ${subscribers} live subscribers on org ${run}` : '');
   // W2: each writer's aggregate version as it last saw it (every aggregate of a run starts at 0).
   const versions = new Array<bigint>(o.writers).fill(0n);
-  const append =
+  const appendOne =
     o.guard === 'exact'
-      ? async (i: number): Promise<void> => {
+      ? async (i: number): Promise<bigint> => {
           try {
-            versions[i] = await client.append(BigInt(i), versions[i]!);
+            return (versions[i] = await client.append(BigInt(i), versions[i]!));
           } catch (e) {
             // Re-sync to the version the server reported, as a client handling 2003 would, then count it.
             if (e instanceof ConflictError) versions[i] = e.currentVersion;
@@ -137,9 +150,26 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
           }
         }
       : (i: number): Promise<bigint> => client.append(BigInt(i), undefined);
+  let subs: Subscribers | undefined;
   try {
-    return await runClosedLoop(o, 'celer', header, append, (e) => e instanceof ConflictError);
+    if (subscribers > 0) {
+      const { startSubscribers } = await import('./bench-subscribers.ts');
+      subs = await startSubscribers({ addresses: o.addresses, org: run, subscribers, slowMs: o.slowSubscriberMs ?? 0, writers: o.writers });
+    }
+    // Other work on the machine moves the figures; this says how much there was.
+    o.out(`celer: load average ${loadavg().map((l) => l.toFixed(2)).join(' ')} (1, 5, 15 min) at the start`);
+    const s = subs;
+    const append = s === undefined ? appendOne : async (i: number): Promise<void> => s.acked(i, await appendOne(i));
+    const result = await runClosedLoop(o, 'celer', header, append, (e) => e instanceof ConflictError, s && { open: () => s.windowOpen(), close: () => s.windowClose() });
+    if (s !== undefined) {
+      subs = undefined;
+      result.delivery = await s.stop();
+      const { formatDelivery } = await import('./bench-subscribers.ts');
+      for (const l of formatDelivery(result.delivery)) o.out(`celer: ${l}`);
+    }
+    return result;
   } finally {
+    await subs?.terminate();
     await client.close();
   }
 }
@@ -157,6 +187,7 @@ export async function runClosedLoop(
   header: string,
   append: (writer: number) => Promise<unknown>,
   isConflict: (e: unknown) => boolean = () => false,
+  window?: { open(): void; close(): void },
 ): Promise<BenchResult> {
   const samples = new Float64Array(LATENCY_SAMPLES_MAX);
   let n = 0;
@@ -190,10 +221,12 @@ export async function runClosedLoop(
   const all = Array.from({ length: o.writers }, (_, i) => writer(i));
   await new Promise((r) => setTimeout(r, o.warmupS * 1000));
   measuring = true;
+  window?.open();
   const m0 = performance.now();
   const progress = setInterval(() => o.out(`${label}: ${((performance.now() - m0) / 1000).toFixed(0)}s ${seen} writes`), 5000);
   await new Promise((r) => setTimeout(r, o.durationS * 1000));
   measuring = false;
+  window?.close();
   const seconds = (performance.now() - m0) / 1000;
   clearInterval(progress);
   stop = true;

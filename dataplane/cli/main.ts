@@ -50,6 +50,9 @@ usage:
                 [--vs-addr HOST:PORT[,…]]          (alternating rounds against another Celer, e.g. standalone vs cluster)
                 [--vs postgres [--pg-standby]]   (alternating rounds against a throw-away local PostgreSQL 15
                                                   [primary + synchronous standby]; medians and the ratio)
+                [--subscribers N|N,M… [--slow-subscriber-ms MS]]  (N live subscribers on the bench's org during
+                                                  the run, one of them sleeping MS (default 50) per batch; prints
+                                                  delivery latency; a list alternates rounds of each count)
 
 KEY is org/type/id, each part decimal or a UUID. --addr defaults to 127.0.0.1:7400.
 Run "celer COMMAND --help" for the flags of one command.`;
@@ -352,6 +355,8 @@ async function bench(args: string[]): Promise<number> {
     'pg-standby': { type: 'boolean' },
     'vs-addr': { type: 'string' },
     rounds: { type: 'string' },
+    subscribers: { type: 'string' },
+    'slow-subscriber-ms': { type: 'string' },
   });
   const vsAddresses = values['vs-addr']?.split(',').map((a) => a.trim()).filter((a) => a !== '');
   if (vsAddresses !== undefined && (vsAddresses.length === 0 || values.vs !== undefined || values['pg-standby'])) throw new UsageError('--vs-addr HOST:PORT[,…] (another Celer) cannot be combined with --vs postgres');
@@ -365,6 +370,18 @@ async function bench(args: string[]): Promise<number> {
   if (addresses.length === 0) throw new UsageError('--addr needs at least one HOST:PORT');
   if (transport === 'grpc' && addresses.length > 1) throw new UsageError('--transport grpc takes one --addr');
   const writers = int(values.writers, '--writers', 1) ?? 64;
+  const subs = await import('./bench-subscribers.ts');
+  let subscriberCounts: number[];
+  try {
+    subscriberCounts = values.subscribers === undefined ? [0] : subs.parseSubscriberCounts(values.subscribers);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+  const slowSubscriberMs = int(values['slow-subscriber-ms'], '--slow-subscriber-ms', 0) ?? subs.SLOW_SUBSCRIBER_MS_DEFAULT;
+  if (values['slow-subscriber-ms'] !== undefined && !subscriberCounts.some((n) => n > 0)) throw new UsageError('--slow-subscriber-ms needs --subscribers N with N ≥ 1');
+  if (subscriberCounts.some((n) => n > 0) && transport !== 'native') throw new UsageError('--subscribers needs --transport native (the subscribers use the native protocol)');
+  const compareSubscribers = subscriberCounts.length > 1;
+  if (compareSubscribers && (vs !== undefined || vsAddresses !== undefined)) throw new UsageError('--subscribers N,M (compare subscriber counts) cannot be combined with --vs or --vs-addr');
   if (vs === 'postgres') {
     // Fail on the peer's preconditions before spending a Celer run.
     const pg = await import('./bench-postgres.ts');
@@ -384,7 +401,10 @@ async function bench(args: string[]): Promise<number> {
     durationS: int(values['duration-s'], '--duration-s', 1) ?? 10,
     warmupS: int(values['warmup-s'], '--warmup-s', 0) ?? 2,
     connections: int(values.connections, '--connections', 1) ?? 4,
-    rounds: int(values.rounds, '--rounds', 1) ?? (vs === undefined && vsAddresses === undefined ? 1 : 3),
+    rounds: int(values.rounds, '--rounds', 1) ?? (vs === undefined && vsAddresses === undefined && !compareSubscribers ? 1 : 3),
+    subscribers: subscriberCounts[0]!,
+    slowSubscriberMs,
+    ...(compareSubscribers ? { subscriberCounts } : {}),
     vs,
     ...(vsAddresses !== undefined ? { vsAddresses } : {}),
     pgStandby: values['pg-standby'] ?? false,
