@@ -2,7 +2,7 @@
 // Posts { type: 'ready', from } once they are subscribed from the tail, then, when told
 // { type: 'stop', acked }, drains, closes and posts { type: 'report', report }.
 import { parentPort, workerData } from 'node:worker_threads';
-import { connect, type CelerClient } from '../../client/index.ts'; // this checkout's client, as bench.ts
+import { connect, type CelerClient } from '@celer/client';
 import { encodeCheckpoint } from '../../client/feed.ts';
 import { AckLog, monotonicMs, Reservoir, type DeliveryReport, type WorkerInput, type WorkerMessage } from './bench-subscribers.ts';
 

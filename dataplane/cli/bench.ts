@@ -5,7 +5,7 @@
 // Prints writes/s and latency percentiles of the measured window (warm-up excluded).
 // The client of this checkout by path, not '@celer/client' (the same file in a plain checkout): a
 // worktree whose node_modules links to another checkout would otherwise bench that one's client.
-import { connect, WrongExpectedVersionError } from '../../client/index.ts';
+import { connect, WrongExpectedVersionError } from '@celer/client';
 import { randomInt } from 'node:crypto';
 import { loadavg } from 'node:os';
 import type { DeliveryReport, Subscribers } from './bench-subscribers.ts';
