@@ -3,8 +3,6 @@
 // W1 sends no guard; W2 (`--guard exact`) sends each writer's exact expectedVersion, so every
 // write is checked, and counts 2003 wrong-expected-version answers as errors.
 // Prints writes/s and latency percentiles of the measured window (warm-up excluded).
-// The client of this checkout by path, not '@celer/client' (the same file in a plain checkout): a
-// worktree whose node_modules links to another checkout would otherwise bench that one's client.
 import { connect, WrongExpectedVersionError } from '@celer/client';
 import { randomInt } from 'node:crypto';
 import { loadavg } from 'node:os';
