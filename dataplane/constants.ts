@@ -108,6 +108,11 @@ export const DISPATCH_BYTES_IN_FLIGHT_MAX = 256 * 1024 * 1024;
  * a timer, and every commit walks the list, so the bound keeps a commit's extra work to a few
  * microseconds; 1024 covers 100 subscribers per org over every shard of a 2-core node with room. */
 export const FEED_WAITERS_PER_SHARD_MAX = 1024;
+/** After a feed long poll is woken by a commit, it answers this much later, so the commits right
+ * behind come in the same page: a subscriber at the tail costs a round trip per FEED_LINGER_MS,
+ * not one per group commit (a fan-out of 100 subscribers otherwise asks tens of thousands of times
+ * a second). Adds that much to delivery latency at the tail. */
+export const FEED_LINGER_MS = 5;
 /** Feed long polls (subscriptions, watches) in flight on one native connection; beyond it 2012. A
  * long poll holds one of the connection's CONNECTION_REQUESTS_IN_FLIGHT_MAX slots for up to
  * Limits.feedWaitMsMax, so without this bound enough subscribers on one connection would stop

@@ -5,7 +5,7 @@
 // either node of a cluster (both hold the same records at the same seqs).
 import { decodeReadShardRequest, FeedFilter, Op, Writer, writeBatchHeader, type WireReadShardRequest } from '../../client/wire.ts';
 import { ErrorCode } from '../../client/errors.ts';
-import { FEED_WAITERS_PER_SHARD_MAX } from '../constants.ts';
+import { FEED_LINGER_MS, FEED_WAITERS_PER_SHARD_MAX } from '../constants.ts';
 import type { RecordAt } from '../storage/segment-set.ts';
 import { batchesOf } from '../storage/record.ts';
 import { diskEventAt, writeWireEvent } from './events.ts';
@@ -20,21 +20,23 @@ export interface FeedContext {
   readCommitted(fromSeq: number, maxBytes: number): Promise<RecordAt[]>;
   /** Resolves when the committed seq reaches `seq`, after `ms`, or when the shard stops (whichever first). */
   waitCommitted(seq: number, ms: number): Promise<void>;
+  /** Resolves after `ms` (the shard's clock). */
+  sleep(ms: number): Promise<void>;
   readonly feedWaiters: number;
 }
 
-function matches(req: WireReadShardRequest, key: Uint8Array): boolean {
+/** The key bytes a filter compares (org | type | id, 16 bytes each, big-endian): the first `n`. */
+function filterBytes(req: WireReadShardRequest): { want: Uint8Array; n: number } {
+  const w = new Writer(48);
+  w.key(req.key);
+  return { want: w.finish(), n: req.filter === FeedFilter.Org ? 16 : req.filter === FeedFilter.OrgType ? 32 : 48 };
+}
+
+function matches(req: WireReadShardRequest, f: { want: Uint8Array; n: number }, key: Uint8Array): boolean {
   // The reserved org (the schema registry) is Celer's own; an unfiltered feed leaves it out (the
   // router refuses a filter naming it), so a projection reading a whole shard never meets it.
   if (req.filter === FeedFilter.None) return !isSystemKeyBytes(key);
-  const want = [req.key.org, req.key.type, req.key.id];
-  // Key bytes are org | type | id, 16 bytes each, big-endian.
-  const parts = req.filter === FeedFilter.Org ? 1 : req.filter === FeedFilter.OrgType ? 2 : 3;
-  const v = new DataView(key.buffer, key.byteOffset, 48);
-  for (let p = 0; p < parts; p++) {
-    const part = (v.getBigUint64(p * 16) << 64n) | v.getBigUint64(p * 16 + 8);
-    if (part !== want[p]) return false;
-  }
+  for (let i = 0; i < f.n; i++) if (key[i] !== f.want[i]) return false;
   return true;
 }
 
@@ -50,9 +52,13 @@ export async function readShardPage(ctx: FeedContext, body: Uint8Array): Promise
       );
     }
     await ctx.waitCommitted(from, req.waitMs);
+    // Woken by a commit: linger a moment so the commits right behind it come in the same page — a
+    // reader at the tail then asks about FEED_LINGER_MS apart, not once per group commit.
+    if (ctx.committedSeq >= from) await ctx.sleep(FEED_LINGER_MS);
   }
   // The tip this page is read against: later commits are the next page's.
   const tip = ctx.committedSeq;
+  const filter = filterBytes(req);
   const records = from > tip ? [] : await ctx.readCommitted(from, req.maxBytes);
   const w = new Writer(4096);
   w.u32(ctx.id);
@@ -71,7 +77,7 @@ export async function readShardPage(ctx: FeedContext, body: Uint8Array): Promise
       // The page is full: the rest is the next page's (at least one batch per page).
       if (count > 0 && w.pos >= req.maxBytes) break outer;
       next = b.seq + 1;
-      if (!matches(req, b.key)) continue;
+      if (!matches(req, filter, b.key)) continue;
       w.bytes(b.key);
       w.u8(b.op);
       w.u64n(b.minVersion);

@@ -212,6 +212,7 @@ export class Shard {
       },
       readCommitted: (from, maxBytes) => this.readCommitted(from, maxBytes),
       waitCommitted: (seq, ms) => this.waitCommitted(seq, ms),
+      sleep: (ms) => new Promise<void>((resolve) => void this.opts.clock.after(ms, resolve)),
     };
     this.states = new Lru<string, AggState>(stateEntries, (s) => s.pending > 0);
     this.recent = new Lru<string, CachedRecord>(Math.max(64 * 1024, recentBytes));
