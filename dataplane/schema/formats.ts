@@ -124,7 +124,13 @@ function compileJson(text: string): CompiledSchema {
       } catch (e) {
         return clip(`data is not JSON: ${messageOf(e)}`);
       }
-      if (fn(value)) return null;
+      try {
+        if (fn(value)) return null;
+      } catch (e) {
+        // A schema that recurses ($ref) follows the data down one stack frame per level: data
+        // nested deeper than the stack is refused, never thrown out of the write path.
+        return clip(`data could not be validated (nested too deeply for the validator?): ${messageOf(e)}`);
+      }
       return clip(ajv.errorsText(fn.errors, { dataVar: 'data' }));
     },
   };
