@@ -186,7 +186,9 @@ export async function startNode(o: NodeOptions): Promise<RunningNode> {
                 cluster === null ? Promise.reject(new Error('the cluster is not started')) : cluster.replicator.commit(shard, from, to, records),
               send: (shard: number, records: Uint8Array[]) => cluster?.replicator.send(shard, records),
               writeGate: () => (cluster === null ? { message: 'not the leader: the node is starting', leader: null } : cluster.writeGate()),
-              epoch: () => cluster?.epoch ?? 0,
+              // The schema registry's cache is complete per epoch; while the node is not taking
+              // writes (promoting: still catching up from S3) no read of it counts for any epoch.
+              epoch: () => (cluster !== null && cluster.writeGate() === null ? cluster.epoch : -1),
             },
           }
         : {}),
