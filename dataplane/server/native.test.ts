@@ -213,3 +213,28 @@ test('a connection that goes away with requests in flight leaves nothing held: t
   assert.equal(again.frames[0]!.op, Op.WriteOk);
   again.socket.destroy();
 });
+
+test('a dispatcher that throws synchronously answers that request with an internal error; the server and the connection live on', async () => {
+  let calls = 0;
+  const throwing: Dispatcher = {
+    dispatch(op, body) {
+      if (calls++ === 0) throw new RangeError('Maximum call stack size exceeded');
+      return Promise.resolve({ op: Op.Pong, body: body.slice() });
+    },
+  };
+  const logs: string[] = [];
+  const s = await startNativeServer(throwing, '127.0.0.1:0', (m) => logs.push(m));
+  const { socket, frames } = await open(s.address);
+  try {
+    socket.write(Buffer.concat([encodeFrame(1, Op.Ping, indexBody(1)), encodeFrame(2, Op.Ping, indexBody(2))]));
+    await waitUntil('both answered', () => frames.length === 2);
+    const first = frames.find((f) => f.correlationId === 1)!;
+    assert.equal(first.op, Op.Error);
+    assert.match(decodeError(first.body).message, /internal error: Maximum call stack/);
+    assert.equal(frames.find((f) => f.correlationId === 2)!.op, Op.Pong);
+    assert.ok(logs.some((l) => /internal error/.test(l)));
+  } finally {
+    socket.destroy();
+    await s.close();
+  }
+});

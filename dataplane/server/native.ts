@@ -12,7 +12,7 @@ import { createServer, type Server, type Socket } from 'node:net';
 import { ErrorCode } from '../../client/errors.ts';
 import { encodeError, FRAME_HEADER_BYTES, FrameDecoder, Op, WireError, Writer, type Frame } from '../../client/wire.ts';
 import { CONNECTION_REQUESTS_IN_FLIGHT_MAX, CONNECTION_WRITE_BUFFER_BYTES_MAX, FEED_WAITS_PER_CONNECTION_MAX } from '../constants.ts';
-import type { Dispatcher } from './dispatch.ts';
+import type { Dispatcher, DispatchResult } from './dispatch.ts';
 import { observeRequest } from './metrics.ts';
 
 export interface NativeServerHandle {
@@ -95,7 +95,14 @@ function serve(socket: Socket, dispatcher: Dispatcher, log: (m: string) => void)
     }
     inFlight++;
     const t0 = performance.now();
-    dispatcher.dispatch(f.op, f.body).then(
+    // A dispatcher that throws instead of rejecting is an internal error of this request, not of the process.
+    let answer: Promise<DispatchResult>;
+    try {
+      answer = dispatcher.dispatch(f.op, f.body);
+    } catch (e) {
+      answer = Promise.reject(e instanceof Error ? e : new Error(String(e)));
+    }
+    answer.then(
       (r) => {
         if (waits) feedWaits--;
         observeRequest(f.op, r.op === Op.Error ? errorCode(r.body) : 'ok', (performance.now() - t0) / 1000);
