@@ -142,3 +142,15 @@ describe('protobuf', () => {
     assert.match(compatibilityProblem('protobuf', p2(''), p2('required string b = 2;'), 'E')!, /new field b = 2 of E is required/);
   });
 });
+
+// review6: "pattern" ran on JavaScript's backtracking engine on the main thread: ^(a|a)*$ against
+// 40 a's and a b takes hours there (this test would hang to its timeout). On RE2 it is linear.
+test('json "pattern" runs on a linear-time engine: a catastrophic-backtracking pattern answers at once; lookaround is refused at registration', () => {
+  const s = compileSchema('json', JSON.stringify({ type: 'string', pattern: '^(a|a)*$' }), 'E');
+  const te = new TextEncoder();
+  assert.match(s.validate(te.encode(JSON.stringify(`${'a'.repeat(40)}b`))) ?? '', /pattern/);
+  assert.equal(s.validate(te.encode(JSON.stringify('a'.repeat(40)))), null);
+  const search = compileSchema('json', JSON.stringify({ type: 'string', pattern: 'b+' }), 'E');
+  assert.equal(search.validate(te.encode(JSON.stringify('abbc'))), null, 'a pattern is searched for, not anchored');
+  assert.throws(() => compileSchema('json', JSON.stringify({ type: 'string', pattern: '^(?=a)a$' }), 'E'), SchemaCompileError);
+});

@@ -9,6 +9,7 @@ import { Ajv2020 } from 'ajv/dist/2020.js';
 import avro from 'avsc';
 import protobuf from 'protobufjs';
 import { isDeepStrictEqual } from 'node:util';
+import { RE2JS } from 're2js';
 
 export type SchemaFormat = 'json' | 'avro' | 'protobuf';
 export const SCHEMA_FORMATS: readonly SchemaFormat[] = ['json', 'avro', 'protobuf'];
@@ -73,7 +74,23 @@ export function compatibilityProblem(format: SchemaFormat, older: string, newer:
 
 // One instance per dialect; `addUsedSchema: false` keeps one registration's "$id" from clashing
 // with another's (each schema is compiled on its own; ajv's cache holds the compiled functions).
+/**
+ * "pattern" and "patternProperties" run on RE2 (re2js: linear time), not JavaScript's
+ * backtracking engine: validation runs on the main thread, and a pattern like ^(a|a)*$ took 19 s
+ * on a 31-byte event there. RE2 has no lookaround or backreferences; such a pattern is refused at
+ * registration with the parser's message. The regex is searched for, as JSON Schema says.
+ */
+const RE2_ENGINE = Object.assign(
+  (pattern: string) => {
+    const re = RE2JS.compile(pattern);
+    // ajv keys its compiled patterns by toString(): each pattern must name itself.
+    return { test: (text: string): boolean => re.matcher(text).find(), toString: () => `re2:${pattern}` };
+  },
+  { code: 'RE2JS' },
+);
+
 const AJV_OPTIONS = {
+  code: { regExp: RE2_ENGINE },
   allErrors: false,
   strictSchema: true,
   strictNumbers: true,
