@@ -154,3 +154,20 @@ test('json "pattern" runs on a linear-time engine: a catastrophic-backtracking p
   assert.equal(search.validate(te.encode(JSON.stringify('abbc'))), null, 'a pattern is searched for, not anchored');
   assert.throws(() => compileSchema('json', JSON.stringify({ type: 'string', pattern: '^(?=a)a$' }), 'E'), SchemaCompileError);
 });
+
+// review6: the removal check looked at top-level fields only.
+test('avro: a field removed from a nested record (in a record, array, map or union) is incompatible', () => {
+  const J = (v: unknown): string => JSON.stringify(v);
+  const inner = (fields: unknown[]) => ({ type: 'record', name: 'Inner', fields });
+  const full = [{ name: 'a', type: 'int' }, { name: 'b', type: 'string' }];
+  const cut = [{ name: 'a', type: 'int' }];
+  const wraps: ((t: unknown) => unknown)[] = [(t) => t, (t) => ({ type: 'array', items: t }), (t) => ({ type: 'map', values: t }), (t) => ['null', t]];
+  for (const wrap of wraps) {
+    const s = (fields: unknown[]) => J({ type: 'record', name: 'Outer', fields: [{ name: 'inner', type: wrap(inner(fields)) }] });
+    assert.match(compatibilityProblem('avro', s(full), s(cut), 'E') ?? '', /field "b" of Inner was removed/, J(wrap('Inner')));
+    assert.equal(compatibilityProblem('avro', s(cut), s([...cut, { name: 'c', type: 'int', default: 0 }]), 'E'), null, 'adding a field with a default still passes');
+  }
+  // A recursive record is compared once, not for ever.
+  const node = (extra: unknown[]) => J({ type: 'record', name: 'Node', fields: [{ name: 'v', type: 'int' }, { name: 'next', type: ['null', 'Node'], default: null }, ...extra] });
+  assert.equal(compatibilityProblem('avro', node([]), node([{ name: 'w', type: 'int', default: 1 }]), 'E'), null);
+});

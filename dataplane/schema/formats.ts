@@ -258,10 +258,36 @@ function avroCompatibility(olderText: string, newerText: string): string | null 
   } catch (e) {
     return `data written with the older schema cannot be read with the newer one: ${messageOf(e)}`;
   }
+  return avroRemoval(older, newer, new Set());
+}
+
+/** A field of the older schema, at any depth (records in records, arrays, maps, unions), that the newer one lacks. */
+function avroRemoval(older: avro.Type, newer: avro.Type, seen: Set<string>): string | null {
   if (older instanceof avro.types.RecordType && newer instanceof avro.types.RecordType) {
-    const names = new Set(newer.fields.flatMap((f) => [f.name, ...f.aliases]));
-    const removed = older.fields.find((f) => !names.has(f.name));
-    if (removed !== undefined) return `field "${removed.name}" of ${avroName(older)} was removed (a minor version only adds)`;
+    const name = avroName(older);
+    if (seen.has(name)) return null; // a recursive record: compared once
+    seen.add(name);
+    for (const f of older.fields) {
+      const g = newer.fields.find((x) => x.name === f.name || x.aliases.includes(f.name));
+      if (g === undefined) return `field "${f.name}" of ${name} was removed (a minor version only adds)`;
+      const inner = avroRemoval(f.type, g.type, seen);
+      if (inner !== null) return inner;
+    }
+    return null;
+  }
+  if (older instanceof avro.types.ArrayType && newer instanceof avro.types.ArrayType) return avroRemoval(older.itemsType, newer.itemsType, seen);
+  if (older instanceof avro.types.MapType && newer instanceof avro.types.MapType) return avroRemoval(older.valuesType, newer.valuesType, seen);
+  const branches = (t: avro.Type): avro.Type[] | null =>
+    t instanceof avro.types.WrappedUnionType || t instanceof avro.types.UnwrappedUnionType ? t.types : null;
+  const ob = branches(older);
+  const nb = branches(newer);
+  if (ob !== null && nb !== null) {
+    for (const o of ob) {
+      const n = nb.find((t) => t.typeName === o.typeName && t.name === o.name);
+      if (n === undefined) continue; // the resolver decides whether the branch can still be read
+      const inner = avroRemoval(o, n, seen);
+      if (inner !== null) return inner;
+    }
   }
   return null;
 }
