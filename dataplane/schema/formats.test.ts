@@ -171,3 +171,14 @@ test('avro: a field removed from a nested record (in a record, array, map or uni
   const node = (extra: unknown[]) => J({ type: 'record', name: 'Node', fields: [{ name: 'v', type: 'int' }, { name: 'next', type: ['null', 'Node'], default: null }, ...extra] });
   assert.equal(compatibilityProblem('avro', node([]), node([{ name: 'w', type: 'int', default: 1 }]), 'E'), null);
 });
+
+// review6: map key types and enum values were not compared.
+test('protobuf: a map whose key type changes, and an enum value removed or renumbered, are incompatible; a new enum value is not', () => {
+  const map = (k: string) => `syntax = "proto3"; message E { map<${k}, int32> m = 1; }`;
+  assert.match(compatibilityProblem('protobuf', map('string'), map('int32'), 'E') ?? '', /changed type from map<string, int32> to map<int32, int32>/);
+  assert.equal(compatibilityProblem('protobuf', map('string'), map('string'), 'E'), null);
+  const en = (values: string) => `syntax = "proto3"; enum Color { ${values} } message E { Color c = 1; }`;
+  assert.match(compatibilityProblem('protobuf', en('RED = 0; BLUE = 1;'), en('RED = 0;'), 'E') ?? '', /value BLUE = 1 of enum Color/);
+  assert.match(compatibilityProblem('protobuf', en('RED = 0; BLUE = 1;'), en('RED = 0; BLUE = 2;'), 'E') ?? '', /renumbered/);
+  assert.equal(compatibilityProblem('protobuf', en('RED = 0;'), en('RED = 0; BLUE = 1;'), 'E'), null);
+});

@@ -391,7 +391,8 @@ function compileProtobuf(text: string, eventType: string): CompiledSchema {
 }
 
 function describeField(f: protobuf.Field): string {
-  return `${f.map ? 'map' : f.repeated ? 'repeated ' : ''}${f.type}`;
+  const key = f instanceof protobuf.MapField ? `<${f.keyType}, ` : '';
+  return `${f.map ? `map${key}` : f.repeated ? 'repeated ' : ''}${f.type}${key === '' ? '' : '>'}`;
 }
 
 /** Additive only: every field of the older message kept with its number, name, type and label,
@@ -410,6 +411,13 @@ function protobufMessageCompatibility(older: protobuf.Type, newer: protobuf.Type
     if (of.resolvedType instanceof protobuf.Type && nf.resolvedType instanceof protobuf.Type) {
       const inner = protobufMessageCompatibility(of.resolvedType, nf.resolvedType, seen);
       if (inner !== null) return inner;
+    }
+    // An enum value the older version could send must still be one (else its events are refused).
+    if (of.resolvedType instanceof protobuf.Enum && nf.resolvedType instanceof protobuf.Enum) {
+      const ne = nf.resolvedType;
+      for (const [name, n] of Object.entries(of.resolvedType.values)) {
+        if (ne.values[name] !== n) return `value ${name} = ${n} of enum ${of.resolvedType.fullName.slice(1)} (field ${of.name} of ${where}) was removed or renumbered (a minor version only adds)`;
+      }
     }
   }
   for (const nf of newer.fieldsArray) {
