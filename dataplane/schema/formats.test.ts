@@ -182,3 +182,18 @@ test('protobuf: a map whose key type changes, and an enum value removed or renum
   assert.match(compatibilityProblem('protobuf', en('RED = 0; BLUE = 1;'), en('RED = 0; BLUE = 2;'), 'E') ?? '', /renumbered/);
   assert.equal(compatibilityProblem('protobuf', en('RED = 0;'), en('RED = 0; BLUE = 1;'), 'E'), null);
 });
+
+// review6: tuple items and $ref'd definitions were not compared.
+test('json: a tuple item that changes type, or a property whose $ref target changes type, is incompatible; recursive $refs are compared once', () => {
+  const J = (v: unknown): string => JSON.stringify(v);
+  assert.match(compatibilityProblem('json', J({ type: 'array', items: [{ type: 'number' }] }), J({ type: 'array', items: [{ type: 'string' }] }), 'E') ?? '', /\[0\]: type changed/);
+  assert.match(compatibilityProblem('json', J({ type: 'array', items: [{ type: 'number' }] }), J({ type: 'array', items: [{ type: 'number' }, { type: 'string' }] }), 'E') ?? '', /\[1\]/, 'a new tuple position constrains what was free');
+  assert.equal(compatibilityProblem('json', J({ type: 'array', items: [{ type: 'number' }] }), J({ type: 'array', items: [{ type: 'number' }] }), 'E'), null);
+  const money = (t: string, key = 'definitions') => J({ type: 'object', properties: { amount: { $ref: `#/${key}/money` } }, [key]: { money: { type: t } } });
+  assert.match(compatibilityProblem('json', money('number'), money('string'), 'E') ?? '', /amount: type changed from "number" to "string"/);
+  assert.match(compatibilityProblem('json', money('number', '$defs'), money('string', '$defs'), 'E') ?? '', /type changed/);
+  assert.equal(compatibilityProblem('json', money('number'), money('number'), 'E'), null);
+  const tree = (extra: object) => J({ $ref: '#/definitions/node', definitions: { node: { type: 'object', properties: { v: { type: 'number' }, kids: { type: 'array', items: { $ref: '#/definitions/node' } }, ...extra } } } });
+  assert.equal(compatibilityProblem('json', tree({}), tree({ label: { type: 'string' } }), 'E'), null);
+  assert.match(compatibilityProblem('json', tree({ label: { type: 'string' } }), tree({ label: { type: 'number' } }), 'E') ?? '', /label: type changed/);
+});

@@ -58,7 +58,7 @@ export function compileSchema(format: SchemaFormat, text: string, eventType: str
 export function compatibilityProblem(format: SchemaFormat, older: string, newer: string, eventType: string): string | null {
   switch (format) {
     case 'json':
-      return jsonCompatibility(parseJsonSchema(older), parseJsonSchema(newer), '(root)');
+      return jsonCompatibilityOf(parseJsonSchema(older), parseJsonSchema(newer));
     case 'avro':
       return avroCompatibility(older, newer);
     case 'protobuf':
@@ -168,7 +168,39 @@ function stringArray(v: unknown): string[] {
  * checked the same way, recursively, also through `items`), no property newly required, no
  * `enum` value dropped, and `additionalProperties` not closed where it was open.
  */
-function jsonCompatibility(older: unknown, newer: unknown, path: string): string | null {
+interface JsonRoots {
+  older: unknown;
+  newer: unknown;
+  /** Pairs of $refs already being compared (recursive schemas). */
+  seen: Set<string>;
+}
+
+function jsonCompatibilityOf(older: unknown, newer: unknown): string | null {
+  return jsonCompatibility(older, newer, '(root)', { older, newer, seen: new Set() });
+}
+
+/** A local "$ref" ("#/definitions/x", "#/$defs/x", any JSON pointer into the same document), resolved. */
+function resolveRef(node: unknown, root: unknown): { node: unknown; ref: string } {
+  const ref = asNode(node)?.$ref;
+  if (typeof ref !== 'string' || !ref.startsWith('#')) return { node, ref: '' };
+  let at: unknown = root;
+  for (const raw of ref.slice(1).split('/').slice(1)) {
+    const part = decodeURIComponent(raw).replace(/~1/g, '/').replace(/~0/g, '~');
+    at = at !== null && typeof at === 'object' ? (at as Record<string, unknown>)[part] : undefined;
+  }
+  return { node: at ?? node, ref };
+}
+
+function jsonCompatibility(olderIn: unknown, newerIn: unknown, path: string, roots: JsonRoots): string | null {
+  const ro = resolveRef(olderIn, roots.older);
+  const rn = resolveRef(newerIn, roots.newer);
+  if (ro.ref !== '' || rn.ref !== '') {
+    const pair = `${ro.ref}|${rn.ref}`;
+    if (roots.seen.has(pair)) return null;
+    roots.seen.add(pair);
+  }
+  const older = ro.node;
+  const newer = rn.node;
   if (typeof older === 'boolean' || typeof newer === 'boolean') {
     if (newer === true || older === newer) return null;
     return `${path}: the schema became ${JSON.stringify(newer)} where it was ${JSON.stringify(older)}`;
@@ -200,11 +232,20 @@ function jsonCompatibility(older: unknown, newer: unknown, path: string): string
   const np = asNode(n.properties) ?? {};
   for (const name of Object.keys(op)) {
     if (!Object.hasOwn(np, name)) return `${path}: property "${name}" was removed (a minor version only adds)`;
-    const problem = jsonCompatibility(op[name], np[name], `${path === '(root)' ? '' : path}/${name}`);
+    const problem = jsonCompatibility(op[name], np[name], `${path === '(root)' ? '' : path}/${name}`, roots);
     if (problem !== null) return problem;
   }
-  if (o.items !== undefined || n.items !== undefined) {
-    const problem = jsonCompatibility(o.items ?? true, n.items ?? true, `${path === '(root)' ? '' : path}[]`);
+  const here = path === '(root)' ? '' : path;
+  if (Array.isArray(o.items) || Array.isArray(n.items)) {
+    // Tuples (draft-07 "items": [..]): position by position; past a tuple, "additionalItems" (default any).
+    const tuple = (x: JsonNode, i: number): unknown => (Array.isArray(x.items) ? (x.items[i] ?? x.additionalItems ?? true) : (x.items ?? true));
+    const len = Math.max(Array.isArray(o.items) ? o.items.length : 0, Array.isArray(n.items) ? n.items.length : 0);
+    for (let i = 0; i <= len; i++) {
+      const problem = jsonCompatibility(tuple(o, i), tuple(n, i), `${here}[${i === len ? `${len}…` : i}]`, roots);
+      if (problem !== null) return problem;
+    }
+  } else if (o.items !== undefined || n.items !== undefined) {
+    const problem = jsonCompatibility(o.items ?? true, n.items ?? true, `${here}[]`, roots);
     if (problem !== null) return problem;
   }
   return null;
