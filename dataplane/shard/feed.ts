@@ -7,7 +7,7 @@ import { decodeReadShardRequest, FeedFilter, Op, Writer, writeBatchHeader, type 
 import { ErrorCode } from '../../client/errors.ts';
 import { FEED_LINGER_MS, FEED_WAITERS_PER_SHARD_MAX } from '../constants.ts';
 import type { RecordAt } from '../storage/segment-set.ts';
-import { batchesOf } from '../storage/record.ts';
+import { batchesOf, type BatchView } from '../storage/record.ts';
 import { diskEventAt, writeWireEvent } from './events.ts';
 import { err, type ShardResult } from './results.ts';
 import { isSystemKeyBytes } from '../schema/system.ts';
@@ -23,6 +23,65 @@ export interface FeedContext {
   /** Resolves after `ms` (the shard's clock). */
   sleep(ms: number): Promise<void>;
   readonly feedWaiters: number;
+}
+
+/**
+ * A batch of a record as the feed serves it, with its wire encoding made once and kept with the
+ * record (a WeakMap on the record's bytes, so it lives as long as the feed tail or a cache holds
+ * the record): a fan-out of N subscribers over the same records decodes and encodes each batch
+ * once, not N times.
+ */
+interface FeedBatch {
+  seq: number;
+  key: Uint8Array;
+  view: BatchView;
+  rec: RecordAt;
+  full?: Uint8Array;
+  headers?: Uint8Array;
+}
+
+const feedBatches = new WeakMap<Uint8Array, FeedBatch[]>();
+
+function feedBatchesOf(rec: RecordAt): FeedBatch[] {
+  let list = feedBatches.get(rec.bytes);
+  if (list === undefined) {
+    list = [...batchesOf(rec.bytes, rec.header)].map((view) => ({ seq: view.seq, key: view.key, view, rec }));
+    feedBatches.set(rec.bytes, list);
+  }
+  return list;
+}
+
+/** key | u8 op | u64 minVersion | batch header | events (none when headersOnly). */
+function encodedBatch(fb: FeedBatch, shard: number, headersOnly: boolean): Uint8Array {
+  const done = headersOnly ? fb.headers : fb.full;
+  if (done !== undefined) return done;
+  const b = fb.view;
+  const w = new Writer(headersOnly ? 128 : 128 + b.events.length * 2);
+  w.bytes(b.key);
+  w.u8(b.op);
+  w.u64n(b.minVersion);
+  writeBatchHeader(w, {
+    fromVersion: BigInt(b.fromVersion),
+    toVersion: BigInt(b.toVersion),
+    shard,
+    seq: BigInt(b.seq),
+    clientId: fb.rec.header.clientId,
+    serverTimestampMs: fb.rec.header.timestampMs,
+    eventCount: headersOnly ? 0 : b.eventCount,
+  });
+  if (!headersOnly) {
+    let at = 0;
+    for (let i = 0; i < b.eventCount; i++) {
+      const ev = diskEventAt(b.events, at);
+      at = ev.next;
+      w.u64(BigInt(b.fromVersion + i));
+      writeWireEvent(w, ev.fields);
+    }
+  }
+  const out = w.buf.slice(0, w.pos);
+  if (headersOnly) fb.headers = out;
+  else fb.full = out;
+  return out;
 }
 
 /** The key bytes a filter compares (org | type | id, 16 bytes each, big-endian): the first `n`. */
@@ -71,34 +130,14 @@ export async function readShardPage(ctx: FeedContext, body: Uint8Array): Promise
   let count = 0;
   let next = from;
   outer: for (const rec of records) {
-    for (const b of batchesOf(rec.bytes, rec.header)) {
+    for (const b of feedBatchesOf(rec)) {
       if (b.seq < from) continue;
       if (b.seq > tip) break outer;
       // The page is full: the rest is the next page's (at least one batch per page).
       if (count > 0 && w.pos >= req.maxBytes) break outer;
       next = b.seq + 1;
       if (!matches(req, filter, b.key)) continue;
-      w.bytes(b.key);
-      w.u8(b.op);
-      w.u64n(b.minVersion);
-      writeBatchHeader(w, {
-        fromVersion: BigInt(b.fromVersion),
-        toVersion: BigInt(b.toVersion),
-        shard: ctx.id,
-        seq: BigInt(b.seq),
-        clientId: rec.header.clientId,
-        serverTimestampMs: rec.header.timestampMs,
-        eventCount: req.headersOnly ? 0 : b.eventCount,
-      });
-      if (!req.headersOnly) {
-        let at = 0;
-        for (let i = 0; i < b.eventCount; i++) {
-          const ev = diskEventAt(b.events, at);
-          at = ev.next;
-          w.u64(BigInt(b.fromVersion + i));
-          writeWireEvent(w, ev.fields);
-        }
-      }
+      w.bytes(encodedBatch(b, ctx.id, req.headersOnly));
       count++;
     }
   }
