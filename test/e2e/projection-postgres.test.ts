@@ -15,6 +15,7 @@ import { connect, normalizeKey, type CelerClient, type NormalizedKey, type Shard
 import { checkBinaries, connectPostgres, startPostgres, type PostgresCluster } from '../../dataplane/cli/bench-postgres.ts';
 import { batchAmount, batchHash, nextDigest } from '../../examples/projection-postgres/model.ts';
 import { removeDir, ROOT, startCeler, tempDir, type CelerProcess } from './lib/celer-process.ts';
+import { prng } from '../lib/prng.ts';
 
 const SHARDS = 3;
 const PROJECTION = join(ROOT, 'examples/projection-postgres/projection.ts');
@@ -38,17 +39,6 @@ const seed = Number(process.env.CELER_PROJECTION_SEED ?? Math.floor(Math.random(
 const te = new TextEncoder();
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-/** mulberry32: the kill schedule and the writers' choices replay from the printed seed. */
-function rng(s: number): () => number {
-  let a = s >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 let pgc: PostgresCluster | undefined;
 let node: CelerProcess | undefined;
@@ -157,7 +147,7 @@ const keyText = (k: NormalizedKey): string => `${k.org}/${k.type}/${k.id}`;
 
 test('the projection, SIGKILLed at random points and restarted, ends with the read model of a full replay and no batch applied twice', { timeout: 180_000 }, async () => {
   const t0 = performance.now();
-  const r = rng(seed);
+  const r = prng(seed);
   const pgUrl = `postgres://postgres@${pgc!.host}:${pgc!.port}/postgres`;
   const kills = 5 + Math.floor(r() * 6);
   console.log(`projection-postgres: seed ${seed} (CELER_PROJECTION_SEED), ${kills} kills, ${WRITERS} writers on ${ORGS * TYPES * IDS} aggregates, ${SHARDS} shards`);
@@ -167,7 +157,7 @@ test('the projection, SIGKILLed at random points and restarted, ends with the re
   writing = true;
   let appends = 0;
   const writer = async (w: number): Promise<void> => {
-    const wr = rng(seed + 1 + w);
+    const wr = prng(seed + 1 + w);
     while (writing) {
       const key = { org: 1 + Math.floor(wr() * ORGS), type: 1 + Math.floor(wr() * TYPES), id: 1 + Math.floor(wr() * IDS) };
       const n = 1 + Math.floor(wr() * 3);

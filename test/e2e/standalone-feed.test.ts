@@ -7,6 +7,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { PROTO_LOADER_OPTIONS, PROTO_PATH } from '../../dataplane/server/grpc.ts';
 import { removeDir, runCeler, startCeler, tempDir, type CelerProcess } from './lib/celer-process.ts';
+import { prng } from '../lib/prng.ts';
 
 const te = new TextEncoder();
 const td = new TextDecoder();
@@ -28,17 +29,6 @@ after(async () => {
   await removeDir(dir);
 });
 
-/** A small seeded generator (mulberry32), so a failing interleaving can be replayed. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -123,7 +113,7 @@ test('subscribeShard follows the tail: with writers running it delivers exactly 
 test('subscribe(key): catch-up then live under concurrent writes, no gap and no duplicate (random interleavings)', async () => {
   const seeds = Number(process.env.CELER_FEED_SEEDS ?? 12);
   for (let seed = 1; seed <= seeds; seed++) {
-    const r = rng(seed);
+    const r = prng(seed);
     const key = { org: 703, type: 1, id: 1000 + seed };
     const writer = await connect(node.native, { clientId: 50 + seed });
     let version = 0;
