@@ -39,7 +39,6 @@ const seed = Number(process.env.CELER_PROJECTION_SEED ?? Math.floor(Math.random(
 const te = new TextEncoder();
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-
 let pgc: PostgresCluster | undefined;
 let node: CelerProcess | undefined;
 let dir: string | undefined;

@@ -29,7 +29,6 @@ after(async () => {
   await removeDir(dir);
 });
 
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 test('readShard returns every committed batch of a shard in position order, filtered by org and type, page by page', async () => {
