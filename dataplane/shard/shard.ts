@@ -23,6 +23,7 @@ import { decodeDeleteTrusted, decodeTrimTrusted, decodeWriteTrusted, describeKey
 import { wireToDisk } from './events.ts';
 import { details, readPage, type ReadAheadCache, type ReadContext } from './reads.ts';
 import { readShardPage, type FeedContext } from './feed.ts';
+import { FeedTail } from './feed-tail.ts';
 import { err, Refusal, type ShardResult } from './results.ts';
 
 /**
@@ -118,15 +119,8 @@ export class Shard {
   private readonly feedSide: FeedContext;
   /** Feed readers at the tail waiting for the committed seq to reach `seq` (long poll); at most FEED_WAITERS_PER_SHARD_MAX. */
   private tailWaiters: { seq: number; done: () => void }[] = [];
-  /**
-   * The records placed most recently, in seq order (leader and replica alike), so the shard feed
-   * serves its live tail from memory: at most feedTailBytesMax (FEED_TAIL_SHARE of the budget),
-   * the oldest dropped first. Entries above the durable seq go when the log drops them.
-   */
-  private feedTail: (RecordAt | undefined)[] = [];
-  private feedTailHead = 0;
-  private feedTailBytes = 0;
-  private readonly feedTailBytesMax: number;
+  /** The records placed most recently, by seq: the shard feed's live tail from memory (feed-tail.ts). */
+  private readonly feedTail: FeedTail;
   private readonly loading = new Map<string, Promise<AggState>>();
   private coldInFlight = 0;
   private readonly coldWaiters: (() => void)[] = [];
@@ -189,7 +183,7 @@ export class Shard {
     const recentBytes = Math.floor(opts.memoryBudgetBytes * RECENT_CACHE_SHARE);
     const readAheadBytes = Math.floor(opts.memoryBudgetBytes * READ_AHEAD_SHARE);
     const feedTailBytes = Math.floor(opts.memoryBudgetBytes * FEED_TAIL_SHARE);
-    this.feedTailBytesMax = Math.max(64 * 1024, feedTailBytes);
+    this.feedTail = new FeedTail(Math.max(64 * 1024, feedTailBytes));
     const stateEntries = Math.max(16, Math.floor((opts.memoryBudgetBytes - recentBytes - readAheadBytes - feedTailBytes) / STATE_ENTRY_BYTES_ESTIMATE));
     this.readAhead = new Lru(Math.max(64 * 1024, readAheadBytes));
     // eslint-disable-next-line @typescript-eslint/no-this-alias -- the feed's getters read live fields
@@ -423,7 +417,7 @@ export class Shard {
       prevHash: place.prevHash,
       clientId: req.clientId,
     };
-    this.rememberPlaced({ bytes, header, segment: place.segment, offset: place.offset });
+    this.feedTail.placed({ bytes, header, segment: place.segment, offset: place.offset });
     const lastSeq = place.firstSeq + batches.length - 1;
     if (this.opts.commitStep !== undefined) this.unsent.push({ lastSeq, bytes });
     for (let i = 0; i < batches.length; i++) {
@@ -800,7 +794,7 @@ export class Shard {
   private discardQueued(): void {
     const log = this.log!;
     log.discardQueued();
-    this.forgetPlacedAbove(log.durableSeq);
+    this.feedTail.dropAbove(log.durableSeq);
     this.unsent = this.unsent.filter((u) => u.lastSeq <= log.durableSeq);
     this.states.clear();
     this.readAhead.clear();
@@ -1035,7 +1029,7 @@ export class Shard {
       this.cancelIdle = null;
       if (this.syncingHeader) await this.syncingHeader;
       await log.truncateAfter(seq);
-      this.forgetPlacedAbove(seq);
+      this.feedTail.dropAbove(seq);
       this.generation++;
       this.unsent = [];
       this.replicaKeys = [];
@@ -1155,7 +1149,7 @@ export class Shard {
       relocateRecord(bytes, place.vouchedEnd);
       const keys = keysOf(bytes, h);
       log.commitPlacement(bytes, keys, h.batchCount);
-      this.rememberPlaced({ bytes, header: { ...h, vouchedEnd: place.vouchedEnd }, segment: place.segment, offset: place.offset });
+      this.feedTail.placed({ bytes, header: { ...h, vouchedEnd: place.vouchedEnd }, segment: place.segment, offset: place.offset });
       this.replicaKeys.push({ lastSeq: recLast, keys: keys.map((k) => keyString(k)) });
       lastSeq = recLast;
     }
@@ -1256,55 +1250,7 @@ export class Shard {
   /** Committed records from `fromSeq` in position order, up to about `maxBytes` (at least one). */
   async readCommitted(fromSeq: number, maxBytes: number): Promise<RecordAt[]> {
     if (this.log === null || fromSeq > this.committedSeq) return [];
-    return this.fromFeedTail(fromSeq, this.committedSeq, maxBytes) ?? this.log.readFrom(fromSeq, this.committedSeq, maxBytes);
-  }
-
-  private rememberPlaced(rec: RecordAt): void {
-    this.feedTail.push(rec);
-    this.feedTailBytes += rec.header.length;
-    while (this.feedTailBytes > this.feedTailBytesMax && this.feedTailHead < this.feedTail.length - 1) {
-      this.feedTailBytes -= this.feedTail[this.feedTailHead]!.header.length;
-      this.feedTail[this.feedTailHead++] = undefined;
-    }
-    if (this.feedTailHead > 4096 && this.feedTailHead * 2 > this.feedTail.length) {
-      this.feedTail = this.feedTail.slice(this.feedTailHead);
-      this.feedTailHead = 0;
-    }
-  }
-
-  /** The log dropped what it held after `seq` (never durable, or truncated): so does the feed tail. */
-  private forgetPlacedAbove(seq: number): void {
-    while (this.feedTail.length > this.feedTailHead) {
-      const last = this.feedTail[this.feedTail.length - 1]!;
-      if (last.header.firstSeq + last.header.batchCount - 1 <= seq) break;
-      this.feedTail.pop();
-      this.feedTailBytes -= last.header.length;
-    }
-  }
-
-  /** Records from the one holding `from` up to `to` and about `maxBytes`, if the feed tail holds `from`; else null (read the log). */
-  private fromFeedTail(from: number, to: number, maxBytes: number): RecordAt[] | null {
-    const t = this.feedTail;
-    let lo = this.feedTailHead;
-    let hi = t.length - 1;
-    if (lo > hi || from < t[lo]!.header.firstSeq) return null;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >> 1;
-      if (t[mid]!.header.firstSeq <= from) lo = mid;
-      else hi = mid - 1;
-    }
-    const first = t[lo]!.header;
-    if (from > first.firstSeq + first.batchCount - 1) return null;
-    const out: RecordAt[] = [];
-    let bytes = 0;
-    for (let i = lo; i < t.length; i++) {
-      const r = t[i]!;
-      if (r.header.firstSeq > to) break;
-      out.push(r);
-      bytes += r.header.length;
-      if (bytes >= maxBytes) break;
-    }
-    return out;
+    return this.feedTail.read(fromSeq, this.committedSeq, maxBytes) ?? this.log.readFrom(fromSeq, this.committedSeq, maxBytes);
   }
 
   async close(): Promise<void> {
