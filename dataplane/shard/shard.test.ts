@@ -416,3 +416,19 @@ test('the shard feed carries deletes and trims as batches without events, with t
     );
   });
 });
+
+// review5: the README says a retried write that had landed is still 2002 after a delete; a writer
+// retrying after 2007 (outcome unknown) must learn that, and 1001 tells it nothing.
+test('a retried write that landed before a delete without allowRecreate is 2002, not 1001; a new clientSeq is 1001', async () => {
+  await withShard(async ({ open: openShard }) => {
+    let s = await openShard();
+    assert.equal((await s.handle(Op.Write, writeBody([{ id: 1, seq: 1 }]))).op, Op.WriteOk);
+    assert.equal((await s.handle(Op.Write, writeBody([{ id: 1, seq: 2 }]))).op, Op.WriteOk);
+    assert.equal((await del(s, 1)).op, Op.DeleteOk);
+    assert.equal(code(await s.handle(Op.Write, writeBody([{ id: 1, seq: 2 }]))), 2002, 'the retry of clientSeq 2 landed: already applied');
+    assert.equal(code(await s.handle(Op.Write, writeBody([{ id: 1, seq: 3 }]))), 1001);
+    await s.close();
+    s = await openShard();
+    assert.equal(code(await s.handle(Op.Write, writeBody([{ id: 1, seq: 2 }]))), 2002, 'after a reopen too');
+  });
+});
