@@ -252,6 +252,14 @@ test('every node panel of the dashboard returns data from a running two-node clu
     }, ALERT_TIMEOUT_MS);
     console.log(`rule state: ${JSON.stringify(pending)}`);
     assert.ok(pending.alerts.some((l) => l.celer_cluster === CLUSTER && l.namespace === NAMESPACE));
+    // The rule can turn pending while one node is still scraped as a follower (clause 1 sees a
+    // sum of 0 then). The old expression is checked once both scrapes have failed: each failed
+    // scrape writes up = 0 and the staleness markers of that target's series together.
+    await c.waitFor('both node targets down', async () => {
+      const r = await prom!.query('up{job="celer-nodes"} == 0');
+      if (r.length < 2) await sleep(100);
+      return r.length === 2 ? r : null;
+    }, ALERT_TIMEOUT_MS);
     assert.deepEqual(await prom!.query(OLD_NO_WRITABLE_EXPR), [], 'the old expression sees nothing with both nodes down');
 
     // The pods go away too: no target, no series: only absent() can say so.
