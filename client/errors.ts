@@ -42,6 +42,10 @@ export interface ErrorDetail {
   /** 2008: true when the disk is full (writes resume once space is freed), false after a failed fsync. */
   diskFull?: boolean;
   shard?: number;
+  /** 2012 from a dropped subscription (SubscriberTooSlowError): batches queued, and the limit they reached. */
+  queuedBatches?: number;
+  queuedBytes?: number;
+  queueLimit?: string;
 }
 
 export class CelerError extends Error {
@@ -95,6 +99,21 @@ export class NotLeaderError extends CelerError {
 }
 export class ServerBusyError extends CelerError {
   override name = 'ServerBusyError';
+}
+/**
+ * 2012, client-side: a subscription at the live tail held its queue's limit of batches (or bytes)
+ * that its consumer had not taken, so it was dropped rather than buffer more. Nothing was skipped:
+ * subscribe again from `resumeFrom` (the checkpoint, seq or version right after the last batch the
+ * consumer received); the catch-up that follows goes at the consumer's pace.
+ */
+export class SubscriberTooSlowError extends ServerBusyError {
+  override name = 'SubscriberTooSlowError';
+  /** Where to resume: a checkpoint (org subscription), the next seq (shard) or version (aggregate); undefined for watch. */
+  readonly resumeFrom: string | bigint | undefined;
+  constructor(message: string, resumeFrom: string | bigint | undefined, detail: ErrorDetail) {
+    super(ErrorCode.ServerBusy, message, detail);
+    this.resumeFrom = resumeFrom;
+  }
 }
 export class DuplicateInFlightError extends CelerError {
   override name = 'DuplicateInFlightError';

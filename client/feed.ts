@@ -5,11 +5,18 @@
 // and checkpoints hold on either node of a cluster, and the pool follows the leader across a
 // failover (a feed read is idempotent).
 //
-// Memory: each iterator holds at most one page per shard (FeedOptions.maxBytes); a consumer that
-// stops reading stops the polling, so a slow reader never holds anything on the server and never
-// slows a writer.
+// Pace and memory: catching up, a subscription asks for a shard's next page when its consumer
+// takes the one before (at most two pages per shard held). At the live tail it asks again as soon
+// as a page arrives, so it follows the tail from the server's memory whatever its consumer does,
+// and what the consumer has not taken queues, up to `queueBatches` batches (default
+// SUBSCRIPTION_QUEUE_BATCHES_DEFAULT) and SUBSCRIPTION_QUEUE_BYTES_MAX bytes. Past that the
+// subscription is dropped with SubscriberTooSlowError (2012), which says where to resume; the
+// server holds nothing per subscriber between requests, so a slow reader never slows a writer.
+//
+// Subscriptions of one client share their reads: a feed read identical to one in flight (same
+// shard, position, filter and page size) joins it, and the decoded page is shared, frozen.
 import { badRequest, toU64 } from './encode.ts';
-import { BadRequestError, ErrorCode, ReadBelowTrimmedError } from './errors.ts';
+import { BadRequestError, ErrorCode, ReadBelowTrimmedError, SubscriberTooSlowError } from './errors.ts';
 import { formatKey, normalizeKey, toU128, type AggregateKey, type KeyPart, type NormalizedKey } from './key.ts';
 import type { Batch, RecordedEvent } from './types.ts';
 import {
@@ -28,6 +35,12 @@ import {
 
 /** How long a feed read waits at the tail before the client asks again (a heartbeat interval). */
 export const FEED_POLL_WAIT_MS_DEFAULT = 5_000;
+/** Batches a subscription at the live tail keeps for its consumer; one page more and it is dropped (SubscriberTooSlowError). */
+export const SUBSCRIPTION_QUEUE_BATCHES_DEFAULT = 10_000;
+/** The largest `queueBatches` a subscription may ask for. */
+export const SUBSCRIPTION_QUEUE_BATCHES_MAX = 1_000_000;
+/** Bytes of received pages a subscription at the live tail keeps for its consumer (the same drop). */
+export const SUBSCRIPTION_QUEUE_BYTES_MAX = 64 * 1024 * 1024;
 /** Largest seq a position can have (2^53 - 1): asking from it returns the shard's tip without data. */
 const TIP_PROBE = BigInt(Number.MAX_SAFE_INTEGER);
 /** Shards one checkpoint can name. */
@@ -71,18 +84,26 @@ export interface ReadShardOptions {
   type?: KeyPart;
 }
 
-export interface SubscribeShardOptions {
-  from?: bigint | number;
+/** What every subscription takes besides its start. */
+export interface FollowOptions {
   maxBytes?: number;
   /** Long-poll wait per request at the tail; default FEED_POLL_WAIT_MS_DEFAULT. */
   pollWaitMs?: number;
+  /**
+   * At the live tail, the batches received and not yet taken by the consumer that the subscription
+   * keeps (1..SUBSCRIPTION_QUEUE_BATCHES_MAX, default SUBSCRIPTION_QUEUE_BATCHES_DEFAULT); past
+   * it, or past SUBSCRIPTION_QUEUE_BYTES_MAX, the subscription is dropped: SubscriberTooSlowError.
+   */
+  queueBatches?: number;
 }
 
-export interface SubscribeKeyOptions {
+export interface SubscribeShardOptions extends FollowOptions {
+  from?: bigint | number;
+}
+
+export interface SubscribeKeyOptions extends FollowOptions {
   /** First version; default 1. */
   from?: bigint | number;
-  maxBytes?: number;
-  pollWaitMs?: number;
 }
 
 export interface SubscribeOrgFilter {
@@ -90,11 +111,9 @@ export interface SubscribeOrgFilter {
   type?: KeyPart;
 }
 
-export interface SubscribeOrgOptions {
+export interface SubscribeOrgOptions extends FollowOptions {
   /** A checkpoint from a delivered batch: resume right after it. Absent: from the beginning. */
   from?: string;
-  maxBytes?: number;
-  pollWaitMs?: number;
 }
 
 /** A batch of an org subscription: `checkpoint`, passed back as `from`, resumes right after it. */
@@ -110,6 +129,8 @@ export interface WatchOptions {
   /** Also yield `{ op: 'heartbeat' }` when nothing changed for a poll interval. */
   heartbeats?: boolean;
   pollWaitMs?: number;
+  /** Batches (changes before coalescing) a watcher keeps for its consumer, as FollowOptions.queueBatches. */
+  queueBatches?: number;
 }
 
 /**
@@ -156,10 +177,24 @@ function toRecordedEvent(e: WireEvent & { version: bigint }): RecordedEvent {
 }
 
 async function feedPage(send: FeedSend, q: FeedQuery): Promise<ShardPage> {
+  return (await fetchPage(send, q)).page;
+}
+
+/** A decoded feed page and the size of its body on the wire. */
+interface Fetched {
+  page: ShardPage;
+  bytes: number;
+}
+
+async function fetchPage(send: FeedSend, q: FeedQuery): Promise<Fetched> {
   const frame = encodeFrame(0, Op.ReadShard, encodeReadShardRequest(q));
   const answer = await send(frame);
   if (answer.op !== Op.ReadShardOk) throw new WireError(`readShard: the server answered op ${answer.op}`);
-  const ok = decodeReadShardOk(answer.body);
+  return { page: decodePage(answer.body, q), bytes: answer.body.length };
+}
+
+function decodePage(body: Uint8Array, q: FeedQuery): ShardPage {
+  const ok = decodeReadShardOk(body);
   if (ok.next < q.from && ok.batches.length > 0) throw new WireError(`readShard: the server returned next ${ok.next} for a page from ${q.from}`);
   return {
     shard: ok.shard,
@@ -178,6 +213,58 @@ async function feedPage(send: FeedSend, q: FeedQuery): Promise<ShardPage> {
       events: b.events.map(toRecordedEvent),
     })),
   };
+}
+
+/** The feed reads in flight of the subscriptions that share one `send` (one client), by query. */
+const sharedReads = new WeakMap<FeedSend, Map<string, Promise<Fetched>>>();
+
+const queryKey = (q: FeedQuery): string =>
+  `${q.shard}|${q.from}|${q.maxBytes}|${q.waitMs}|${q.filter}|${q.key.org}|${q.key.type}|${q.key.id}|${q.headersOnly ? 1 : 0}`;
+
+/**
+ * A subscription's feed read: joins an identical read in flight on the same client, so N
+ * subscriptions at one position cost one request and one decode. Only subscriptions share: each
+ * asks from where it has got to, so a page built a moment before it asked is as good as its own
+ * (it asks again from `next`). The page is frozen, as others hold it too (event data stays a
+ * plain Uint8Array: treat it as read-only).
+ */
+function sharedFetch(send: FeedSend, q: FeedQuery): Promise<Fetched> {
+  let reads = sharedReads.get(send);
+  if (reads === undefined) {
+    reads = new Map();
+    sharedReads.set(send, reads);
+  }
+  const k = queryKey(q);
+  const inFlight = reads.get(k);
+  if (inFlight !== undefined) return inFlight;
+  const p = fetchPage(send, { ...q }).then((f) => {
+    freezePage(f.page);
+    return f;
+  });
+  reads.set(k, p);
+  const settled = (): void => {
+    if (reads.get(k) === p) reads.delete(k);
+  };
+  p.then(settled, settled);
+  return p;
+}
+
+function freezePage(page: ShardPage): void {
+  for (const b of page.batches) {
+    for (const e of b.events) Object.freeze(e);
+    Object.freeze(b.events);
+    Object.freeze(b.position);
+    Object.freeze(b.key);
+    Object.freeze(b);
+  }
+  Object.freeze(page.batches);
+  Object.freeze(page);
+}
+
+function queueBatchesOf(v: number | undefined): number {
+  if (v === undefined) return SUBSCRIPTION_QUEUE_BATCHES_DEFAULT;
+  if (!Number.isSafeInteger(v) || v < 1 || v > SUBSCRIPTION_QUEUE_BATCHES_MAX) throw badRequest(`queueBatches must be an integer 1..${SUBSCRIPTION_QUEUE_BATCHES_MAX}; got ${String(v)}`);
+  return v;
 }
 
 function maxBytesOf(v: number | undefined): number {
@@ -221,21 +308,29 @@ export async function readShard(send: FeedSend, shard: number, opts: ReadShardOp
 }
 
 /** A shard's committed batches from `from`, then the live tail, until the caller stops. */
-export async function* subscribeShard(send: FeedSend, shard: number, opts: SubscribeShardOptions = {}): AsyncGenerator<ShardBatch, void, undefined> {
-  const q: FeedQuery = {
-    shard: shardOf(shard),
-    from: opts.from === undefined ? 1n : toU64(opts.from, 'from'),
-    maxBytes: maxBytesOf(opts.maxBytes),
-    waitMs: waitOf(opts.pollWaitMs, FEED_POLL_WAIT_MS_DEFAULT, 'pollWaitMs'),
-    filter: FeedFilter.None,
-    key: NO_KEY,
-    headersOnly: false,
-  };
-  for (;;) {
-    const page = await feedPage(send, q);
-    yield* page.batches;
-    q.from = page.next > q.from ? page.next : q.from;
-  }
+export function subscribeShard(send: FeedSend, shard: number, opts: SubscribeShardOptions = {}): AsyncGenerator<ShardBatch, void, undefined> {
+  return new Follower(send, async () => {
+    const q: FeedQuery = {
+      shard: shardOf(shard),
+      from: opts.from === undefined ? 1n : toU64(opts.from, 'from'),
+      maxBytes: maxBytesOf(opts.maxBytes),
+      waitMs: waitOf(opts.pollWaitMs, FEED_POLL_WAIT_MS_DEFAULT, 'pollWaitMs'),
+      filter: FeedFilter.None,
+      key: NO_KEY,
+      headersOnly: false,
+    };
+    let next = q.from;
+    const spec: FollowSpec<ShardBatch> = {
+      take: (page) => {
+        if (page.next > next) next = page.next;
+        return page.batches;
+      },
+      queueBatches: queueBatchesOf(opts.queueBatches),
+      what: `subscribeShard(${q.shard})`,
+      resumeFrom: () => next,
+    };
+    return { queries: [q], spec };
+  });
 }
 
 /** The events of `b` from version `from` on (a batch that straddles where a subscriber starts). */
@@ -261,6 +356,7 @@ export async function* subscribeKey(
   let next = opts.from === undefined ? 0n : toU64(opts.from, 'from');
   const waitMs = waitOf(opts.pollWaitMs, FEED_POLL_WAIT_MS_DEFAULT, 'pollWaitMs');
   const maxBytes = maxBytesOf(opts.maxBytes);
+  const queueBatches = queueBatchesOf(opts.queueBatches);
   const tip = await feedPage(send, { shard: SHARD_OF_KEY, from: TIP_PROBE, maxBytes, waitMs: 0, filter: FeedFilter.Key, key: k, headersOnly: true });
   try {
     for await (const b of readAll(key, next)) {
@@ -273,8 +369,8 @@ export async function* subscribeKey(
     if (!(e instanceof Error && (e as { code?: number }).code === 1001)) throw e;
   }
   const q: FeedQuery = { shard: tip.shard, from: tip.committedSeq + 1n, maxBytes, waitMs, filter: FeedFilter.Key, key: k, headersOnly: false };
-  for (;;) {
-    const page = await feedPage(send, q);
+  const take = (page: ShardPage): Batch[] => {
+    const out: Batch[] = [];
     for (const b of page.batches) {
       // Deletes and trims take no version: an aggregate subscription passes over them (watch shows them).
       if (b.op !== 'write') continue;
@@ -290,11 +386,12 @@ export async function* subscribeKey(
         throw new WireError(`subscribe ${formatKey(k)}: the feed skipped from version ${next} to ${b.fromVersion} (position ${b.position.shard}:${b.position.seq})`);
       }
       const { key: _k, ...batch } = fromVersion(b, next);
-      yield batch;
+      out.push(batch);
       next = b.toVersion + 1n;
     }
-    if (page.next > q.from) q.from = page.next;
-  }
+    return out;
+  };
+  yield* new Follower(send, async () => ({ queries: [q], spec: { take, queueBatches, what: `subscribe ${formatKey(k)}`, resumeFrom: () => (next === 0n ? undefined : next) } }));
 }
 
 /** "c1:" + the last delivered seq of each shard, dot-separated. Opaque to users. */
@@ -320,52 +417,237 @@ export function decodeCheckpoint(cp: string, numShards: number): bigint[] {
  * delivered in the order they arrive, and each batch's checkpoint names, per shard, the last batch
  * delivered, so a resume skips nothing and repeats nothing.
  */
-export async function* subscribeOrg(send: FeedSend, filter: SubscribeOrgFilter, opts: SubscribeOrgOptions = {}): AsyncGenerator<SubscribedBatch, void, undefined> {
-  if (filter === null || typeof filter !== 'object' || filter.org === undefined) throw badRequest('subscribe needs { org, type? } or an aggregate key');
-  const f = orgFilter(filter);
-  const waitMs = waitOf(opts.pollWaitMs, FEED_POLL_WAIT_MS_DEFAULT, 'pollWaitMs');
-  const maxBytes = maxBytesOf(opts.maxBytes);
-  const probe = await feedPage(send, { shard: 0, from: TIP_PROBE, maxBytes, waitMs: 0, ...f, headersOnly: true });
-  const n = probe.numShards;
-  const seqs = opts.from === undefined ? new Array<bigint>(n).fill(0n) : decodeCheckpoint(opts.from, n);
-  yield* mergeShards(send, n, (shard) => ({ shard, from: seqs[shard]! + 1n, maxBytes, waitMs, ...f, headersOnly: false }), (page) =>
-    page.batches.map((b) => {
-      seqs[page.shard] = b.position.seq;
-      return { ...b, checkpoint: encodeCheckpoint(seqs) };
-    }),
-  );
+export function subscribeOrg(send: FeedSend, filter: SubscribeOrgFilter, opts: SubscribeOrgOptions = {}): AsyncGenerator<SubscribedBatch, void, undefined> {
+  return new Follower(send, async () => {
+    if (filter === null || typeof filter !== 'object' || filter.org === undefined) throw badRequest('subscribe needs { org, type? } or an aggregate key');
+    const f = orgFilter(filter);
+    const waitMs = waitOf(opts.pollWaitMs, FEED_POLL_WAIT_MS_DEFAULT, 'pollWaitMs');
+    const maxBytes = maxBytesOf(opts.maxBytes);
+    const queueBatches = queueBatchesOf(opts.queueBatches);
+    const probe = await feedPage(send, { shard: 0, from: TIP_PROBE, maxBytes, waitMs: 0, ...f, headersOnly: true });
+    const n = probe.numShards;
+    const seqs = opts.from === undefined ? new Array<bigint>(n).fill(0n) : decodeCheckpoint(opts.from, n);
+    // The checkpoint text of every shard but the page's own is the same for the whole page.
+    const texts = seqs.map(String);
+    const queries = Array.from({ length: n }, (_, shard): FeedQuery => ({ shard, from: seqs[shard]! + 1n, maxBytes, waitMs, ...f, headersOnly: false }));
+    const take = (page: ShardPage): SubscribedBatch[] => {
+      const s = page.shard;
+      const before = CHECKPOINT_PREFIX + texts.slice(0, s).map((t) => t + '.').join('');
+      const after = texts.slice(s + 1).map((t) => '.' + t).join('');
+      const seqTexts = seqTextsOf(page);
+      const out = page.batches.map((b, i) => ({ ...b, checkpoint: before + seqTexts[i]! + after }));
+      if (page.batches.length > 0) {
+        seqs[s] = page.batches[page.batches.length - 1]!.position.seq;
+        texts[s] = seqTexts[seqTexts.length - 1]!;
+      }
+      return out;
+    };
+    return { queries, spec: { take, queueBatches, what: `subscribe to org ${String(filter.org)}`, resumeFrom: () => encodeCheckpoint(seqs) } };
+  });
 }
 
-/** Polls every shard (one request in flight each) and yields what `take` makes of each page, as pages arrive. */
-async function* mergeShards<T>(
-  send: FeedSend,
-  n: number,
-  query: (shard: number) => FeedQuery,
-  take: (page: ShardPage) => T[],
-  pauseMs: (page: ShardPage) => number = () => 0,
-): AsyncGenerator<T, void, undefined> {
-  const queries = Array.from({ length: n }, (_, s) => query(s));
-  const inFlight = new Map<number, Promise<{ shard: number; page: ShardPage }>>();
-  const ask = (s: number, after = 0): void => {
-    const q = queries[s]!;
-    const wait = after > 0 ? new Promise<void>((r) => setTimeout(r, after)) : Promise.resolve();
-    inFlight.set(
-      s,
-      wait.then(() => feedPage(send, q)).then((page) => ({ shard: s, page })),
+/** The decimal seq of each batch of a page, made once for all the subscriptions sharing the page. */
+const seqTextCache = new WeakMap<ShardPage, string[]>();
+function seqTextsOf(page: ShardPage): string[] {
+  let t = seqTextCache.get(page);
+  if (t === undefined) {
+    t = page.batches.map((b) => String(b.position.seq));
+    seqTextCache.set(page, t);
+  }
+  return t;
+}
+
+interface FollowSpec<T> {
+  /** What the consumer gets of a page (called as the consumer reaches the page). */
+  take: (page: ShardPage) => T[];
+  /** How long to wait before asking a shard again after this page (watch coalescing); default 0. */
+  pauseMs?: (page: ShardPage) => number;
+  queueBatches: number;
+  /** Names the subscription in the drop message. */
+  what: string;
+  /** Where the consumer resumes after what it has taken (the drop error carries it). */
+  resumeFrom: () => string | bigint | undefined;
+}
+
+/** A page received and not yet taken by the consumer. */
+interface Queued extends Fetched {
+  index: number;
+  /** Received while its shard was live: asked ahead of the consumer, so it counts against the bound. */
+  ahead: boolean;
+}
+
+const DONE: IteratorResult<never, void> = Object.freeze({ value: undefined, done: true });
+
+/**
+ * Reads every query's shard (one request in flight each) and yields what `take` makes of each
+ * page, in the order pages arrive. Until a shard's page first reaches its committed tip (catching
+ * up), the shard's next page is asked when the consumer takes the one before. From then on the
+ * shard is live: its next page is asked as soon as one arrives (after `pauseMs`), whatever the
+ * consumer does, and what the consumer has not taken queues. Once that holds more than
+ * `queueBatches` batches or SUBSCRIPTION_QUEUE_BYTES_MAX bytes the subscription is dropped: the
+ * queue is let go, nothing more is asked, and the consumer gets SubscriberTooSlowError once it has
+ * taken the page it is in.
+ *
+ * A hand-written iterator rather than an async generator: a batch already received is handed
+ * over with one resolved promise, where a generator (and each yield* level) costs several
+ * microtask turns per batch, which is most of a fan-out's CPU.
+ */
+class Follower<T> implements AsyncGenerator<T, void, undefined> {
+  private readonly send: FeedSend;
+  private readonly setup: () => Promise<{ queries: FeedQuery[]; spec: FollowSpec<T> }>;
+  private queries: FeedQuery[] = [];
+  private spec: FollowSpec<T> | undefined;
+  private started: Promise<void> | undefined;
+  private items: readonly T[] = [];
+  private at = 0;
+  private readonly queue: Queued[] = [];
+  private live: boolean[] = [];
+  private aheadBatches = 0;
+  private aheadBytes = 0;
+  private failure: { error: unknown } | undefined;
+  private dropped: { batches: number; bytes: number } | undefined;
+  private closed = false;
+  private wake: (() => void) | undefined;
+  /** next() calls not answered yet: while any is, later calls wait their turn. */
+  private calls = 0;
+  private turn: Promise<unknown> = Promise.resolve();
+
+  constructor(send: FeedSend, setup: () => Promise<{ queries: FeedQuery[]; spec: FollowSpec<T> }>) {
+    this.send = send;
+    this.setup = setup;
+  }
+
+  [Symbol.asyncIterator](): this {
+    return this;
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.return();
+  }
+
+  next(): Promise<IteratorResult<T, void>> {
+    if (this.calls === 0 && this.at < this.items.length) return Promise.resolve({ value: this.items[this.at++]!, done: false });
+    this.calls++;
+    const p = this.turn.then(() => this.take());
+    this.turn = p.then(
+      () => (this.calls--, undefined),
+      () => (this.calls--, undefined),
     );
-  };
-  for (let s = 0; s < n; s++) ask(s);
-  try {
-    for (;;) {
-      const { shard, page } = await Promise.race(inFlight.values());
-      const q = queries[shard]!;
-      if (page.next > q.from) q.from = page.next;
-      yield* take(page);
-      ask(shard, pauseMs(page));
+    return p;
+  }
+
+  return(): Promise<IteratorResult<T, void>> {
+    this.close();
+    return Promise.resolve(DONE);
+  }
+
+  throw(e: unknown): Promise<IteratorResult<T, void>> {
+    this.close();
+    return Promise.reject(e);
+  }
+
+  private close(): void {
+    // Reads still out resolve (or fail) on their own within their wait; nobody takes them.
+    this.closed = true;
+    this.items = [];
+    this.queue.length = 0;
+    this.notify();
+  }
+
+  private notify(): void {
+    const w = this.wake;
+    this.wake = undefined;
+    w?.();
+  }
+
+  private stopped(): boolean {
+    return this.closed || this.failure !== undefined || this.dropped !== undefined;
+  }
+
+  private async take(): Promise<IteratorResult<T, void>> {
+    try {
+      this.started ??= this.start();
+      await this.started;
+      for (;;) {
+        if (this.closed) return DONE;
+        if (this.at < this.items.length) return { value: this.items[this.at++]!, done: false };
+        const f = this.queue.shift();
+        if (f === undefined) {
+          if (this.dropped !== undefined) throw this.dropError(this.dropped);
+          if (this.failure !== undefined) throw this.failure.error;
+          await new Promise<void>((resolve) => (this.wake = resolve));
+          continue;
+        }
+        if (f.ahead) {
+          this.aheadBatches -= f.page.batches.length;
+          this.aheadBytes -= f.bytes;
+        } else if (!this.live[f.index]) {
+          this.ask(f.index, this.spec!.pauseMs?.(f.page) ?? 0);
+        }
+        this.items = this.spec!.take(f.page);
+        this.at = 0;
+      }
+    } catch (e) {
+      this.close();
+      throw e;
     }
-  } finally {
-    // Requests still out resolve (or fail) on their own within their wait; nobody reads them.
-    for (const p of inFlight.values()) p.catch(() => undefined);
+  }
+
+  private async start(): Promise<void> {
+    const { queries, spec } = await this.setup();
+    this.queries = queries;
+    this.spec = spec;
+    this.live = queries.map(() => false);
+    for (let i = 0; i < queries.length; i++) this.ask(i, 0);
+  }
+
+  private ask(index: number, afterMs: number): void {
+    if (afterMs > 0) setTimeout(() => this.fetch(index), afterMs);
+    else this.fetch(index);
+  }
+
+  private fetch(index: number): void {
+    if (this.stopped()) return;
+    sharedFetch(this.send, this.queries[index]!).then(
+      (f) => this.arrived(index, f),
+      (e: unknown) => {
+        this.failure ??= { error: e };
+        this.notify();
+      },
+    );
+  }
+
+  private arrived(index: number, f: Fetched): void {
+    if (this.stopped()) return;
+    const q = this.queries[index]!;
+    if (f.page.next > q.from) q.from = f.page.next;
+    const ahead = this.live[index]!;
+    if (!ahead && f.page.next > f.page.committedSeq) this.live[index] = true;
+    this.queue.push({ ...f, index, ahead });
+    if (ahead) {
+      this.aheadBatches += f.page.batches.length;
+      this.aheadBytes += f.bytes;
+      if (this.aheadBatches > this.spec!.queueBatches || this.aheadBytes > SUBSCRIPTION_QUEUE_BYTES_MAX) {
+        this.dropped = { batches: this.aheadBatches, bytes: this.aheadBytes };
+        this.queue.length = 0;
+        this.notify();
+        return;
+      }
+    }
+    if (this.live[index]) this.ask(index, this.spec!.pauseMs?.(f.page) ?? 0);
+    this.notify();
+  }
+
+  private dropError(d: { batches: number; bytes: number }): SubscriberTooSlowError {
+    const spec = this.spec!;
+    const resumeFrom = spec.resumeFrom();
+    const where = resumeFrom === undefined ? '' : ` with from: ${typeof resumeFrom === 'string' ? `'${resumeFrom}'` : `${resumeFrom}n`}`;
+    return new SubscriberTooSlowError(
+      `${spec.what} was dropped: its consumer fell ${d.batches} batches (${d.bytes} bytes) behind the live tail, past the limit of ${spec.queueBatches} batches or ` +
+        `${SUBSCRIPTION_QUEUE_BYTES_MAX} bytes queued for it; nothing was skipped: subscribe again${where} (a larger queueBatches lets a consumer fall further behind)`,
+      resumeFrom,
+      { queuedBatches: d.batches, queuedBytes: d.bytes, queueLimit: `${spec.queueBatches} batches, ${SUBSCRIPTION_QUEUE_BYTES_MAX} bytes` },
+    );
   }
 }
 
@@ -378,6 +660,7 @@ export async function* watch(send: FeedSend, filter: WatchFilter, opts: WatchOpt
   if (filter === null || typeof filter !== 'object') throw badRequest('watch needs { key } or { org, type? }');
   const waitMs = waitOf(opts.pollWaitMs, FEED_POLL_WAIT_MS_DEFAULT, 'pollWaitMs');
   const maxLatencyMs = waitOf(opts.maxLatencyMs, 0, 'maxLatencyMs');
+  const queueBatches = queueBatchesOf(opts.queueBatches);
   let f: { filter: FeedFilterMode; key: NormalizedKey };
   let shards: { shard: number; from: bigint }[];
   if ('key' in filter) {
@@ -397,13 +680,16 @@ export async function* watch(send: FeedSend, filter: WatchFilter, opts: WatchOpt
   const byIndex = shards.map((s) => s.shard);
   // After a page with changes, that shard is asked again only after maxLatencyMs: what commits
   // meanwhile arrives in one page and is coalesced, so no change waits longer than that.
-  const pages = mergeShards(
-    send,
-    shards.length,
-    (i) => ({ shard: byIndex[i]!, from: shards[i]!.from, maxBytes: 0, waitMs, ...f, headersOnly: true }),
-    (page) => [page],
-    (page) => (page.batches.length > 0 ? maxLatencyMs : 0),
-  );
+  const pages = new Follower(send, async () => ({
+    queries: shards.map((s, i): FeedQuery => ({ shard: byIndex[i]!, from: s.from, maxBytes: 0, waitMs, ...f, headersOnly: true })),
+    spec: {
+      take: (page: ShardPage) => [page],
+      pauseMs: (page: ShardPage) => (page.batches.length > 0 ? maxLatencyMs : 0),
+      queueBatches,
+      what: 'watch',
+      resumeFrom: () => undefined,
+    },
+  }));
   for await (const page of pages) {
     committed.set(page.shard, page.committedSeq);
     const out: WatchNotification[] = [];

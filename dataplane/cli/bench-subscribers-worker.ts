@@ -2,9 +2,9 @@
 // Posts { type: 'ready', from } once they are subscribed from the tail, then, when told
 // { type: 'stop', acked }, drains, closes and posts { type: 'report', report }.
 import { parentPort, workerData } from 'node:worker_threads';
-import { connect, type CelerClient } from '@celer/client';
+import { connect, SubscriberTooSlowError, type CelerClient } from '@celer/client';
 import { encodeCheckpoint } from '../../client/feed.ts';
-import { AckLog, monotonicMs, Reservoir, type DeliveryReport, type WorkerInput, type WorkerMessage } from './bench-subscribers.ts';
+import { AckLog, LATENCY_SAMPLE_EVERY, monotonicMs, Reservoir, type DeliveryReport, type WorkerInput, type WorkerMessage } from './bench-subscribers.ts';
 
 /** A seq beyond any shard's tip: readShard from it answers at once with the tip (committedSeq) and no batches. */
 const BEYOND_TIP = Number.MAX_SAFE_INTEGER;
@@ -39,37 +39,55 @@ async function main(): Promise<void> {
   const errors: string[] = [];
   let stopping = false;
 
+  const drops = new Array<number>(input.subscribers).fill(0);
+  let dropMessage: string | undefined;
   const looping = new Array<boolean>(input.subscribers).fill(true);
   const run = async (j: number): Promise<void> => {
     const client = clients[j % clients.length]!;
+    let resumeFrom = from;
     try {
-      for await (const b of client.subscribe({ org: input.org }, { from })) {
-        // The rest of a page already received comes without a request, so closing alone does not end the loop.
-        if (stopping) break;
-        delivered[j]!++;
-        if (slow && j === 0) {
-          await sleep(input.slowMs);
-          continue;
+      for (;;) {
+        try {
+          for await (const b of client.subscribe({ org: input.org }, { from: resumeFrom })) {
+            // The rest of a page already received comes without a request, so closing alone does not end the loop.
+            if (stopping) break;
+            if (slow && j === 0) {
+              delivered[j]!++;
+              await sleep(input.slowMs);
+              continue;
+            }
+            if (delivered[j]!++ % LATENCY_SAMPLE_EVERY === 0) sample(b);
+          }
+          return;
+        } catch (e) {
+          // Dropped for falling behind the tail: resume from where it got to, as a consumer would.
+          if (!(e instanceof SubscriberTooSlowError) || stopping || typeof e.resumeFrom !== 'string') throw e;
+          drops[j]!++;
+          dropMessage ??= e.message;
+          resumeFrom = e.resumeFrom;
         }
-        const at = now();
-        const wall = Date.now();
-        const acked = ack.lookup(Number(b.key.id), Number(b.toVersion));
-        if (acked === -2) {
-          unmatched++;
-          continue;
-        }
-        // Not acked yet: the ack comes later, so it falls in the window iff (about) now does.
-        const t = acked === -1 ? at : acked;
-        if (t < window[0]! || t >= window[1]!) continue;
-        if (acked === -1) beforeAck++;
-        afterAck.add(acked === -1 ? 0 : Math.max(0, at - acked));
-        afterPlacement.add(wall - b.serverTimestampMs);
       }
     } catch (e) {
       if (!stopping) errors.push(`subscriber ${j}${slow && j === 0 ? ' (slow)' : ''} failed: ${(e as Error).message}`);
     } finally {
       looping[j] = false;
     }
+  };
+  /** Latency of one delivery to a fast subscriber (every LATENCY_SAMPLE_EVERY-th). */
+  const sample = (b: { key: { id: bigint }; toVersion: bigint; serverTimestampMs: number }): void => {
+        const at = now();
+        const wall = Date.now();
+        const acked = ack.lookup(Number(b.key.id), Number(b.toVersion));
+        if (acked === -2) {
+          unmatched++;
+          return;
+        }
+        // Not acked yet: the ack comes later, so it falls in the window iff (about) now does.
+        const t = acked === -1 ? at : acked;
+        if (t < window[0]! || t >= window[1]!) return;
+        if (acked === -1) beforeAck++;
+        afterAck.add(acked === -1 ? 0 : Math.max(0, at - acked));
+        afterPlacement.add(wall - b.serverTimestampMs);
   };
   const all = delivered.map((_, j) => run(j));
   post({ type: 'ready', from });
@@ -106,6 +124,8 @@ async function main(): Promise<void> {
     from,
     acked,
     delivered,
+    drops,
+    dropMessage,
     afterAck: afterAck.summary(),
     beforeAck,
     unmatched,

@@ -67,6 +67,8 @@ const report = (over: Partial<DeliveryReport> = {}): DeliveryReport => ({
   from: 'c1:10.20',
   acked: 1000,
   delivered: [40, 1000, 1000],
+  drops: [3, 0, 0],
+  dropMessage: 'subscribe to org 7 was dropped: …',
   afterAck: { count: 1800, p50: 1.5, p99: 12.25, max: 40 },
   beforeAck: 18,
   unmatched: 0,
@@ -83,23 +85,28 @@ const report = (over: Partial<DeliveryReport> = {}): DeliveryReport => ({
 test('the printed lines name the latency, the counts and the slow subscriber', () => {
   const lines = formatDelivery(report());
   assert.equal(lines[0], 'subscribers 3 (1 slow, 50 ms/batch) over 3 connection(s) in a worker thread, from the tail (c1:10.20)');
-  assert.match(lines[1]!, /^subscribers 3: delivered p50 1\.50 ms p99 12\.3 ms max 40\.0 ms after the writer's ack \(1800 deliveries to 2 fast subscribers in the window; 1\.0% before the ack, counted as 0\); p50 4\.00 ms p99 15\.0 ms max 41\.0 ms after the server placed the write$/);
+  assert.match(lines[1]!, /^subscribers 3: delivered p50 1\.50 ms p99 12\.3 ms max 40\.0 ms after the writer's ack \(1800 deliveries to 2 fast subscribers in the window, 1 in 8 of each one's; 1\.0% before the ack, counted as 0\); p50 4\.00 ms p99 15\.0 ms max 41\.0 ms after the server placed the write$/);
   assert.equal(lines[2], 'subscribers 3: fast subscribers received 1000..1000 batches of 1000 acknowledged writes, all of them 0.1 s after the writers stopped');
   assert.equal(lines[3], 'subscribers 3: slow subscriber 962 batches behind when the writers stopped (received 40 of 1000 by the end)');
-  assert.equal(lines[4], 'subscribers 3: the node had answered every page read still out for them 9.0 s after the writers stopped (the next run starts after that)');
-  assert.equal(lines.length, 5);
+  assert.equal(lines[4], 'subscribers 3: slow subscriber dropped 3 time(s) for falling behind the tail, each time resumed from its checkpoint');
+  assert.equal(lines[5], 'subscribers 3: fast subscribers dropped: 0 of 2');
+  assert.equal(lines[6], 'subscribers 3: first drop: subscribe to org 7 was dropped: …');
+  assert.equal(lines[7], 'subscribers 3: the node had answered every page read still out for them 9.0 s after the writers stopped (the next run starts after that)');
+  assert.equal(lines.length, 8);
+  const fastDropped = formatDelivery(report({ drops: [1, 2, 0] }));
+  assert.equal(fastDropped[5], 'subscribers 3: fast subscribers dropped: 1 of 2 (2 drops in all)');
 });
 
 test('a node still reading pages for the subscribers when the wait ends prints a warning', () => {
   const lines = formatDelivery(report({ quiet: false, quietMs: 310_000 }));
-  assert.equal(lines[4], 'WARNING: the node was still reading pages for the subscribers 310 s after the writers stopped; a next run competes with that work');
+  assert.equal(lines[7], 'WARNING: the node was still reading pages for the subscribers 310 s after the writers stopped; a next run competes with that work');
 });
 
 test('a fast subscriber short after the drain, or failed, prints a warning', () => {
   const lines = formatDelivery(report({ delivered: [40, 1000, 990], missing: 1, errors: ['subscriber 2 failed: boom'] }));
   assert.match(lines[2]!, /received 990\.\.1000 batches of 1000 acknowledged writes, 1 short after the 0\.1 s drain/);
-  assert.match(lines[5]!, /^WARNING: 1 of 2 fast subscribers did not receive every acknowledged write/);
-  assert.equal(lines[6], 'WARNING: subscriber 2 failed: boom');
+  assert.match(lines[8]!, /^WARNING: 1 of 2 fast subscribers did not receive every acknowledged write/);
+  assert.equal(lines[9], 'WARNING: subscriber 2 failed: boom');
 });
 
 test('no write of the window delivered by the end: said so, no latency figures', () => {
@@ -111,8 +118,8 @@ test('no write of the window delivered by the end: said so, no latency figures',
 });
 
 test('one subscriber is the slow one: no fast latency line', () => {
-  const lines = formatDelivery(report({ subscribers: 1, delivered: [40], afterAck: { count: 0, p50: 0, p99: 0, max: 0 } }));
-  assert.equal(lines.length, 3);
+  const lines = formatDelivery(report({ subscribers: 1, delivered: [40], drops: [0], dropMessage: undefined, afterAck: { count: 0, p50: 0, p99: 0, max: 0 } }));
+  assert.equal(lines.length, 4);
   assert.match(lines[1]!, /^subscribers 1: slow subscriber 962 batches behind/);
 });
 
