@@ -207,6 +207,9 @@ const OP_NAMES: Record<number, string> = {
   [Op.Ping]: 'ping',
   [Op.RegisterSchema]: 'register_schema',
   [Op.ListSchemas]: 'list_schemas',
+  [Op.ReadShard]: 'read_shard',
+  [Op.Delete]: 'delete',
+  [Op.Trim]: 'trim',
 };
 
 /**

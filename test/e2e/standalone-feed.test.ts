@@ -2,7 +2,7 @@
 // against a real `celer serve --standalone` process, with writers running concurrently.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { BadRequestError, connect, type CelerClient, type SubscribedBatch } from '@celer/client';
+import { BadRequestError, connect, ServerBusyError, SubscriberTooSlowError, type CelerClient, type SubscribedBatch } from '@celer/client';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { PROTO_LOADER_OPTIONS, PROTO_PATH } from '../../dataplane/server/grpc.ts';
@@ -192,6 +192,134 @@ test('subscribe(org): a subscriber that disconnects, and one that resumes after 
     assert.equal(b.fromVersion, (byKey.get(b.key.id) ?? 0n) + 1n);
     byKey.set(b.key.id, b.toVersion);
   }
+});
+
+/** Every batch once and in order per shard: the texts of `delivered` are exactly 0..n-1. */
+function assertExactlyOnce(delivered: SubscribedBatch[], n: number): void {
+  const texts = delivered.map((b) => Number(td.decode(b.events[0]!.data)));
+  assert.equal(new Set(texts).size, texts.length, 'no batch twice');
+  assert.deepEqual([...texts].sort((a, b) => a - b), Array.from({ length: n }, (_, i) => i), 'no batch missing');
+  const last = new Map<number, bigint>();
+  for (const b of delivered) {
+    assert.ok(b.position.seq > (last.get(b.position.shard) ?? 0n), 'commit order per shard');
+    last.set(b.position.shard, b.position.seq);
+  }
+}
+
+test('a subscriber that falls behind the live tail past its queue is dropped with SubscriberTooSlowError (2012); resumed from its checkpoint it gets every batch exactly once; the writer is never held', async () => {
+  const org = 710;
+  const writes = 400;
+  const queueBatches = 20;
+  const writer = await connect(node.native, { clientId: 91 });
+  const sub = await connect(node.native, { clientId: 3 });
+  const delivered: SubscribedBatch[] = [];
+  // Subscribed before the first write: live from the start.
+  const it = sub.subscribe({ org }, { queueBatches, pollWaitMs: 200 });
+  const first = it.next();
+  let written = 0;
+  const writing = (async () => {
+    for (; written < writes; written++) await writer.append({ org, type: 1, id: written % 11 }, [ev('W', String(written))]);
+  })();
+  let dropped: SubscriberTooSlowError | undefined;
+  try {
+    const r = await first;
+    assert.equal(r.done, false);
+    delivered.push(r.value!);
+    // A consumer slower than the writer: 20 ms a batch.
+    for (;;) {
+      const n = await it.next();
+      if (n.done === true) break;
+      delivered.push(n.value);
+      if (delivered.length === writes) break;
+      await sleep(20);
+    }
+  } catch (e) {
+    if (!(e instanceof SubscriberTooSlowError)) throw e;
+    dropped = e;
+  }
+  assert.ok(dropped !== undefined, `the slow subscriber was not dropped (it took ${delivered.length} of ${writes} batches, its queue holds ${queueBatches})`);
+  assert.ok(dropped instanceof ServerBusyError);
+  assert.equal(dropped.code, 2012);
+  assert.ok((dropped.detail.queuedBatches ?? 0) > queueBatches, `queued ${dropped.detail.queuedBatches}`);
+  assert.equal(typeof dropped.resumeFrom, 'string');
+  assert.equal(dropped.resumeFrom, delivered[delivered.length - 1]!.checkpoint, 'it resumes right after the last batch its consumer took');
+  assert.match(dropped.message, /was dropped: its consumer fell \d+ batches .* behind the live tail.*subscribe again with from: 'c1:/);
+  assert.ok(delivered.length < writes);
+  await writing;
+  assert.equal(written, writes, 'the writer wrote everything while the subscriber lagged');
+  await writer.close();
+  // Resumed from the checkpoint (a new connection, as after a restart): the rest, exactly once.
+  const again = await connect(node.native, { clientId: 4 });
+  for await (const b of again.subscribe({ org }, { from: dropped.resumeFrom as string, pollWaitMs: 200 })) {
+    delivered.push(b);
+    if (delivered.length >= writes) break;
+  }
+  await again.close();
+  await sub.close();
+  assertExactlyOnce(delivered, writes);
+});
+
+test('catching up goes at the consumer\'s pace: a history far larger than the queue is read without a drop, then the tail follows', async () => {
+  const org = 711;
+  const history = 300;
+  const writer = await connect(node.native, { clientId: 92 });
+  for (let i = 0; i < history; i++) await writer.append({ org, type: 1, id: i % 5 }, [ev('H', String(i))]);
+  const delivered: SubscribedBatch[] = [];
+  // Pages of about 10 batches, a queue of 10, a consumer that sleeps 1 ms a batch: a read ahead
+  // of the consumer while catching up would overflow the queue within a few pages.
+  for await (const b of client.subscribe({ org }, { queueBatches: 10, maxBytes: 1500, pollWaitMs: 200 })) {
+    delivered.push(b);
+    if (delivered.length === history) {
+      void (async () => {
+        for (let i = history; i < history + 30; i++) await writer.append({ org, type: 1, id: i % 5 }, [ev('T', String(i))]);
+      })();
+    }
+    if (delivered.length === history + 30) break;
+    await sleep(1);
+  }
+  await writer.close();
+  assertExactlyOnce(delivered, history + 30);
+});
+
+/** celer_requests_total{op="read_shard",result="ok"} of the node. */
+async function feedReads(): Promise<number> {
+  const text = await (await fetch(`http://${node.http}/metrics`)).text();
+  const m = /^celer_requests_total\{op="read_shard",result="ok"\} (\d+)/m.exec(text);
+  return m === null ? 0 : Number(m[1]);
+}
+
+test('subscriptions of one client share their feed reads (one request per page for all of them), and the shared batches are frozen', async () => {
+  const subscribers = 12;
+  const writes = 60;
+  const run = async (org: number, shared: boolean): Promise<number> => {
+    const clients = shared ? [await connect(node.native, { clientId: 5 })] : await Promise.all(Array.from({ length: subscribers }, (_, j) => connect(node.native, { clientId: 100 + j })));
+    const before = await feedReads();
+    const got: SubscribedBatch[][] = [];
+    const subs = Array.from({ length: subscribers }, async (_, j) => {
+      const mine: SubscribedBatch[] = [];
+      got.push(mine);
+      for await (const b of clients[j % clients.length]!.subscribe({ org }, { pollWaitMs: 300 })) {
+        mine.push(b);
+        if (mine.length === writes) break;
+      }
+    });
+    const writer = await connect(node.native, { clientId: 93 });
+    for (let i = 0; i < writes; i++) await writer.append({ org, type: 1, id: i % 9 }, [ev('S', String(i))]);
+    await Promise.all(subs);
+    await writer.close();
+    const reads = (await feedReads()) - before;
+    for (const mine of got) assertExactlyOnce(mine, writes);
+    const b = got[0]![0]!;
+    assert.throws(() => {
+      (b.events as unknown as unknown[]).push({});
+    }, TypeError, 'the events of a delivered batch are frozen');
+    await Promise.all(clients.map((c) => c.close()));
+    return reads;
+  };
+  const alone = await run(712, false);
+  const together = await run(713, true);
+  console.log(`feed reads for ${subscribers} subscribers and ${writes} writes: ${alone} on their own clients, ${together} sharing one`);
+  assert.ok(together * 3 < alone, `sharing one client took ${together} reads, on their own clients ${alone}`);
 });
 
 test('subscribe refuses a checkpoint it did not make', async () => {
