@@ -20,6 +20,10 @@ export { KeyError, formatKey, normalizeKey, parseKey, toUuid, type NormalizedKey
 export { Limits, WireError } from './wire.ts';
 export {
   FEED_POLL_WAIT_MS_DEFAULT,
+  SUBSCRIPTION_QUEUE_BATCHES_DEFAULT,
+  SUBSCRIPTION_QUEUE_BATCHES_MAX,
+  SUBSCRIPTION_QUEUE_BYTES_MAX,
+  type FollowOptions,
   type ReadShardOptions,
   type ShardBatch,
   type ShardPage,
