@@ -1,6 +1,8 @@
 // The subscribers of `celer bench --subscribers N`, in their own thread: see bench-subscribers.ts.
 // Posts { type: 'ready', from } once they are subscribed from the tail, then, when told
 // { type: 'stop', acked }, drains, closes and posts { type: 'report', report }.
+import { readlinkSync } from 'node:fs';
+import { setPriority } from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { connect, SubscriberTooSlowError, type CelerClient } from '@celer/client';
 import { encodeCheckpoint } from '../../client/feed.ts';
@@ -17,7 +19,20 @@ const input = workerData as WorkerInput;
 const post = (m: WorkerMessage): void => parentPort!.postMessage(m);
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/** Lowers this thread's priority (Linux: setpriority on the thread id from /proc/thread-self); the value set, or why not. */
+function setThreadNice(nice: number): number | string {
+  if (nice === 0) return 0;
+  try {
+    const tid = Number(readlinkSync('/proc/thread-self').split('/').pop());
+    setPriority(tid, nice);
+    return nice;
+  } catch (e) {
+    return (e as Error).message;
+  }
+}
+
 async function main(): Promise<void> {
+  const nice = setThreadNice(input.nice);
   const now = monotonicMs(input.clockBase);
   const ack = new AckLog(input.writers, input.ring, input.ack);
   const window = new Float64Array(input.window);
@@ -123,6 +138,7 @@ async function main(): Promise<void> {
     connections: clients.length,
     from,
     acked,
+    nice,
     delivered,
     drops,
     dropMessage,

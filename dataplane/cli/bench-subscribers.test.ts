@@ -67,6 +67,7 @@ const report = (over: Partial<DeliveryReport> = {}): DeliveryReport => ({
   from: 'c1:10.20',
   acked: 1000,
   delivered: [40, 1000, 1000],
+  nice: 0,
   drops: [3, 0, 0],
   dropMessage: 'subscribe to org 7 was dropped: …',
   afterAck: { count: 1800, p50: 1.5, p99: 12.25, max: 40 },
@@ -93,6 +94,8 @@ test('the printed lines name the latency, the counts and the slow subscriber', (
   assert.equal(lines[6], 'subscribers 3: first drop: subscribe to org 7 was dropped: …');
   assert.equal(lines[7], 'subscribers 3: the node had answered every page read still out for them 9.0 s after the writers stopped (the next run starts after that)');
   assert.equal(lines.length, 8);
+  assert.equal(formatDelivery(report({ nice: 19 }))[0], 'subscribers 3 (1 slow, 50 ms/batch) over 3 connection(s) in a worker thread at nice 19, from the tail (c1:10.20)');
+  assert.match(formatDelivery(report({ nice: 'EACCES' }))[0]!, /in a worker thread \(nice not set: EACCES\), from/);
   const fastDropped = formatDelivery(report({ drops: [1, 2, 0] }));
   assert.equal(fastDropped[5], 'subscribers 3: fast subscribers dropped: 1 of 2 (2 drops in all)');
 });

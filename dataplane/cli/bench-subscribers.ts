@@ -22,6 +22,13 @@
 import { Worker } from 'node:worker_threads';
 import { percentile } from './bench.ts';
 
+/**
+ * Highest `--subscriber-nice`. The subscribers are clients: in production they run on their own
+ * machines, here they share the node's cores. At nice 19 their thread gets only the CPU the node
+ * and the writers leave (Linux schedules threads by nice), which is the closest this one machine
+ * comes to subscribers elsewhere; the delivery latency then shows whether they still keep up.
+ */
+export const SUBSCRIBER_NICE_MAX = 19;
 /** Connections the subscribers share (subscriber j uses connection j mod this); the slow one shares too. */
 export const SUBSCRIBER_CONNECTIONS = 4;
 /** Most subscribers: each keeps a long poll waiting at every shard's tail, and a shard admits FEED_WAITERS_PER_SHARD_MAX (1024). */
@@ -150,6 +157,8 @@ export interface DeliveryReport {
   acked: number;
   /** Batches each subscriber received by the end of the drain; index 0 is the slow one when there is one. */
   delivered: number[];
+  /** The nice value the subscribers' thread ran at, or why it could not be set. */
+  nice: number | string;
   /** How many times each subscriber was dropped for falling behind the tail (SubscriberTooSlowError) and resumed from its checkpoint. */
   drops: number[];
   /** The first drop's message. */
@@ -185,7 +194,7 @@ const ms = (x: number): string => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed
 export function formatDelivery(r: DeliveryReport): string[] {
   const fast = r.delivered.length - (r.slowMs === undefined ? 0 : 1);
   const head =
-    `subscribers ${r.subscribers} (${r.slowMs === undefined ? 'none slow' : `1 slow, ${r.slowMs} ms/batch`}) over ${r.connections} connection(s) in a worker thread, ` +
+    `subscribers ${r.subscribers} (${r.slowMs === undefined ? 'none slow' : `1 slow, ${r.slowMs} ms/batch`}) over ${r.connections} connection(s) in a worker thread${r.nice === 0 ? '' : typeof r.nice === 'number' ? ` at nice ${r.nice}` : ` (nice not set: ${r.nice})`}, ` +
     `from the tail (${r.from.length > 40 ? r.from.slice(0, 40) + '…' : r.from})`;
   const lines = [head];
   if (fast > 0 && r.afterAck.count === 0) {
@@ -234,6 +243,8 @@ export interface SubscribersOptions {
   org: bigint;
   subscribers: number;
   slowMs: number;
+  /** Nice value for the subscribers' thread (0 = as the bench). */
+  nice: number;
   writers: number;
 }
 

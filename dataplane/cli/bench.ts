@@ -25,6 +25,8 @@ export interface BenchOptions {
   subscribers?: number;
   /** Sleep after each batch of the one slow subscriber (when subscribers ≥ 1). */
   slowSubscriberMs?: number;
+  /** Nice value of the subscribers' thread (0..19; default 0): see SUBSCRIBER_NICE_MAX. */
+  subscriberNice?: number;
   out: (line: string) => void;
 }
 
@@ -152,7 +154,7 @@ export async function runBench(o: BenchOptions): Promise<BenchResult> {
   try {
     if (subscribers > 0) {
       const { startSubscribers } = await import('./bench-subscribers.ts');
-      subs = await startSubscribers({ addresses: o.addresses, org: run, subscribers, slowMs: o.slowSubscriberMs ?? 0, writers: o.writers });
+      subs = await startSubscribers({ addresses: o.addresses, org: run, subscribers, slowMs: o.slowSubscriberMs ?? 0, nice: o.subscriberNice ?? 0, writers: o.writers });
     }
     // Other work on the machine moves the figures; this says how much there was.
     o.out(`celer: load average ${loadavg().map((l) => l.toFixed(2)).join(' ')} (1, 5, 15 min) at the start`);

@@ -50,9 +50,11 @@ usage:
                 [--vs-addr HOST:PORT[,…]]          (alternating rounds against another Celer, e.g. standalone vs cluster)
                 [--vs postgres [--pg-standby]]   (alternating rounds against a throw-away local PostgreSQL 15
                                                   [primary + synchronous standby]; medians and the ratio)
-                [--subscribers N|N,M… [--slow-subscriber-ms MS]]  (N live subscribers on the bench's org during
-                                                  the run, one of them sleeping MS (default 50) per batch; prints
-                                                  delivery latency; a list alternates rounds of each count)
+                [--subscribers N|N,M… [--slow-subscriber-ms MS] [--subscriber-nice 0..19]]
+                                                 (N live subscribers on the bench's org during the run, one of
+                                                  them sleeping MS (default 50) per batch, their thread at that
+                                                  nice (default 0); prints delivery latency; a list alternates
+                                                  rounds of each count)
 
 KEY is org/type/id, each part decimal or a UUID. --addr defaults to 127.0.0.1:7400.
 Run "celer COMMAND --help" for the flags of one command.`;
@@ -357,6 +359,7 @@ async function bench(args: string[]): Promise<number> {
     rounds: { type: 'string' },
     subscribers: { type: 'string' },
     'slow-subscriber-ms': { type: 'string' },
+    'subscriber-nice': { type: 'string' },
   });
   const vsAddresses = values['vs-addr']?.split(',').map((a) => a.trim()).filter((a) => a !== '');
   if (vsAddresses !== undefined && (vsAddresses.length === 0 || values.vs !== undefined || values['pg-standby'])) throw new UsageError('--vs-addr HOST:PORT[,…] (another Celer) cannot be combined with --vs postgres');
@@ -379,6 +382,9 @@ async function bench(args: string[]): Promise<number> {
   }
   const slowSubscriberMs = int(values['slow-subscriber-ms'], '--slow-subscriber-ms', 0) ?? subs.SLOW_SUBSCRIBER_MS_DEFAULT;
   if (values['slow-subscriber-ms'] !== undefined && !subscriberCounts.some((n) => n > 0)) throw new UsageError('--slow-subscriber-ms needs --subscribers N with N ≥ 1');
+  const subscriberNice = int(values['subscriber-nice'], '--subscriber-nice', 0) ?? 0;
+  if (subscriberNice > subs.SUBSCRIBER_NICE_MAX) throw new UsageError(`--subscriber-nice takes 0..${subs.SUBSCRIBER_NICE_MAX}; got ${subscriberNice}`);
+  if (values['subscriber-nice'] !== undefined && !subscriberCounts.some((n) => n > 0)) throw new UsageError('--subscriber-nice needs --subscribers N with N ≥ 1');
   if (subscriberCounts.some((n) => n > 0) && transport !== 'native') throw new UsageError('--subscribers needs --transport native (the subscribers use the native protocol)');
   const compareSubscribers = subscriberCounts.length > 1;
   if (compareSubscribers && (vs !== undefined || vsAddresses !== undefined)) throw new UsageError('--subscribers N,M (compare subscriber counts) cannot be combined with --vs or --vs-addr');
@@ -404,6 +410,7 @@ async function bench(args: string[]): Promise<number> {
     rounds: int(values.rounds, '--rounds', 1) ?? (vs === undefined && vsAddresses === undefined && !compareSubscribers ? 1 : 3),
     subscribers: subscriberCounts[0]!,
     slowSubscriberMs,
+    subscriberNice,
     ...(compareSubscribers ? { subscriberCounts } : {}),
     vs,
     ...(vsAddresses !== undefined ? { vsAddresses } : {}),
