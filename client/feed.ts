@@ -434,8 +434,7 @@ export function subscribeOrg(send: FeedSend, filter: SubscribeOrgFilter, opts: S
       const s = page.shard;
       const before = CHECKPOINT_PREFIX + texts.slice(0, s).map((t) => t + '.').join('');
       const after = texts.slice(s + 1).map((t) => '.' + t).join('');
-      const seqTexts = seqTextsOf(page);
-      const out = page.batches.map((b, i) => ({ ...b, checkpoint: before + seqTexts[i]! + after }));
+      const { seqTexts, out } = subscribedOf(page, before, after);
       if (page.batches.length > 0) {
         seqs[s] = page.batches[page.batches.length - 1]!.position.seq;
         texts[s] = seqTexts[seqTexts.length - 1]!;
@@ -446,15 +445,28 @@ export function subscribeOrg(send: FeedSend, filter: SubscribeOrgFilter, opts: S
   });
 }
 
-/** The decimal seq of each batch of a page, made once for all the subscriptions sharing the page. */
-const seqTextCache = new WeakMap<ShardPage, string[]>();
-function seqTextsOf(page: ShardPage): string[] {
-  let t = seqTextCache.get(page);
-  if (t === undefined) {
-    t = page.batches.map((b) => String(b.position.seq));
-    seqTextCache.set(page, t);
+/** Per shared page: the decimal seq of each batch, and its batches with checkpoints by the checkpoint's other shards. */
+const subscribedCache = new WeakMap<ShardPage, { seqTexts: string[]; byRest: Map<string, SubscribedBatch[]> }>();
+
+/**
+ * The page's batches with their checkpoints, `before` + seq + `after`. Subscriptions sharing the
+ * page that stand at the same seqs on the other shards (they started together and took the same
+ * pages: the common case) get the same frozen objects, so a fan-out makes them once per page.
+ */
+function subscribedOf(page: ShardPage, before: string, after: string): { seqTexts: string[]; out: SubscribedBatch[] } {
+  let c = subscribedCache.get(page);
+  if (c === undefined) {
+    c = { seqTexts: page.batches.map((b) => String(b.position.seq)), byRest: new Map() };
+    subscribedCache.set(page, c);
   }
-  return t;
+  const rest = before + '|' + after;
+  let out = c.byRest.get(rest);
+  if (out === undefined) {
+    const texts = c.seqTexts;
+    out = page.batches.map((b, i) => Object.freeze({ ...b, checkpoint: before + texts[i]! + after }));
+    c.byRest.set(rest, out);
+  }
+  return { seqTexts: c.seqTexts, out };
 }
 
 interface FollowSpec<T> {
