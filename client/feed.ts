@@ -578,6 +578,8 @@ class Follower<T> implements AsyncGenerator<T, void, undefined> {
 
   private async take(): Promise<IteratorResult<T, void>> {
     try {
+      // Returned (or ended by an error) before the setup ran: nothing to set up.
+      if (this.closed) return DONE;
       this.started ??= this.start();
       await this.started;
       for (;;) {
