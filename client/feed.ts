@@ -516,6 +516,10 @@ class Follower<T> implements AsyncGenerator<T, void, undefined> {
   private live: boolean[] = [];
   private aheadBatches = 0;
   private aheadBytes = 0;
+  /** Pages counted in aheadBatches (queued, not taken). */
+  private aheadPages = 0;
+  /** Per query, its newest page still queued (an empty page after it is merged into it). */
+  private newest: (Queued | undefined)[] = [];
   private failure: { error: unknown } | undefined;
   private dropped: { batches: number; bytes: number } | undefined;
   private closed = false;
@@ -563,6 +567,7 @@ class Follower<T> implements AsyncGenerator<T, void, undefined> {
     this.closed = true;
     this.items = [];
     this.queue.length = 0;
+    this.newest = [];
     this.notify();
   }
 
@@ -592,9 +597,11 @@ class Follower<T> implements AsyncGenerator<T, void, undefined> {
           await new Promise<void>((resolve) => (this.wake = resolve));
           continue;
         }
+        if (this.newest[f.index] === f) this.newest[f.index] = undefined;
         if (f.ahead) {
           this.aheadBatches -= f.page.batches.length;
           this.aheadBytes -= f.bytes;
+          this.aheadPages--;
         } else if (!this.live[f.index]) {
           this.ask(f.index, this.spec!.pauseMs?.(f.page) ?? 0);
         }
@@ -637,13 +644,30 @@ class Follower<T> implements AsyncGenerator<T, void, undefined> {
     if (f.page.next > q.from) q.from = f.page.next;
     const ahead = this.live[index]!;
     if (!ahead && f.page.next > f.page.committedSeq) this.live[index] = true;
-    this.queue.push({ ...f, index, ahead });
+    const last = this.newest[index];
+    if (ahead && f.page.batches.length === 0 && last !== undefined && last.ahead && last.page.batches.length === 0) {
+      // An empty page read ahead says only where the shard has got to: it replaces the shard's
+      // empty page still queued, so pages that bring nothing (a quiet filter on a busy shard, or
+      // polls timing out) do not pile up for a busy consumer.
+      this.aheadBytes += f.bytes - last.bytes;
+      last.page = f.page;
+      last.bytes = f.bytes;
+      this.ask(index, this.spec!.pauseMs?.(f.page) ?? 0);
+      return;
+    }
+    const queued: Queued = { ...f, index, ahead };
+    this.queue.push(queued);
+    this.newest[index] = queued;
     if (ahead) {
       this.aheadBatches += f.page.batches.length;
       this.aheadBytes += f.bytes;
-      if (this.aheadBatches > this.spec!.queueBatches || this.aheadBytes > SUBSCRIPTION_QUEUE_BYTES_MAX) {
+      this.aheadPages++;
+      // A page reaching a consumer that has taken everything before it is never a drop, however
+      // many batches it has: the consumer fell behind only once pages wait behind it.
+      if (this.aheadPages > 1 && (this.aheadBatches > this.spec!.queueBatches || this.aheadBytes > SUBSCRIPTION_QUEUE_BYTES_MAX)) {
         this.dropped = { batches: this.aheadBatches, bytes: this.aheadBytes };
         this.queue.length = 0;
+        this.newest = [];
         this.notify();
         return;
       }
