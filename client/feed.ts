@@ -597,21 +597,42 @@ class Follower<T> implements AsyncGenerator<T, void, undefined> {
           await new Promise<void>((resolve) => (this.wake = resolve));
           continue;
         }
-        if (this.newest[f.index] === f) this.newest[f.index] = undefined;
-        if (f.ahead) {
-          this.aheadBatches -= f.page.batches.length;
-          this.aheadBytes -= f.bytes;
-          this.aheadPages--;
-        } else if (!this.live[f.index]) {
-          this.ask(f.index, this.spec!.pauseMs?.(f.page) ?? 0);
-        }
-        this.items = this.spec!.take(f.page);
+        this.items = this.taken(f);
         this.at = 0;
       }
     } catch (e) {
       this.close();
       throw e;
     }
+  }
+
+  /** The consumer reaches a queued page: what it gets of it. */
+  private taken(f: Queued): T[] {
+    if (this.newest[f.index] === f) this.newest[f.index] = undefined;
+    if (f.ahead) {
+      this.aheadBatches -= f.page.batches.length;
+      this.aheadBytes -= f.bytes;
+      this.aheadPages--;
+    } else if (!this.live[f.index]) {
+      this.ask(f.index, this.spec!.pauseMs?.(f.page) ?? 0);
+    }
+    return this.spec!.take(f.page);
+  }
+
+  /**
+   * Everything already received and queued, taken now without waiting, once the consumer has
+   * taken all it was given (watch coalesces it with the page in hand); [] otherwise.
+   */
+  takeQueued(): T[] {
+    if (this.closed || this.calls > 0 || this.at < this.items.length || this.spec === undefined) return [];
+    const out: T[] = [];
+    try {
+      for (let f = this.queue.shift(); f !== undefined; f = this.queue.shift()) out.push(...this.taken(f));
+    } catch (e) {
+      this.close();
+      throw e;
+    }
+    return out;
   }
 
   private async start(): Promise<void> {
@@ -728,10 +749,13 @@ export async function* watch(send: FeedSend, filter: WatchFilter, opts: WatchOpt
       resumeFrom: () => undefined,
     },
   }));
-  for await (const page of pages) {
-    committed.set(page.shard, page.committedSeq);
+  for await (const first of pages) {
+    // What the tail brought while the consumer was busy is coalesced with this page: as many
+    // notifications as one page read when the consumer came back (not one per page read ahead).
+    const group = [first, ...pages.takeQueued()];
+    for (const page of group) committed.set(page.shard, page.committedSeq);
     const out: WatchNotification[] = [];
-    for (const b of page.batches) {
+    for (const b of group.flatMap((page) => page.batches)) {
       if (b.op !== 'write') {
         out.push({ key: b.key, op: b.op, fromVersion: 1n, toVersion: b.op === 'delete' ? b.toVersion : b.minVersion - 1n, position: b.position });
         continue;
