@@ -31,6 +31,7 @@ import {
   type Frame,
   type FeedFilterMode,
   type WireEvent,
+  type WireReadShardRequest,
 } from './wire.ts';
 
 /** How long a feed read waits at the tail before the client asks again (a heartbeat interval). */
@@ -156,15 +157,8 @@ export interface WatchHeartbeat {
 /** Sends one request frame (following the leader) and resolves with its answer. */
 export type FeedSend = (frame: Uint8Array) => Promise<Frame>;
 
-interface FeedQuery {
-  shard: number;
-  from: bigint;
-  maxBytes: number;
-  waitMs: number;
-  filter: FeedFilterMode;
-  key: NormalizedKey;
-  headersOnly: boolean;
-}
+/** A feed read as the wire carries it (the subscription moves `from` along). */
+type FeedQuery = WireReadShardRequest;
 
 const NO_KEY: NormalizedKey = { org: 0n, type: 0n, id: 0n };
 
