@@ -2,7 +2,7 @@
 // the server while its consumer is away, how return() ends it, and what its pages let a consumer do.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { subscribeKey, subscribeOrg, subscribeShard, watch, type ShardBatch } from './feed.ts';
+import { subscribeKey, subscribeOrg, subscribeShard, watch, type FeedSend, type ShardBatch } from './feed.ts';
 import { SubscriberTooSlowError } from './errors.ts';
 import { FakeShard, fakeSend, KEY, sleep, within } from './fake-feed.ts';
 import type { Batch } from './types.ts';
@@ -57,10 +57,10 @@ test('a consumer waiting at a quiet tail keeps its subscription polling, and get
 // return() while a next() waits must end both at once: a for-await that breaks out from another
 // task (a timeout, a shutdown) or a client closing a consumer's iterator would hang otherwise.
 for (const [name, open] of [
-  ['watch', (send: Parameters<typeof watch>[0]) => watch(send, { key }, { pollWaitMs: POLL_MS })],
-  ['watch of an org', (send: Parameters<typeof watch>[0]) => watch(send, { org: KEY.org }, { pollWaitMs: POLL_MS })],
-  ['subscribe(key)', (send: Parameters<typeof watch>[0]) => subscribeKey(send, nothingRead, key, { pollWaitMs: POLL_MS })],
-] as const) {
+  ['watch', (send: FeedSend) => watch(send, { key }, { pollWaitMs: POLL_MS })],
+  ['watch of an org', (send: FeedSend) => watch(send, { org: KEY.org }, { pollWaitMs: POLL_MS })],
+  ['subscribe(key)', (send: FeedSend) => subscribeKey(send, nothingRead, key, { pollWaitMs: POLL_MS })],
+] as [string, (send: FeedSend) => AsyncGenerator<unknown, void, undefined>][]) {
   test(`${name}: return() while a next() waits at a quiet tail ends both, and asks no more`, async () => {
     const shard = new FakeShard();
     const { send, requests } = fakeSend((req) => shard.answer(req));

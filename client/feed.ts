@@ -15,63 +15,25 @@
 //
 // Subscriptions of one client share their reads: a feed read identical to one in flight (same
 // shard, position, filter and page size) joins it, and the decoded page is shared, frozen.
+//
+// Files: this one has the public calls and the checkpoints; feed-page.ts fetches, decodes and
+// shares pages; follower.ts is the iterator (pace, queue, drop, parking) they all run on.
 import { badRequest, toU64 } from './encode.ts';
-import { BadRequestError, ErrorCode, ReadBelowTrimmedError, SubscriberTooSlowError } from './errors.ts';
-import { formatKey, normalizeKey, toU128, type AggregateKey, type KeyPart, type NormalizedKey } from './key.ts';
-import type { Batch, RecordedEvent } from './types.ts';
-import {
-  decodeReadShardOk,
-  encodeFrame,
-  encodeReadShardRequest,
-  FeedFilter,
-  Limits,
-  Op,
-  SHARD_OF_KEY,
-  WireError,
-  type Frame,
-  type FeedFilterMode,
-  type WireEvent,
-  type WireReadShardRequest,
-} from './wire.ts';
+import { BadRequestError, ErrorCode, ReadBelowTrimmedError } from './errors.ts';
+import { formatKey, normalizeKey, type AggregateKey, type KeyPart, type NormalizedKey } from './key.ts';
+import type { Batch } from './types.ts';
+import { FeedFilter, SHARD_OF_KEY, WireError, type FeedFilterMode } from './wire.ts';
+import { feedPage, maxBytesOf, NO_KEY, orgFilter, shardOf, TIP_PROBE, waitOf, type BatchOpName, type FeedQuery, type FeedSend, type ShardBatch, type ShardPage } from './feed-page.ts';
+import { endable, Follower, queueBatchesOf, type Ending, type FollowSpec } from './follower.ts';
+
+export type { BatchOpName, FeedSend, ShardBatch, ShardPage } from './feed-page.ts';
+export { SUBSCRIPTION_IDLE_MS_MIN, SUBSCRIPTION_IDLE_POLLS, SUBSCRIPTION_QUEUE_BATCHES_DEFAULT, SUBSCRIPTION_QUEUE_BATCHES_MAX, SUBSCRIPTION_QUEUE_BYTES_MAX } from './follower.ts';
 
 /** How long a feed read waits at the tail before the client asks again (a heartbeat interval). */
 export const FEED_POLL_WAIT_MS_DEFAULT = 5_000;
-/** Batches a subscription at the live tail keeps for its consumer; one page more and it is dropped (SubscriberTooSlowError). */
-export const SUBSCRIPTION_QUEUE_BATCHES_DEFAULT = 10_000;
-/** The largest `queueBatches` a subscription may ask for. */
-export const SUBSCRIPTION_QUEUE_BATCHES_MAX = 1_000_000;
-/** Bytes of received pages a subscription at the live tail keeps for its consumer (the same drop). */
-export const SUBSCRIPTION_QUEUE_BYTES_MAX = 64 * 1024 * 1024;
-/** Largest seq a position can have (2^53 - 1): asking from it returns the shard's tip without data. */
-const TIP_PROBE = BigInt(Number.MAX_SAFE_INTEGER);
 /** Shards one checkpoint can name. */
 const CHECKPOINT_SHARDS_MAX = 4096;
 const CHECKPOINT_PREFIX = 'c1:';
-
-/** What a feed batch does: a write carries events; a delete (tombstone) or a trim carries none. */
-export type BatchOpName = 'write' | 'delete' | 'trim';
-
-/** A committed batch from a shard's feed, with its aggregate. */
-export interface ShardBatch extends Batch {
-  key: NormalizedKey;
-  /** `delete` and `trim` batches have no events; their fromVersion is the aggregate's version + 1. */
-  op: BatchOpName;
-  /** The aggregate's first readable version after this batch (raised by trims and deletes). */
-  minVersion: bigint;
-}
-
-const OP_NAMES: readonly BatchOpName[] = ['write', 'delete', 'trim'];
-
-export interface ShardPage {
-  shard: number;
-  /** Shards of the node. */
-  numShards: number;
-  batches: ShardBatch[];
-  /** The seq to pass as `from` for the next page (one past the last batch looked at). */
-  next: bigint;
-  /** The shard's committed seq when this page was read. */
-  committedSeq: bigint;
-}
 
 export interface ReadShardOptions {
   /** First seq (inclusive); default 1. */
@@ -154,140 +116,6 @@ export interface WatchHeartbeat {
   committed: { shard: number; seq: bigint }[];
 }
 
-/** Sends one request frame (following the leader) and resolves with its answer. */
-export type FeedSend = (frame: Uint8Array) => Promise<Frame>;
-
-/** A feed read as the wire carries it (the subscription moves `from` along). */
-type FeedQuery = WireReadShardRequest;
-
-const NO_KEY: NormalizedKey = { org: 0n, type: 0n, id: 0n };
-
-function toRecordedEvent(e: WireEvent & { version: bigint }): RecordedEvent {
-  const out: RecordedEvent = { version: e.version, type: e.type, data: e.data };
-  if (e.metadata !== undefined) out.metadata = e.metadata;
-  if (e.schemaMajor !== undefined) out.schemaVersion = { major: e.schemaMajor, minor: e.schemaMinor ?? 0 };
-  if (e.iv !== undefined) out.iv = e.iv;
-  return out;
-}
-
-async function feedPage(send: FeedSend, q: FeedQuery): Promise<ShardPage> {
-  return (await fetchPage(send, q)).page;
-}
-
-/** A decoded feed page and the size of its body on the wire. */
-interface Fetched {
-  page: ShardPage;
-  bytes: number;
-}
-
-async function fetchPage(send: FeedSend, q: FeedQuery): Promise<Fetched> {
-  const frame = encodeFrame(0, Op.ReadShard, encodeReadShardRequest(q));
-  const answer = await send(frame);
-  if (answer.op !== Op.ReadShardOk) throw new WireError(`readShard: the server answered op ${answer.op}`);
-  return { page: decodePage(answer.body, q), bytes: answer.body.length };
-}
-
-function decodePage(body: Uint8Array, q: FeedQuery): ShardPage {
-  const ok = decodeReadShardOk(body);
-  if (ok.next < q.from && ok.batches.length > 0) throw new WireError(`readShard: the server returned next ${ok.next} for a page from ${q.from}`);
-  return {
-    shard: ok.shard,
-    numShards: ok.numShards,
-    next: ok.next,
-    committedSeq: ok.committedSeq,
-    batches: ok.batches.map((b) => ({
-      key: b.key,
-      op: OP_NAMES[b.op]!,
-      minVersion: b.minVersion,
-      fromVersion: b.fromVersion,
-      toVersion: b.toVersion,
-      position: { shard: b.shard, seq: b.seq },
-      clientId: b.clientId,
-      serverTimestampMs: b.serverTimestampMs,
-      events: b.events.map(toRecordedEvent),
-    })),
-  };
-}
-
-/** The feed reads in flight of the subscriptions that share one `send` (one client), by query. */
-const sharedReads = new WeakMap<FeedSend, Map<string, Promise<Fetched>>>();
-
-const queryKey = (q: FeedQuery): string =>
-  `${q.shard}|${q.from}|${q.maxBytes}|${q.waitMs}|${q.filter}|${q.key.org}|${q.key.type}|${q.key.id}|${q.headersOnly ? 1 : 0}`;
-
-/**
- * A subscription's feed read: joins an identical read in flight on the same client, so N
- * subscriptions at one position cost one request and one decode. Only subscriptions share: each
- * asks from where it has got to, so a page built a moment before it asked is as good as its own
- * (it asks again from `next`). The page is frozen, as others hold it too (event data stays a
- * plain Uint8Array: treat it as read-only).
- */
-function sharedFetch(send: FeedSend, q: FeedQuery): Promise<Fetched> {
-  let reads = sharedReads.get(send);
-  if (reads === undefined) {
-    reads = new Map();
-    sharedReads.set(send, reads);
-  }
-  const k = queryKey(q);
-  const inFlight = reads.get(k);
-  if (inFlight !== undefined) return inFlight;
-  const p = fetchPage(send, { ...q }).then((f) => {
-    freezePage(f.page);
-    return f;
-  });
-  reads.set(k, p);
-  const settled = (): void => {
-    if (reads.get(k) === p) reads.delete(k);
-  };
-  p.then(settled, settled);
-  return p;
-}
-
-function freezePage(page: ShardPage): void {
-  for (const b of page.batches) {
-    for (const e of b.events) Object.freeze(e);
-    Object.freeze(b.events);
-    Object.freeze(b.position);
-    Object.freeze(b.key);
-    Object.freeze(b);
-  }
-  Object.freeze(page.batches);
-  Object.freeze(page);
-}
-
-function queueBatchesOf(v: number | undefined): number {
-  if (v === undefined) return SUBSCRIPTION_QUEUE_BATCHES_DEFAULT;
-  if (!Number.isSafeInteger(v) || v < 1 || v > SUBSCRIPTION_QUEUE_BATCHES_MAX) throw badRequest(`queueBatches must be an integer 1..${SUBSCRIPTION_QUEUE_BATCHES_MAX}; got ${String(v)}`);
-  return v;
-}
-
-function maxBytesOf(v: number | undefined): number {
-  if (v === undefined) return 0;
-  if (!Number.isSafeInteger(v) || v < 1) throw badRequest(`maxBytes must be a positive integer; got ${String(v)}`);
-  return Math.min(v, Limits.readPageBytesMax);
-}
-
-function waitOf(v: number | undefined, fallback: number, what: string): number {
-  if (v === undefined) return fallback;
-  if (!Number.isSafeInteger(v) || v < 0 || v > Limits.feedWaitMsMax) throw badRequest(`${what} must be an integer 0..${Limits.feedWaitMsMax}; got ${String(v)}`);
-  return v;
-}
-
-function shardOf(v: unknown): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0 || v >= SHARD_OF_KEY) throw badRequest(`shard must be a non-negative integer; got ${String(v)}`);
-  return v;
-}
-
-function orgFilter(f: { org?: KeyPart; type?: KeyPart }): { filter: FeedFilterMode; key: NormalizedKey } {
-  if (f.org === undefined) {
-    if (f.type !== undefined) throw badRequest('a type filter needs its org');
-    return { filter: FeedFilter.None, key: NO_KEY };
-  }
-  const org = toU128(f.org, 'org');
-  if (f.type === undefined) return { filter: FeedFilter.Org, key: { org, type: 0n, id: 0n } };
-  return { filter: FeedFilter.OrgType, key: { org, type: toU128(f.type, 'type'), id: 0n } };
-}
-
 /** One page of a shard's committed batches (SPEC §4 readShard). */
 export async function readShard(send: FeedSend, shard: number, opts: ReadShardOptions = {}): Promise<ShardPage> {
   const f = orgFilter(opts);
@@ -339,11 +167,21 @@ function fromVersion<B extends Batch>(b: B, from: bigint): B {
  * that far; the tail starts right after the tip and skips what the history already gave, by
  * version (versions are gapless, so the version is an exact cursor).
  */
-export async function* subscribeKey(
+export function subscribeKey(
   send: FeedSend,
   readAll: (key: AggregateKey, from: bigint) => AsyncIterable<Batch>,
   key: AggregateKey,
   opts: SubscribeKeyOptions = {},
+): AsyncGenerator<Batch, void, undefined> {
+  return endable((ending) => followKey(ending, send, readAll, key, opts));
+}
+
+async function* followKey(
+  ending: Ending,
+  send: FeedSend,
+  readAll: (key: AggregateKey, from: bigint) => AsyncIterable<Batch>,
+  key: AggregateKey,
+  opts: SubscribeKeyOptions,
 ): AsyncGenerator<Batch, void, undefined> {
   const k = normalizeKey(key);
   // 0: from the first readable version (after trims), whatever it is.
@@ -385,7 +223,7 @@ export async function* subscribeKey(
     }
     return out;
   };
-  yield* new Follower(send, async () => ({ queries: [q], spec: { take, queueBatches, what: `subscribe ${formatKey(k)}`, resumeFrom: () => (next === 0n ? undefined : next) } }));
+  yield* ending.follow(new Follower(send, async () => ({ queries: [q], spec: { take, queueBatches, what: `subscribe ${formatKey(k)}`, resumeFrom: () => (next === 0n ? undefined : next) } })));
 }
 
 /** "c1:" + the last delivered seq of each shard, dot-separated. Opaque to users. */
@@ -463,253 +301,16 @@ function subscribedOf(page: ShardPage, before: string, after: string): { seqText
   return { seqTexts: c.seqTexts, out };
 }
 
-interface FollowSpec<T> {
-  /** What the consumer gets of a page (called as the consumer reaches the page). */
-  take: (page: ShardPage) => T[];
-  /** How long to wait before asking a shard again after this page (watch coalescing); default 0. */
-  pauseMs?: (page: ShardPage) => number;
-  queueBatches: number;
-  /** Names the subscription in the drop message. */
-  what: string;
-  /** Where the consumer resumes after what it has taken (the drop error carries it). */
-  resumeFrom: () => string | bigint | undefined;
-}
-
-/** A page received and not yet taken by the consumer. */
-interface Queued extends Fetched {
-  index: number;
-  /** Received while its shard was live: asked ahead of the consumer, so it counts against the bound. */
-  ahead: boolean;
-}
-
-const DONE: IteratorResult<never, void> = Object.freeze({ value: undefined, done: true });
-
-/**
- * Reads every query's shard (one request in flight each) and yields what `take` makes of each
- * page, in the order pages arrive. Until a shard's page first reaches its committed tip (catching
- * up), the shard's next page is asked when the consumer takes the one before. From then on the
- * shard is live: its next page is asked as soon as one arrives (after `pauseMs`), whatever the
- * consumer does, and what the consumer has not taken queues. Once that holds more than
- * `queueBatches` batches or SUBSCRIPTION_QUEUE_BYTES_MAX bytes the subscription is dropped: the
- * queue is let go, nothing more is asked, and the consumer gets SubscriberTooSlowError once it has
- * taken the page it is in.
- *
- * A hand-written iterator rather than an async generator: a batch already received is handed
- * over with one resolved promise, where a generator (and each yield* level) costs several
- * microtask turns per batch, which is most of a fan-out's CPU.
- */
-class Follower<T> implements AsyncGenerator<T, void, undefined> {
-  private readonly send: FeedSend;
-  private readonly setup: () => Promise<{ queries: FeedQuery[]; spec: FollowSpec<T> }>;
-  private queries: FeedQuery[] = [];
-  private spec: FollowSpec<T> | undefined;
-  private started: Promise<void> | undefined;
-  private items: readonly T[] = [];
-  private at = 0;
-  private readonly queue: Queued[] = [];
-  private live: boolean[] = [];
-  private aheadBatches = 0;
-  private aheadBytes = 0;
-  /** Pages counted in aheadBatches (queued, not taken). */
-  private aheadPages = 0;
-  /** Per query, its newest page still queued (an empty page after it is merged into it). */
-  private newest: (Queued | undefined)[] = [];
-  private failure: { error: unknown } | undefined;
-  private dropped: { batches: number; bytes: number } | undefined;
-  private closed = false;
-  private wake: (() => void) | undefined;
-  /** next() calls not answered yet: while any is, later calls wait their turn. */
-  private calls = 0;
-  private turn: Promise<unknown> = Promise.resolve();
-
-  constructor(send: FeedSend, setup: () => Promise<{ queries: FeedQuery[]; spec: FollowSpec<T> }>) {
-    this.send = send;
-    this.setup = setup;
-  }
-
-  [Symbol.asyncIterator](): this {
-    return this;
-  }
-
-  async [Symbol.asyncDispose](): Promise<void> {
-    await this.return();
-  }
-
-  next(): Promise<IteratorResult<T, void>> {
-    if (this.calls === 0 && this.at < this.items.length) return Promise.resolve({ value: this.items[this.at++]!, done: false });
-    this.calls++;
-    const p = this.turn.then(() => this.take());
-    this.turn = p.then(
-      () => (this.calls--, undefined),
-      () => (this.calls--, undefined),
-    );
-    return p;
-  }
-
-  return(): Promise<IteratorResult<T, void>> {
-    this.close();
-    return Promise.resolve(DONE);
-  }
-
-  throw(e: unknown): Promise<IteratorResult<T, void>> {
-    this.close();
-    return Promise.reject(e);
-  }
-
-  private close(): void {
-    // Reads still out resolve (or fail) on their own within their wait; nobody takes them.
-    this.closed = true;
-    this.items = [];
-    this.queue.length = 0;
-    this.newest = [];
-    this.notify();
-  }
-
-  private notify(): void {
-    const w = this.wake;
-    this.wake = undefined;
-    w?.();
-  }
-
-  private stopped(): boolean {
-    return this.closed || this.failure !== undefined || this.dropped !== undefined;
-  }
-
-  private async take(): Promise<IteratorResult<T, void>> {
-    try {
-      // Returned (or ended by an error) before the setup ran: nothing to set up.
-      if (this.closed) return DONE;
-      this.started ??= this.start();
-      await this.started;
-      for (;;) {
-        if (this.closed) return DONE;
-        if (this.at < this.items.length) return { value: this.items[this.at++]!, done: false };
-        const f = this.queue.shift();
-        if (f === undefined) {
-          if (this.dropped !== undefined) throw this.dropError(this.dropped);
-          if (this.failure !== undefined) throw this.failure.error;
-          await new Promise<void>((resolve) => (this.wake = resolve));
-          continue;
-        }
-        this.items = this.taken(f);
-        this.at = 0;
-      }
-    } catch (e) {
-      this.close();
-      throw e;
-    }
-  }
-
-  /** The consumer reaches a queued page: what it gets of it. */
-  private taken(f: Queued): T[] {
-    if (this.newest[f.index] === f) this.newest[f.index] = undefined;
-    if (f.ahead) {
-      this.aheadBatches -= f.page.batches.length;
-      this.aheadBytes -= f.bytes;
-      this.aheadPages--;
-    } else if (!this.live[f.index]) {
-      this.ask(f.index, this.spec!.pauseMs?.(f.page) ?? 0);
-    }
-    return this.spec!.take(f.page);
-  }
-
-  /**
-   * Everything already received and queued, taken now without waiting, once the consumer has
-   * taken all it was given (watch coalesces it with the page in hand); [] otherwise.
-   */
-  takeQueued(): T[] {
-    if (this.closed || this.calls > 0 || this.at < this.items.length || this.spec === undefined) return [];
-    const out: T[] = [];
-    try {
-      for (let f = this.queue.shift(); f !== undefined; f = this.queue.shift()) out.push(...this.taken(f));
-    } catch (e) {
-      this.close();
-      throw e;
-    }
-    return out;
-  }
-
-  private async start(): Promise<void> {
-    const { queries, spec } = await this.setup();
-    this.queries = queries;
-    this.spec = spec;
-    this.live = queries.map(() => false);
-    for (let i = 0; i < queries.length; i++) this.ask(i, 0);
-  }
-
-  private ask(index: number, afterMs: number): void {
-    if (afterMs > 0) setTimeout(() => this.fetch(index), afterMs);
-    else this.fetch(index);
-  }
-
-  private fetch(index: number): void {
-    if (this.stopped()) return;
-    sharedFetch(this.send, this.queries[index]!).then(
-      (f) => this.arrived(index, f),
-      (e: unknown) => {
-        this.failure ??= { error: e };
-        this.notify();
-      },
-    );
-  }
-
-  private arrived(index: number, f: Fetched): void {
-    if (this.stopped()) return;
-    const q = this.queries[index]!;
-    if (f.page.next > q.from) q.from = f.page.next;
-    const ahead = this.live[index]!;
-    if (!ahead && f.page.next > f.page.committedSeq) this.live[index] = true;
-    const last = this.newest[index];
-    if (ahead && f.page.batches.length === 0 && last !== undefined && last.ahead && last.page.batches.length === 0) {
-      // An empty page read ahead says only where the shard has got to: it replaces the shard's
-      // empty page still queued, so pages that bring nothing (a quiet filter on a busy shard, or
-      // polls timing out) do not pile up for a busy consumer.
-      this.aheadBytes += f.bytes - last.bytes;
-      last.page = f.page;
-      last.bytes = f.bytes;
-      this.ask(index, this.spec!.pauseMs?.(f.page) ?? 0);
-      return;
-    }
-    const queued: Queued = { ...f, index, ahead };
-    this.queue.push(queued);
-    this.newest[index] = queued;
-    if (ahead) {
-      this.aheadBatches += f.page.batches.length;
-      this.aheadBytes += f.bytes;
-      this.aheadPages++;
-      // A page reaching a consumer that has taken everything before it is never a drop, however
-      // many batches it has: the consumer fell behind only once pages wait behind it.
-      if (this.aheadPages > 1 && (this.aheadBatches > this.spec!.queueBatches || this.aheadBytes > SUBSCRIPTION_QUEUE_BYTES_MAX)) {
-        this.dropped = { batches: this.aheadBatches, bytes: this.aheadBytes };
-        this.queue.length = 0;
-        this.newest = [];
-        this.notify();
-        return;
-      }
-    }
-    if (this.live[index]) this.ask(index, this.spec!.pauseMs?.(f.page) ?? 0);
-    this.notify();
-  }
-
-  private dropError(d: { batches: number; bytes: number }): SubscriberTooSlowError {
-    const spec = this.spec!;
-    const resumeFrom = spec.resumeFrom();
-    const where = resumeFrom === undefined ? '' : ` with from: ${typeof resumeFrom === 'string' ? `'${resumeFrom}'` : `${resumeFrom}n`}`;
-    return new SubscriberTooSlowError(
-      `${spec.what} was dropped: its consumer fell ${d.batches} batches (${d.bytes} bytes) behind the live tail, past the limit of ${spec.queueBatches} batches or ` +
-        `${SUBSCRIPTION_QUEUE_BYTES_MAX} bytes queued for it; nothing was skipped: subscribe again${where} (a larger queueBatches lets a consumer fall further behind)`,
-      resumeFrom,
-      { queuedBatches: d.batches, queuedBytes: d.bytes, queueLimit: `${spec.queueBatches} batches, ${SUBSCRIPTION_QUEUE_BYTES_MAX} bytes` },
-    );
-  }
-}
-
 /**
  * Change notifications after commit, for one aggregate, an org+type or an org: per watcher no
  * duplicates and no reordering per aggregate (each shard is read in position order). Changes of
  * one aggregate within a page, or within `maxLatencyMs`, are coalesced into one notification.
  */
-export async function* watch(send: FeedSend, filter: WatchFilter, opts: WatchOptions = {}): AsyncGenerator<WatchNotification | WatchHeartbeat, void, undefined> {
+export function watch(send: FeedSend, filter: WatchFilter, opts: WatchOptions = {}): AsyncGenerator<WatchNotification | WatchHeartbeat, void, undefined> {
+  return endable((ending) => watchPages(ending, send, filter, opts));
+}
+
+async function* watchPages(ending: Ending, send: FeedSend, filter: WatchFilter, opts: WatchOptions): AsyncGenerator<WatchNotification | WatchHeartbeat, void, undefined> {
   if (filter === null || typeof filter !== 'object') throw badRequest('watch needs { key } or { org, type? }');
   const waitMs = waitOf(opts.pollWaitMs, FEED_POLL_WAIT_MS_DEFAULT, 'pollWaitMs');
   const maxLatencyMs = waitOf(opts.maxLatencyMs, 0, 'maxLatencyMs');
@@ -733,7 +334,7 @@ export async function* watch(send: FeedSend, filter: WatchFilter, opts: WatchOpt
   const byIndex = shards.map((s) => s.shard);
   // After a page with changes, that shard is asked again only after maxLatencyMs: what commits
   // meanwhile arrives in one page and is coalesced, so no change waits longer than that.
-  const pages = new Follower(send, async () => ({
+  const pages = ending.follow(new Follower(send, async () => ({
     queries: shards.map((s, i): FeedQuery => ({ shard: byIndex[i]!, from: s.from, maxBytes: 0, waitMs, ...f, headersOnly: true })),
     spec: {
       take: (page: ShardPage) => [page],
@@ -741,8 +342,9 @@ export async function* watch(send: FeedSend, filter: WatchFilter, opts: WatchOpt
       queueBatches,
       what: 'watch',
       resumeFrom: () => undefined,
+      again: 'watch again: a new watch starts at the tail, so changes committed meanwhile are not notified (subscribe resumes from a checkpoint instead)',
     },
-  }));
+  })));
   for await (const first of pages) {
     // What the tail brought while the consumer was busy is coalesced with this page: as many
     // notifications as one page read when the consumer came back (not one per page read ahead).
