@@ -13,6 +13,7 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import type { CelerClient } from './client.ts';
 import type { ShardBatch, SubscribedBatch, SubscribeKeyOptions, SubscribeOrgFilter, SubscribeOrgOptions, ReadShardOptions, ShardPage, SubscribeShardOptions } from './feed.ts';
+import { endable, type Ending } from './follower.ts';
 import { formatKey, normalizeKey, type AggregateKey, type NormalizedKey } from './key.ts';
 import type { AppendOptions, AppendResult, Batch, EventInput, ReadOptions, ReadPage, RecordedEvent, WriteInput, WriteResult } from './types.ts';
 import { IV_BYTES } from './wire.ts';
@@ -173,19 +174,26 @@ export class EncryptingClient {
     return { ...page, batches: await Promise.all(page.batches.map((b) => this.openBatch(b.key, b))) };
   }
 
-  async *subscribeShard(shard: number, opts?: SubscribeShardOptions): AsyncGenerator<ShardBatch, void, undefined> {
-    for await (const b of this.inner.subscribeShard(shard, opts)) yield await this.openBatch(b.key, b);
+  // The subscriptions are endable: return() ends the inner one first, so it also ends a next() waiting at a quiet tail.
+  subscribeShard(shard: number, opts?: SubscribeShardOptions): AsyncGenerator<ShardBatch, void, undefined> {
+    const opened = async function* (this: EncryptingClient, ending: Ending): AsyncGenerator<ShardBatch, void, undefined> {
+      for await (const b of ending.follow(this.inner.subscribeShard(shard, opts))) yield await this.openBatch(b.key, b);
+    };
+    return endable((ending) => opened.call(this, ending));
   }
 
   subscribe(key: AggregateKey, opts?: SubscribeKeyOptions): AsyncGenerator<Batch, void, undefined>;
   subscribe(filter: SubscribeOrgFilter, opts?: SubscribeOrgOptions): AsyncGenerator<SubscribedBatch, void, undefined>;
-  async *subscribe(target: AggregateKey | SubscribeOrgFilter, opts: SubscribeKeyOptions | SubscribeOrgOptions = {}): AsyncGenerator<Batch | SubscribedBatch, void, undefined> {
-    if ('id' in target && target.id !== undefined) {
-      const k = normalizeKey(target as AggregateKey);
-      for await (const b of this.inner.subscribe(target as AggregateKey, opts as SubscribeKeyOptions)) yield await this.openBatch(k, b);
-      return;
-    }
-    for await (const b of this.inner.subscribe(target as SubscribeOrgFilter, opts as SubscribeOrgOptions)) yield await this.openBatch(b.key, b);
+  subscribe(target: AggregateKey | SubscribeOrgFilter, opts: SubscribeKeyOptions | SubscribeOrgOptions = {}): AsyncGenerator<Batch | SubscribedBatch, void, undefined> {
+    const opened = async function* (this: EncryptingClient, ending: Ending): AsyncGenerator<Batch | SubscribedBatch, void, undefined> {
+      if ('id' in target && target.id !== undefined) {
+        const k = normalizeKey(target as AggregateKey);
+        for await (const b of ending.follow(this.inner.subscribe(target as AggregateKey, opts as SubscribeKeyOptions))) yield await this.openBatch(k, b);
+        return;
+      }
+      for await (const b of ending.follow(this.inner.subscribe(target as SubscribeOrgFilter, opts as SubscribeOrgOptions))) yield await this.openBatch(b.key, b);
+    };
+    return endable((ending) => opened.call(this, ending));
   }
 
   /** Destroys the subject's key (crypto-shredding): its events become unreadable, everywhere. */

@@ -2,7 +2,9 @@
 // the server while its consumer is away, how return() ends it, and what its pages let a consumer do.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { subscribeKey, subscribeOrg, subscribeShard, watch, type FeedSend, type ShardBatch } from './feed.ts';
+import { subscribeKey, subscribeOrg, subscribeShard, watch, type FeedSend, type ShardBatch, type SubscribeOrgFilter, type SubscribeOrgOptions, type SubscribeShardOptions } from './feed.ts';
+import { EncryptingClient } from './encryption.ts';
+import type { CelerClient } from './client.ts';
 import { SubscriberTooSlowError } from './errors.ts';
 import { FakeShard, fakeSend, KEY, sleep, within } from './fake-feed.ts';
 import type { Batch } from './types.ts';
@@ -10,6 +12,12 @@ import type { Batch } from './types.ts';
 const POLL_MS = 50;
 const key = { org: KEY.org, type: KEY.type, id: KEY.id };
 const nothingRead = async function* (): AsyncGenerator<Batch> {};
+/** The encrypting() wrapper over subscriptions on `send` (its batches carry no sealed events, so no key is asked for). */
+const encryptingOver = (send: FeedSend): EncryptingClient =>
+  new EncryptingClient(
+    { subscribeShard: (shard: number, o: SubscribeShardOptions) => subscribeShard(send, shard, o), subscribe: (f: SubscribeOrgFilter, o: SubscribeOrgOptions) => subscribeOrg(send, f, o) } as unknown as CelerClient,
+    { getKey: () => Promise.resolve(null), forget: () => Promise.resolve() },
+  );
 
 // A consumer that stops pulling without return() (an abandoned loop, a forgotten iterator) must
 // not make the client long-poll the server for ever: every poll holds one of a shard's waiters.
@@ -60,6 +68,8 @@ for (const [name, open] of [
   ['watch', (send: FeedSend) => watch(send, { key }, { pollWaitMs: POLL_MS })],
   ['watch of an org', (send: FeedSend) => watch(send, { org: KEY.org }, { pollWaitMs: POLL_MS })],
   ['subscribe(key)', (send: FeedSend) => subscribeKey(send, nothingRead, key, { pollWaitMs: POLL_MS })],
+  ['encrypting(): subscribeShard', (send: FeedSend) => encryptingOver(send).subscribeShard(0, { pollWaitMs: POLL_MS })],
+  ['encrypting(): subscribe(org)', (send: FeedSend) => encryptingOver(send).subscribe({ org: KEY.org }, { pollWaitMs: POLL_MS })],
 ] as [string, (send: FeedSend) => AsyncGenerator<unknown, void, undefined>][]) {
   test(`${name}: return() while a next() waits at a quiet tail ends both, and asks no more`, async () => {
     const shard = new FakeShard();

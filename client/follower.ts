@@ -320,7 +320,7 @@ export class Follower<T> implements AsyncGenerator<T, void, undefined> {
   }
 }
 
-/** The Followers an `endable` generator reads from; end() returns them, ending a next() waiting in one. */
+/** The iterators (Followers, or endable ones) an `endable` generator reads from; end() returns them, ending a next() waiting in one. */
 export class Ending {
   private readonly followers = new Set<AsyncIterator<unknown>>();
   private done = false;
