@@ -58,7 +58,7 @@ export function badRequest(message: string): CelerFailure {
 // ---------------------------------------------------------------------------------------------
 // Request conversion (protobuf object → wire body)
 
-interface PbKey {
+export interface PbKey {
   org?: string;
   type?: string;
   id?: string;
@@ -116,7 +116,7 @@ export interface PbTrimStartRequest {
 const EMPTY = new Uint8Array(0);
 const te = new TextEncoder();
 
-function convertKey(k: PbKey | undefined, where: string): NormalizedKey {
+export function convertKey(k: PbKey | undefined, where: string): NormalizedKey {
   if (k === undefined) throw badRequest(`${where} is required ({ org, type, id }, each decimal or UUID)`);
   return { org: toU128(k.org ?? '', `${where}.org`), type: toU128(k.type ?? '', `${where}.type`), id: toU128(k.id ?? '', `${where}.id`) };
 }

@@ -31,6 +31,7 @@ import {
 import { CONNECTION_REQUESTS_IN_FLIGHT_MAX, GRPC_FEED_WAIT_MS } from '../constants.ts';
 import type { Dispatcher } from './dispatch.ts';
 import { buildMessageSchema, checkMessage, resolveTypeName } from './grpc-strict.ts';
+import { asFailure, notificationToPb, openSubscription, openWatch, pump, SUBSCRIBE_BATCHES_PER_MESSAGE_MAX, subscribedToPb, type PbSubscribeRequest, type PbWatchRequest } from './grpc-live.ts';
 import {
   CelerFailure,
   type PbAppendRequest,
@@ -265,12 +266,35 @@ export async function startGrpcServer(dispatcher: Dispatcher, address: string, o
         if (!stream.cancelled) stream.emit('error', toServiceError(err));
       });
     }) as grpc.handleServerStreamingCall<unknown, unknown>,
+    Subscribe: ((stream: grpc.ServerWritableStream<unknown, unknown>) => {
+      live(stream, () => {
+        const { it, key } = convert(() => openSubscription(dispatcher, stream.request as PbSubscribeRequest));
+        return pump(stream, it, (items) => ({ batches: items.map((b) => subscribedToPb(b, key)) }), SUBSCRIBE_BATCHES_PER_MESSAGE_MAX);
+      });
+    }) as grpc.handleServerStreamingCall<unknown, unknown>,
+    Watch: ((stream: grpc.ServerWritableStream<unknown, unknown>) => {
+      live(stream, () => pump(stream, convert(() => openWatch(dispatcher, stream.request as PbWatchRequest)), (items) => notificationToPb(items[0]!), 1));
+    }) as grpc.handleServerStreamingCall<unknown, unknown>,
     ReadAll: ((stream: grpc.ServerWritableStream<unknown, unknown>) => {
       readAll(stream).catch((err: unknown) => {
         if (!stream.cancelled) stream.emit('error', toServiceError(err));
       });
     }) as grpc.handleServerStreamingCall<unknown, unknown>,
   };
+
+  /** Runs a Subscribe or Watch call (grpc-live.ts): its errors, the client library's included, end the stream with their code. */
+  function live(stream: grpc.ServerWritableStream<unknown, unknown>, run: () => Promise<void>): void {
+    const req = stream.request;
+    const p = req instanceof Rejected ? Promise.reject(badRequest(req.message)) : Promise.resolve().then(run);
+    p.then(
+      () => {
+        if (!stream.cancelled) stream.end();
+      },
+      (err: unknown) => {
+        if (!stream.cancelled) stream.emit('error', toServiceError(asFailure(err)));
+      },
+    );
+  }
 
   /** Follows pages until the end (or `to`), one streamed message per non-empty page. */
   async function readAll(stream: grpc.ServerWritableStream<unknown, unknown>): Promise<void> {

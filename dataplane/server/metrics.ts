@@ -190,9 +190,24 @@ function metrics(): Metrics {
       this.set(at === null ? 0 : Math.max(0, (at - Date.now()) / 1000));
     },
   });
+  new Gauge({
+    name: 'celer_feed_waits',
+    help: 'Shard feed long polls waiting at the tail (subscriptions and watches, native and gRPC), at most FEED_WAITS_PER_NODE_MAX.',
+    registers,
+    collect() {
+      this.set(feedWaitsOf?.() ?? 0);
+    },
+  });
   setNodeRoleOn(m, 'boot');
   state = m;
   return m;
+}
+
+let feedWaitsOf: (() => number) | undefined;
+
+/** Where celer_feed_waits reads the node's feed long polls in flight (the router's count). */
+export function setFeedWaitsSource(read: () => number): void {
+  feedWaitsOf = read;
 }
 
 /** The node's registry (what /metrics serves). */

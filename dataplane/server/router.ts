@@ -27,7 +27,7 @@ import {
 } from '../../client/wire.ts';
 import { DISPATCH_BATCH_MAX, DISPATCH_BYTES_IN_FLIGHT_MAX, DISPATCH_IN_FLIGHT_MAX, FEED_WAITS_PER_NODE_MAX } from '../constants.ts';
 import { REQ_ITEM_WIDTH, RES_ITEM_WIDTH, type ShardInfo, type WorkerConfig } from '../shard/worker.ts';
-import { applyWorkerStats, setCacheUsage, type CacheUsage, type WorkerStats } from './metrics.ts';
+import { applyWorkerStats, setCacheUsage, setFeedWaitsSource, type CacheUsage, type WorkerStats } from './metrics.ts';
 import type { DispatchResult, Dispatcher } from './dispatch.ts';
 import type { Routing } from '../storage/segment.ts';
 import type { ClusterRpc } from '../shard/worker.ts';
@@ -127,6 +127,7 @@ export class Router implements Dispatcher {
     });
     this.bytesInFlightMax = cfg.bytesInFlightMax ?? DISPATCH_BYTES_IN_FLIGHT_MAX;
     this.feedWaitsMax = cfg.feedWaitsMax ?? FEED_WAITS_PER_NODE_MAX;
+    setFeedWaitsSource(() => this.feedWaits);
     if (!(this.bytesInFlightMax >= Limits.frameBytesMax)) {
       throw new Error(`bytesInFlightMax ${this.bytesInFlightMax} is below the largest frame (${Limits.frameBytesMax}); such a request could never be accepted`);
     }
