@@ -172,3 +172,34 @@ test('gRPC Subscribe: a cancelled call stops reading the feed on the node', asyn
   await sleep(5_500);
   assert.equal(await metrics(), 0);
 });
+
+test('gRPC Subscribe: a reader that stops reading is dropped with 2012 and resumes from detail.resumeFrom, losing nothing', async () => {
+  const org = 805;
+  const stream = g.Subscribe!({ org: String(org) });
+  const got: PbSubscribed[] = [];
+  stream.on('data', (m: Msg) => got.push(...(m.batches as PbSubscribed[])));
+  const failed = new Promise<grpc.ServiceError>((resolve) => stream.on('error', (e: grpc.ServiceError) => resolve(e)));
+  await sleep(300);
+  // The reader stops reading: HTTP/2 flow control holds the node's writes, and what the tail
+  // brings queues in the node for this call, SUBSCRIPTION_QUEUE_BATCHES_DEFAULT (10 000) at most.
+  stream.pause();
+  const TOTAL = 12_000;
+  let n = 0;
+  await Promise.all(
+    Array.from({ length: 32 }, async () => {
+      for (let i = n++; i < TOTAL; i = n++) await client.append({ org, type: 1, id: i }, [ev(String(i))]);
+    }),
+  );
+  stream.resume();
+  const e = await failed;
+  assert.equal(e.metadata.get('celer-code')[0], '2012', e.message);
+  assert.match(e.details, /was dropped: its consumer fell \d+ batches/);
+  const detail = JSON.parse(String(e.metadata.get('celer-detail')[0])) as { resumeFrom?: string };
+  assert.ok(detail.resumeFrom?.startsWith('c1:'), `no resumeFrom in ${JSON.stringify(detail)}`);
+  const before = got.length;
+  assert.ok(before < TOTAL, `all ${before} batches arrived before the drop`);
+  const rest = await take({ org: String(org), fromCheckpoint: detail.resumeFrom }, (bs) => before + bs.length >= TOTAL);
+  const seen = [...texts(got), ...texts(rest)];
+  assert.equal(new Set(seen).size, seen.length, 'a batch came twice');
+  assert.equal(seen.length, TOTAL);
+});
