@@ -18,7 +18,8 @@ export function decodeWriteResults(frame: Frame, count: number): AppendResult[] 
   return results;
 }
 
-function toRecordedEvent(e: WireEvent & { version: bigint }): RecordedEvent {
+/** A wire event as the public types have it (shared by the read and the feed decoders). */
+export function toRecordedEvent(e: WireEvent & { version: bigint }): RecordedEvent {
   const out: RecordedEvent = { version: e.version, type: e.type, data: e.data };
   if (e.metadata !== undefined) out.metadata = e.metadata;
   if (e.schemaMajor !== undefined) out.schemaVersion = { major: e.schemaMajor, minor: e.schemaMinor ?? 0 };

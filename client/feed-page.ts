@@ -2,9 +2,10 @@
 // the reads that the subscriptions of one client share; and the checks of feed options. Used by
 // feed.ts (the public calls) and follower.ts (the subscription iterator), on the caller's event
 // loop. Nothing here holds state but the reads in flight.
+import { toRecordedEvent } from './decode.ts';
 import { badRequest } from './encode.ts';
 import { toU128, type KeyPart, type NormalizedKey } from './key.ts';
-import type { Batch, RecordedEvent } from './types.ts';
+import type { Batch } from './types.ts';
 import {
   decodeReadShardOk,
   encodeFrame,
@@ -16,7 +17,6 @@ import {
   WireError,
   type Frame,
   type FeedFilterMode,
-  type WireEvent,
   type WireReadShardRequest,
 } from './wire.ts';
 
@@ -55,14 +55,6 @@ export type FeedSend = (frame: Uint8Array) => Promise<Frame>;
 export type FeedQuery = WireReadShardRequest;
 
 export const NO_KEY: NormalizedKey = { org: 0n, type: 0n, id: 0n };
-
-function toRecordedEvent(e: WireEvent & { version: bigint }): RecordedEvent {
-  const out: RecordedEvent = { version: e.version, type: e.type, data: e.data };
-  if (e.metadata !== undefined) out.metadata = e.metadata;
-  if (e.schemaMajor !== undefined) out.schemaVersion = { major: e.schemaMajor, minor: e.schemaMinor ?? 0 };
-  if (e.iv !== undefined) out.iv = e.iv;
-  return out;
-}
 
 export async function feedPage(send: FeedSend, q: FeedQuery): Promise<ShardPage> {
   return (await fetchPage(send, q)).page;
