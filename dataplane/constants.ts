@@ -122,6 +122,10 @@ export const FEED_WAITS_PER_CONNECTION_MAX = 256;
 /** Feed long polls in flight on a node, over every connection and gRPC stream; beyond it 2012.
  * FEED_WAITERS_PER_SHARD_MAX times a 16-shard node: past it, subscribers should share a feed. */
 export const FEED_WAITS_PER_NODE_MAX = 16_384;
+/** Live gRPC streams (SubscribeShard, Subscribe, Watch) on one gRPC connection; beyond it the call
+ * fails with 2012 at once. Each holds a long poll per shard it reads (and Subscribe/Watch a queue
+ * in the node), so this is the gRPC side of FEED_WAITS_PER_CONNECTION_MAX, per stream. */
+export const GRPC_LIVE_STREAMS_PER_CONNECTION_MAX = 256;
 /** Long-poll wait of each shard feed read behind a gRPC SubscribeShard stream: a cancelled stream
  * holds its feed waiter at most this long. 5 s, the client library's own poll interval. */
 export const GRPC_FEED_WAIT_MS = 5_000;

@@ -28,7 +28,7 @@ import {
   Op,
   WireError,
 } from '../../client/wire.ts';
-import { CONNECTION_REQUESTS_IN_FLIGHT_MAX, GRPC_FEED_WAIT_MS } from '../constants.ts';
+import { CONNECTION_REQUESTS_IN_FLIGHT_MAX, GRPC_FEED_WAIT_MS, GRPC_LIVE_STREAMS_PER_CONNECTION_MAX } from '../constants.ts';
 import type { Dispatcher } from './dispatch.ts';
 import { buildMessageSchema, checkMessage, resolveTypeName } from './grpc-strict.ts';
 import { asFailure, notificationToPb, openSubscription, openWatch, pump, SUBSCRIBE_BATCHES_PER_MESSAGE_MAX, subscribedToPb, type PbSubscribeRequest, type PbWatchRequest } from './grpc-live.ts';
@@ -262,9 +262,7 @@ export async function startGrpcServer(dispatcher: Dispatcher, address: string, o
       };
     }),
     SubscribeShard: ((stream: grpc.ServerWritableStream<unknown, unknown>) => {
-      subscribeShard(stream).catch((err: unknown) => {
-        if (!stream.cancelled) stream.emit('error', toServiceError(err));
-      });
+      live(stream, () => subscribeShard(stream));
     }) as grpc.handleServerStreamingCall<unknown, unknown>,
     Subscribe: ((stream: grpc.ServerWritableStream<unknown, unknown>) => {
       live(stream, () => {
@@ -282,10 +280,34 @@ export async function startGrpcServer(dispatcher: Dispatcher, address: string, o
     }) as grpc.handleServerStreamingCall<unknown, unknown>,
   };
 
-  /** Runs a Subscribe or Watch call (grpc-live.ts): its errors, the client library's included, end the stream with their code. */
+  /** Live streams per gRPC connection (its peer address), at most GRPC_LIVE_STREAMS_PER_CONNECTION_MAX. */
+  const liveStreams = new Map<string, number>();
+
+  /** Runs a SubscribeShard, Subscribe or Watch call: counted against its connection's bound; its errors, the client library's included, end the stream with their code. */
   function live(stream: grpc.ServerWritableStream<unknown, unknown>, run: () => Promise<void>): void {
     const req = stream.request;
-    const p = req instanceof Rejected ? Promise.reject(badRequest(req.message)) : Promise.resolve().then(run);
+    const peer = stream.getPeer();
+    const open = liveStreams.get(peer) ?? 0;
+    let p: Promise<void>;
+    if (req instanceof Rejected) p = Promise.reject(badRequest(req.message));
+    else if (open >= GRPC_LIVE_STREAMS_PER_CONNECTION_MAX) {
+      p = Promise.reject(
+        new CelerFailure(
+          ErrorCode.ServerBusy,
+          `this gRPC connection has ${open} subscription or watch streams open, its limit (GRPC_LIVE_STREAMS_PER_CONNECTION_MAX ${GRPC_LIVE_STREAMS_PER_CONNECTION_MAX}); open another channel for more, or share one subscription between readers`,
+          { limit: 'GRPC_LIVE_STREAMS_PER_CONNECTION_MAX', max: GRPC_LIVE_STREAMS_PER_CONNECTION_MAX },
+        ),
+      );
+    } else {
+      liveStreams.set(peer, open + 1);
+      p = Promise.resolve()
+        .then(run)
+        .finally(() => {
+          const n = (liveStreams.get(peer) ?? 1) - 1;
+          if (n === 0) liveStreams.delete(peer);
+          else liveStreams.set(peer, n);
+        });
+    }
     p.then(
       () => {
         if (!stream.cancelled) stream.end();

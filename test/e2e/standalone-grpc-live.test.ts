@@ -7,6 +7,7 @@ import { connect, type CelerClient } from '@celer/client';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { PROTO_LOADER_OPTIONS, PROTO_PATH } from '../../dataplane/server/grpc.ts';
+import { GRPC_LIVE_STREAMS_PER_CONNECTION_MAX } from '../../dataplane/constants.ts';
 import { removeDir, startCeler, tempDir, type CelerProcess } from './lib/celer-process.ts';
 
 const te = new TextEncoder();
@@ -202,4 +203,40 @@ test('gRPC Subscribe: a reader that stops reading is dropped with 2012 and resum
   const seen = [...texts(got), ...texts(rest)];
   assert.equal(new Set(seen).size, seen.length, 'a batch came twice');
   assert.equal(seen.length, TOTAL);
+});
+
+test('gRPC: live streams per connection are bounded (GRPC_LIVE_STREAMS_PER_CONNECTION_MAX), with 2012 naming the limit', async () => {
+  // The streams the tests before cancelled end on the node a moment after the cancel arrives.
+  await sleep(1_000);
+  const open = Array.from({ length: GRPC_LIVE_STREAMS_PER_CONNECTION_MAX }, (_, i) => (i % 2 === 0 ? g.Watch!({ org: '806' }) : g.SubscribeShard!({ shard: 0, org: '806' })));
+  const errors: grpc.ServiceError[] = [];
+  for (const s of open) s.on('error', (e: grpc.ServiceError) => (e.code === grpc.status.CANCELLED ? undefined : errors.push(e)));
+  try {
+    await sleep(1_000);
+    assert.deepEqual(errors, []);
+    const refused = await new Promise<grpc.ServiceError>((resolve, reject) => {
+      const s = g.Subscribe!({ org: '806' });
+      s.on('error', (e: grpc.ServiceError) => resolve(e));
+      s.on('data', () => reject(new Error('a stream past the limit streamed data')));
+      setTimeout(() => {
+        s.cancel();
+        reject(new Error('a stream past the limit was taken'));
+      }, 3_000);
+    });
+    assert.equal(refused.metadata.get('celer-code')[0], '2012');
+    assert.match(refused.details, /GRPC_LIVE_STREAMS_PER_CONNECTION_MAX 256/);
+  } finally {
+    for (const s of open) s.cancel();
+  }
+  // Once they end, the connection takes new ones (SubscribeShard's long polls end within 5 s).
+  for (let i = 0; ; i++) {
+    const got = await new Promise<'ok' | grpc.ServiceError>((resolve) => {
+      const s = g.Watch!({ org: '806' });
+      s.on('error', (e: grpc.ServiceError) => resolve(e.code === grpc.status.CANCELLED ? 'ok' : e));
+      setTimeout(() => s.cancel(), 300);
+    });
+    if (got === 'ok') break;
+    assert.ok(i < 30, `still refused: ${got.message}`);
+    await sleep(300);
+  }
 });
