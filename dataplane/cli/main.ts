@@ -62,6 +62,32 @@ Run "celer COMMAND --help" for the flags of one command.`;
 const out = (s: string): void => void process.stdout.write(s + '\n');
 const errOut = (s: string): void => void process.stderr.write(s + '\n');
 
+/** stdout was closed by its reader (a pipe into `head`): the streaming commands stop quietly, as Unix tools do. */
+let stdoutGone = false;
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code !== 'EPIPE') throw e;
+  stdoutGone = true;
+});
+
+/**
+ * One line of a streaming command (subscribe, watch): waits while stdout's buffer is full, so a
+ * slow reader paces the subscription (past its queue it is dropped with 2012, and the message says
+ * where to resume) instead of the lines piling up in memory. false once stdout is gone.
+ */
+async function outPaced(s: string): Promise<boolean> {
+  if (stdoutGone) return false;
+  if (!process.stdout.write(s + '\n')) {
+    await new Promise<void>((resolve) => {
+      const done = (): void => {
+        process.stdout.off('drain', done).off('error', done).off('close', done);
+        resolve();
+      };
+      process.stdout.on('drain', done).on('error', done).on('close', done);
+    });
+  }
+  return !stdoutGone;
+}
+
 async function serve(args: string[]): Promise<number> {
   const options = await parseServeArgs(args);
   const log = (m: string): void => errOut(`celer: ${m}`);
@@ -187,12 +213,12 @@ async function subscribe(args: string[]): Promise<number> {
     if ('key' in target) {
       const from = int(values.from, '--from', 1);
       for await (const b of c.subscribe(target.key, from !== undefined ? { from } : {})) {
-        out(showBatch(b));
+        if (!(await outPaced(showBatch(b)))) break;
         if (count !== undefined && ++n >= count) break;
       }
     } else {
       for await (const b of c.subscribe(target, values.from !== undefined ? { from: values.from } : {})) {
-        out(showBatch(b));
+        if (!(await outPaced(showBatch(b)))) break;
         if (count !== undefined && ++n >= count) break;
       }
     }
@@ -211,7 +237,7 @@ async function watch(args: string[]): Promise<number> {
   let n = 0;
   try {
     for await (const note of c.watch(target, maxLatencyMs !== undefined ? { maxLatencyMs } : {})) {
-      out(json(note.op === 'heartbeat' ? note : { ...note, key: formatKey(note.key) }));
+      if (!(await outPaced(json(note.op === 'heartbeat' ? note : { ...note, key: formatKey(note.key) })))) break;
       if (count !== undefined && ++n >= count) break;
     }
   } finally {

@@ -6,7 +6,8 @@ import { BadRequestError, connect, ServerBusyError, SubscriberTooSlowError, type
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { PROTO_LOADER_OPTIONS, PROTO_PATH } from '../../dataplane/server/grpc.ts';
-import { removeDir, runCeler, startCeler, tempDir, type CelerProcess } from './lib/celer-process.ts';
+import { spawn } from 'node:child_process';
+import { CELER, removeDir, runCeler, startCeler, tempDir, type CelerProcess } from './lib/celer-process.ts';
 import { prng } from '../lib/prng.ts';
 
 const te = new TextEncoder();
@@ -408,6 +409,28 @@ test('gRPC ReadShard and SubscribeShard: the same feed, the stream follows the t
   } finally {
     (g as unknown as grpc.Client).close();
   }
+});
+
+test('CLI: celer subscribe into a pipe whose reader goes away (| head) exits 0 without a stack trace', async () => {
+  const org = 708;
+  for (let i = 0; i < 3; i++) await client.append({ org, type: 1, id: i }, [ev('P', String(i))]);
+  const p = spawn(CELER, ['subscribe', '--addr', node.native, String(org)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  p.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((resolve) => p.on('exit', (code) => resolve(code)));
+  // Read the first line, then close the pipe as `head -1` does.
+  await new Promise<void>((resolve) => p.stdout.once('data', () => resolve()));
+  p.stdout.destroy();
+  // The next batches it prints meet the closed pipe.
+  let code: number | null | undefined;
+  void exited.then((c) => (code = c));
+  for (let i = 0; code === undefined && i < 50; i++) {
+    await client.append({ org, type: 1, id: 100 + i }, [ev('P', 'more')]);
+    await sleep(100);
+  }
+  if (code === undefined) p.kill('SIGKILL');
+  assert.equal(await exited, 0, `exit ${String(code)}; stderr: ${stderr}`);
+  assert.doesNotMatch(stderr, /EPIPE|Unhandled|at /);
 });
 
 test('CLI: celer subscribe ORG prints batches with checkpoints and resumes from one; celer watch KEY prints a change', async () => {
