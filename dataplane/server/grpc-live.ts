@@ -160,8 +160,16 @@ export async function pump<T>(stream: grpc.ServerWritableStream<unknown, unknown
       const items = [first.value];
       pending = pull();
       let ended = false;
+      let failed: { error: unknown } | undefined;
       while (items.length < max) {
-        const r = await Promise.race([pending, notYet]);
+        let r: IteratorResult<T> | typeof NOT_YET;
+        try {
+          r = await Promise.race([pending, notYet]);
+        } catch (error) {
+          // The items in hand go out first: a drop's resumeFrom is already past them.
+          failed = { error };
+          break;
+        }
         if (r === NOT_YET) break;
         if (r.done === true) {
           ended = true;
@@ -171,6 +179,7 @@ export async function pump<T>(stream: grpc.ServerWritableStream<unknown, unknown
         pending = pull();
       }
       await Promise.race([new Promise<void>((resolve) => stream.write(toMessage(items), () => resolve())), closed]);
+      if (failed !== undefined) throw failed.error;
       if (ended || stream.cancelled) return;
     }
   } finally {
