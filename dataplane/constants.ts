@@ -143,3 +143,8 @@ export const SCHEMA_REGISTRY_BYTES_MAX = 8 * 1024 * 1024;
 /** Tries of one registration whose append to the system aggregate lost an expected-version race
  * (another registration landed first, e.g. on the other node just before a failover). */
 export const SCHEMA_REGISTER_ATTEMPTS_MAX = 4;
+/** How long a read of the schema registry waits for its shard to commit what is durable on it (a
+ * new leader's adopted tail commits after its write gate opens: to the old leader, or to S3 after
+ * the replication timeout, 500 ms at the default timings). Writes wait behind that read, so it is
+ * bounded: beyond it the read gets 2012 (retry) and the cache stays incomplete. */
+export const SCHEMA_REGISTRY_COMMIT_WAIT_MS = 2_000;

@@ -36,14 +36,37 @@ interface Answer {
 /** The registry aggregate in memory, answering reads and exact-version appends as a shard would. */
 class MemoryLog {
   events: WireEvent[] = [];
+  /**
+   * Events a read sees (null: all). Those above it are durable but not committed yet: the tail a
+   * new leader adopted, which it commits after its write gate opened.
+   */
+  committed: number | null = null;
   reads = 0;
+  /** Waits of untilCommitted: resolved by commitAll(), or answered at once when `commitNever`. */
+  private commitWaits: (() => void)[] = [];
+  commitNever = false;
+  waitsAsked: number[] = [];
+
+  /** The adopted tail commits: reads see every event, and untilCommitted's waiters go on. */
+  commitAll(): void {
+    this.committed = null;
+    for (const w of this.commitWaits.splice(0)) w();
+  }
+
+  private untilCommitted(ms: number): Promise<string | null> {
+    this.waitsAsked.push(ms);
+    if (this.committed === null || this.committed >= this.events.length) return Promise.resolve(null);
+    if (this.commitNever) return Promise.resolve(`events up to ${this.events.length} are durable, ${this.committed} committed`);
+    return new Promise((resolve) => this.commitWaits.push(() => resolve(null)));
+  }
+
   /** Runs before an append is judged (a racing registration of another node lands there). */
   beforeAppend: (() => void) | undefined;
   /** Answers the next append with this error instead of storing it. */
   failNextAppend: number | undefined;
 
   io(epoch: () => number = () => 0, logs: string[] = []): RegistryIo {
-    return { dispatch: (op, body) => Promise.resolve(this.dispatch(op, body)), epoch, log: (m) => logs.push(m) };
+    return { dispatch: (op, body) => Promise.resolve(this.dispatch(op, body)), untilCommitted: (ms) => this.untilCommitted(ms), epoch, log: (m) => logs.push(m) };
   }
 
   private dispatch(op: number, body: Uint8Array): Answer {
@@ -51,10 +74,11 @@ class MemoryLog {
       this.reads++;
       const q = decodeReadRequest(body);
       assert.deepEqual(q.key, SCHEMA_REGISTRY_KEY);
-      if (this.events.length === 0) return { op: Op.Error, body: encodeError(ErrorCode.AggregateNotFound, 'not found') };
+      const visible = this.events.slice(0, this.committed ?? this.events.length);
+      if (visible.length === 0) return { op: Op.Error, body: encodeError(ErrorCode.AggregateNotFound, 'not found') };
       const w = new Writer();
       const from = Number(q.from);
-      const page = this.events.slice(from - 1);
+      const page = visible.slice(from - 1);
       w.u64(0n);
       w.u32(page.length);
       page.forEach((e, i) => {
@@ -213,6 +237,46 @@ describe('checking writes', () => {
     await a.refresh();
     const v = a.checkWrite(write([deposited('x')]));
     assert.ok(v !== null && v !== 'refresh' && v.code === ErrorCode.SchemaValidation);
+  });
+
+  test('after a failover the cache waits for the adopted tail to commit before it calls itself complete: a registration in that tail binds', async () => {
+    const log = new MemoryLog();
+    // The old leader registered at epoch 1; this node holds the registration durable, but it
+    // learnt of its commit too late: it adopts it as its tail when it leads at epoch 2.
+    await register(new SchemaRegistry(log.io(() => 1)), schema());
+    log.committed = 0;
+    log.waitsAsked = [];
+    const r = new SchemaRegistry(log.io(() => 2));
+    const bad = write([deposited({ amount: 'x' })]);
+    assert.equal(r.checkWrite(bad), 'refresh');
+    const refreshed = r.refresh();
+    // Give the read every chance to finish before the tail commits (as it would without the wait).
+    for (let i = 0; i < 10; i++) await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(r.checkWrite(bad), 'refresh', 'not complete while the adopted tail is not committed (null: the write would be let through unchecked)');
+    log.commitAll();
+    assert.equal(await refreshed, null);
+    const v = r.checkWrite(bad);
+    assert.ok(v !== null && v !== 'refresh' && v.code === ErrorCode.SchemaValidation, `refused against the registration of the adopted tail; got ${JSON.stringify(v)}`);
+    assert.equal(log.waitsAsked.length, 1, 'one wait, bounded (SCHEMA_REGISTRY_COMMIT_WAIT_MS)');
+    assert.ok(log.waitsAsked[0]! > 0 && Number.isFinite(log.waitsAsked[0]!));
+  });
+
+  test('an adopted tail not committed within SCHEMA_REGISTRY_COMMIT_WAIT_MS is 2012, and the cache stays incomplete', async () => {
+    const log = new MemoryLog();
+    await register(new SchemaRegistry(log.io(() => 1)), schema());
+    log.committed = 0;
+    log.commitNever = true;
+    const r = new SchemaRegistry(log.io(() => 2));
+    const failed = await r.refresh();
+    assert.ok(failed !== null && failed.code === ErrorCode.ServerBusy, JSON.stringify(failed));
+    assert.match(failed.message, /^the schema registry cannot be read now: events up to 1 are durable, 0 committed \(not committed within SCHEMA_REGISTRY_COMMIT_WAIT_MS \d+ ms\); retry shortly$/);
+    assert.equal(r.checkWrite(write([deposited({ amount: 'x' })])), 'refresh');
+    const e = await register(r, schema());
+    assert.ok('code' in e && e.code === ErrorCode.ServerBusy, 'a registration cannot decide against it either');
+    log.commitAll();
+    assert.equal(await r.refresh(), null);
+    assert.ok(r.complete);
+    assert.deepEqual(await register(r, schema()), { registered: false });
   });
 
   test('a registration that lost an expected-version race reads the winner and decides again', async () => {

@@ -13,7 +13,10 @@
 // its end while this node leads at the current epoch: only the leader writes, and within one epoch
 // only this node, which adds its own registrations as they land. In standalone the epoch never
 // changes, so after the first read the check of a write is a map lookup. After a failover (a new
-// epoch) the first write naming a schema version reads the aggregate from `version + 1` first.
+// epoch) the first write naming a schema version reads the aggregate from `version + 1` first —
+// after the registry's shard has committed what is durable on it: reads see committed records
+// only, and the tail a new leader adopts (the old leader's last writes, maybe a registration)
+// commits after the write gate has opened.
 //
 // Bounds: SCHEMAS_MAX schemas and SCHEMA_REGISTRY_BYTES_MAX bytes of text over every org, each
 // schema at most SCHEMA_BYTES_MAX; a registration beyond them gets 9100. Validators are compiled
@@ -38,7 +41,7 @@ import {
   type WireSchema,
   type WireWriteRequest,
 } from '../../client/wire.ts';
-import { SCHEMA_REGISTER_ATTEMPTS_MAX, SCHEMA_REGISTRY_BYTES_MAX, SCHEMAS_MAX } from '../constants.ts';
+import { SCHEMA_REGISTER_ATTEMPTS_MAX, SCHEMA_REGISTRY_BYTES_MAX, SCHEMA_REGISTRY_COMMIT_WAIT_MS, SCHEMAS_MAX } from '../constants.ts';
 import { compatibilityProblem, compileSchema, SchemaCompileError, SCHEMA_FORMATS, type CompiledSchema, type SchemaFormat } from './formats.ts';
 import { isSystemOrg, reservedOrgMessage, SCHEMA_REGISTERED_EVENT, SCHEMA_REGISTRY_KEY } from './system.ts';
 
@@ -52,6 +55,12 @@ interface Answer {
 export interface RegistryIo {
   /** The router's dispatch, allowed into the reserved org (reads and appends of the registry aggregate). */
   dispatch(op: number, body: Uint8Array): Promise<Answer>;
+  /**
+   * Resolves null once the shard of the registry aggregate has committed every record durable on
+   * it when asked (at once when there is nothing to wait for), or, after at most `timeoutMs`, with
+   * what is still not committed (for the message).
+   */
+  untilCommitted(timeoutMs: number): Promise<string | null>;
   /** The epoch under which this node takes writes (a cluster's lease epoch; standalone: 0). */
   epoch(): number;
   log(msg: string): void;
@@ -193,6 +202,16 @@ export class SchemaRegistry {
   private async readToEnd(): Promise<Refusal | null> {
     const epoch = this.io.epoch();
     const generation = this.generation;
+    // A read that missed a registration of an adopted tail (not committed yet) would still mark
+    // the cache complete for the whole epoch: wait for that tail first.
+    const pending = await this.io.untilCommitted(SCHEMA_REGISTRY_COMMIT_WAIT_MS);
+    if (pending !== null) {
+      return {
+        code: ErrorCode.ServerBusy,
+        message: `the schema registry cannot be read now: ${pending} (not committed within SCHEMA_REGISTRY_COMMIT_WAIT_MS ${SCHEMA_REGISTRY_COMMIT_WAIT_MS} ms); retry shortly`,
+        detail: { limit: 'SCHEMA_REGISTRY_COMMIT_WAIT_MS', max: SCHEMA_REGISTRY_COMMIT_WAIT_MS },
+      };
+    }
     let from = this.version + 1n;
     for (;;) {
       const res = await this.io.dispatch(Op.Read, encodeReadRequest({ key: SCHEMA_REGISTRY_KEY, from, to: 0n, maxBytes: Limits.readPageBytesMax, eventTypes: [] }));

@@ -34,7 +34,7 @@ import type { ClusterRpc } from '../shard/worker.ts';
 import { unpackRecords } from '../cluster/records-pack.ts';
 import { ReplicaRejectError } from '../shard/shard.ts';
 import { SchemaRegistry } from '../schema/registry.ts';
-import { isSystemOrg, reservedOrgMessage } from '../schema/system.ts';
+import { isSystemOrg, reservedOrgMessage, SCHEMA_REGISTRY_KEY } from '../schema/system.ts';
 
 export interface RouterConfig {
   dataDir: string;
@@ -122,6 +122,7 @@ export class Router implements Dispatcher {
     this.cfg = cfg;
     this.schemas = new SchemaRegistry({
       dispatch: (op, body) => this.route(op, body, true),
+      untilCommitted: (ms) => this.registryCommitted(ms),
       epoch: () => cfg.cluster?.epoch() ?? 0,
       log: cfg.log,
     });
@@ -473,6 +474,23 @@ export class Router implements Dispatcher {
   }
 
   /** Reads the schema registry to its end, then routes the write again; later writes wait behind it. */
+  /**
+   * For the registry's read (schema/registry.ts): null once the registry's shard has committed
+   * what is durable on it. Only a leader can hold a durable tail that commits later and mark its
+   * cache complete by reading; standalone commits what is durable at once, and a follower's cache
+   * is never complete for an epoch it takes writes at (it may list what is committed).
+   */
+  private async registryCommitted(ms: number): Promise<string | null> {
+    if (this.cfg.cluster === undefined || this.cfg.cluster.writeGate() !== null) return null;
+    const shard = this.shardOf(SCHEMA_REGISTRY_KEY);
+    try {
+      const r = (await this.rpc(shard, 'untilCommitted', [ms])) as { durableSeq: number; committedSeq: number };
+      return r.committedSeq >= r.durableSeq ? null : `shard ${shard} holds records up to seq ${r.durableSeq} and has committed ${r.committedSeq} (the tail a new leader adopted commits after its writes opened)`;
+    } catch (e) {
+      return `shard ${shard} did not answer (${(e as Error).message})`;
+    }
+  }
+
   private readSchemasThen(op: number, body: Uint8Array): Promise<DispatchResult> {
     const read = this.schemas.refresh();
     this.schemaRead = read;

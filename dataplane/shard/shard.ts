@@ -1215,6 +1215,17 @@ export class Shard {
     if (log.durableSeq > this.committedSeq) this.afterDurable(log.durableSeq);
   }
 
+  /**
+   * Waits, for at most `ms`, until every record durable now is committed (a new leader's adopted
+   * tail commits after its writes opened; the schema registry must not read before it). Resolves
+   * with the durable seq waited for and the committed seq then.
+   */
+  async untilCommitted(ms: number): Promise<{ durableSeq: number; committedSeq: number }> {
+    const durableSeq = this.durableSeq;
+    await this.waitCommitted(durableSeq, ms);
+    return { durableSeq, committedSeq: this.committedSeq };
+  }
+
   /** Replica role: writes are refused (2011); the caller rewinds the speculative tail with truncateAfter(committedSeq). */
   becomeReplica(epoch: number): void {
     this.replica = true;

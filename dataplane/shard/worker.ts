@@ -225,6 +225,10 @@ async function main(): Promise<void> {
       case 'truncateAfter':
         work = p.truncateAfter(a[0] as number).then(() => answer(null));
         break;
+      case 'untilCommitted':
+        // The schema registry's (server/router.ts), not the cluster protocol's: no ShardPort op.
+        work = shards.get(m.shard)!.untilCommitted(a[0] as number).then((r) => answer(r));
+        break;
       default:
         work = Promise.reject(new Error(`unknown cluster operation ${String(m.op)}`));
     }
@@ -281,7 +285,7 @@ export interface ClusterRpc {
   t: 'crpc';
   id: number;
   shard: number;
-  op: 'tip' | 'recordAt' | 'readDurable' | 'applyReplicated' | 'commitTo' | 'becomeLeader' | 'becomeReplica' | 'quiesce' | 'truncateAfter';
+  op: 'tip' | 'recordAt' | 'readDurable' | 'applyReplicated' | 'commitTo' | 'becomeLeader' | 'becomeReplica' | 'quiesce' | 'truncateAfter' | 'untilCommitted';
   a: unknown[];
 }
 
